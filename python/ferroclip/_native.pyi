@@ -1,0 +1,47 @@
+# Hand-written stubs for the Rust extension. Private: use the names in `ferroclip`.
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class PreprocessSpec:
+    def __init__(
+        self,
+        *,
+        resize_mode: str,
+        size: tuple[int, int],
+        crop_size: tuple[int, int] | None = None,
+        crop_rounding: str = "floor",
+        resample: str = "bicubic",
+        rescale: str = "mul",
+        rescale_factor: float = ...,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        pad_value: tuple[int, int, int] = (0, 0, 0),
+        exif_transpose: bool = True,
+        alpha: str = "white",
+        max_pixels: int = ...,
+        max_scans: int = ...,
+        jpeg_draft: bool = False,
+        max_file_bytes: int = ...,
+    ) -> None: ...
+    def output_hw(self) -> tuple[int, int]: ...
+
+def preprocess_batch(
+    items: Sequence[Any],
+    spec: PreprocessSpec,
+    *,
+    out: npt.NDArray[Any] | None = None,
+    dtype: str = "float32",
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[Any], list[tuple[int, str | None, str, str]]]: ...
+def decode_image(
+    item: Any, *, exif_transpose: bool = True, alpha: str = "white", max_pixels: int = ...
+) -> npt.NDArray[np.uint8]: ...
+def resize_image(
+    image: npt.NDArray[np.uint8], width: int, height: int, *, resample: str = "bicubic"
+) -> npt.NDArray[np.uint8]: ...
+def resolve_num_threads(num_threads: int | None = None) -> int: ...

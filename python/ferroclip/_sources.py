@@ -1,0 +1,75 @@
+"""Turning what users hand us into what the Rust core reads: paths, bytes, uint8 arrays.
+
+PIL images are converted here (never inside Rust) with the reference's own rules, so the
+core only ever sees encoded bytes or uint8 HW/HWC pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import ImageError, ShapeError
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
+
+# Stand-in passed to the core for an item that already failed in Python; its core error
+# is replaced by the Python one, so the row stays zero and the order is kept.
+_FAILED = b""
+
+
+def _from_pil(img: Any, exif_transpose: bool) -> np.ndarray:
+    from PIL import ImageOps
+
+    if exif_transpose:
+        img = ImageOps.exif_transpose(img)
+    has_alpha = "A" in img.getbands() or img.info.get("transparency") is not None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.uint32)
+        return np.ascontiguousarray((arr >> 8).clip(0, 255).astype(np.uint8))
+    return np.ascontiguousarray(np.asarray(img.convert("RGBA" if has_alpha else "RGB")))
+
+
+def _from_array(arr: np.ndarray, index: int) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise ShapeError(f"item {index}: image arrays must be uint8 HxW or HxWxC, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise ShapeError(f"item {index}: image arrays must be HxW or HxWx{{1,3,4}}, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def to_native_items(images: Any, exif_transpose: bool) -> tuple[list[Any], dict[int, ImageError | Exception]]:
+    """Map inputs to core items; failures found here are returned by index."""
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(images):
+        images = [images]
+    items: list[Any] = []
+    failed: dict[int, ImageError | Exception] = {}
+    for i, obj in enumerate(images):
+        try:
+            if isinstance(obj, bytes):
+                items.append(obj)
+            elif isinstance(obj, (bytearray, memoryview)):
+                items.append(bytes(obj))
+            elif isinstance(obj, os.PathLike):
+                items.append(os.fspath(obj))
+            elif isinstance(obj, str):
+                items.append(obj)
+            elif isinstance(obj, np.ndarray):
+                items.append(_from_array(obj, i))
+            elif _is_pil(obj):
+                items.append(_from_pil(obj, exif_transpose))
+            else:
+                raise TypeError(
+                    f"item {i}: expected a path, bytes, a uint8 numpy array or a PIL image, got {type(obj).__name__}"
+                )
+        except (ShapeError, TypeError, OSError, ValueError) as exc:
+            failed[i] = exc
+            items.append(_FAILED)
+    return items, failed
+
+
+def _is_pil(obj: Any) -> bool:
+    mod = type(obj).__module__
+    return mod.startswith("PIL.") and hasattr(obj, "getbands")

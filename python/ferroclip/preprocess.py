@@ -1,0 +1,176 @@
+"""`Preprocessor`: many images to one model-ready float batch, in parallel, in Rust.
+
+The output equals the reference processor's (PIL + transformers' PIL-backend processor,
+after ``ImageOps.exif_transpose``) bit for bit on lossless inputs and on JPEG, because the
+core decodes JPEG with the same libjpeg-turbo and ports Pillow's resampling to the integer.
+Bad files never kill a batch: each one is reported with its index, path and reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _native
+from ._sources import ImageInput, to_native_items
+from .config import PreprocessConfig
+from .errors import ImageError, item_error
+
+__all__ = ["DEFAULT_MAX_PIXELS", "PreprocessResult", "Preprocessor"]
+
+#: Twice Pillow's decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS``), where Pillow raises.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+DEFAULT_MAX_FILE_BYTES = 1 << 30
+
+
+@dataclass
+class PreprocessResult:
+    """Output of :meth:`Preprocessor.preprocess`.
+
+    ``pixel_values[i]`` belongs to input ``i``; rows of failed inputs are zero and
+    ``ok[i]`` is False. ``errors`` holds one exception per failed input, in input order,
+    each with ``.index``, ``.path`` and ``.reason``.
+    """
+
+    pixel_values: npt.NDArray[np.floating[Any]]
+    ok: npt.NDArray[np.bool_]
+    errors: list[ImageError | Exception] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+    def raise_for_errors(self) -> None:
+        """Raise the first failure (its own class), saying how many others failed."""
+        if not self.errors:
+            return
+        first = self.errors[0]
+        others = len(self.errors) - 1
+        if others:
+            note = f" ({others} other item{'s' if others > 1 else ''} also failed)"
+            if isinstance(first, ImageError):
+                first.message += note
+            else:
+                first.args = (f"{first.args[0] if first.args else first}{note}",)
+        raise first
+
+
+class Preprocessor:
+    """Turns images into ``(N, 3, H, W)`` batches as ``config`` prescribes.
+
+    Args:
+        config: the model's :class:`PreprocessConfig` (a preset, ``from_pretrained``, ...).
+        num_threads: worker threads; default ``FERROCLIP_NUM_THREADS`` or all cores.
+        fast: decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when the resized
+            image is at least that much smaller. Much faster on large photos; no longer
+            bit-exact (see the benchmark report for the measured difference).
+        exif_transpose: apply EXIF orientation, as ``ImageOps.exif_transpose``.
+        alpha: ``"white"`` composites transparency onto white (what HF's ``convert_to_rgb``
+            does), ``"drop"`` discards alpha (PIL ``convert("RGB")``, open_clip).
+        max_pixels: images whose header announces more pixels fail with
+            :class:`ImageTooLargeError` before any pixel memory is allocated.
+        max_file_bytes: larger files fail without being read.
+        dtype: ``"float32"`` (default) or ``"float16"`` output.
+
+    Example:
+        >>> pre = Preprocessor(PreprocessConfig.clip(224))
+        >>> res = pre.preprocess(["cat.jpg", "dog.png"])   # doctest: +SKIP
+        >>> res.pixel_values.shape                          # doctest: +SKIP
+        (2, 3, 224, 224)
+    """
+
+    def __init__(
+        self,
+        config: PreprocessConfig,
+        *,
+        num_threads: int | None = None,
+        fast: bool = False,
+        exif_transpose: bool = True,
+        alpha: Literal["white", "drop"] = "white",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        dtype: Literal["float32", "float16"] = "float32",
+    ) -> None:
+        if not isinstance(config, PreprocessConfig):
+            raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        self.config = config
+        self.num_threads = num_threads
+        self.fast = fast
+        self.exif_transpose = exif_transpose
+        self.dtype = dtype
+        self._spec = _native.PreprocessSpec(
+            resize_mode=config.resize_mode,
+            size=config.size,
+            crop_size=config.crop_size,
+            crop_rounding=config.crop_rounding,
+            resample=config.resample,
+            rescale=config.rescale,
+            rescale_factor=config.rescale_factor,
+            mean=config.image_mean,
+            std=config.image_std,
+            pad_value=config.fill_rgb,
+            exif_transpose=exif_transpose,
+            alpha=alpha,
+            max_pixels=max_pixels,
+            jpeg_draft=fast,
+            max_file_bytes=max_file_bytes,
+        )
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.config.output_size
+
+    def preprocess(
+        self,
+        images: ImageInput | list[ImageInput],
+        *,
+        on_error: Literal["report", "raise"] = "report",
+        out: npt.NDArray[np.floating[Any]] | None = None,
+    ) -> PreprocessResult:
+        """Preprocess a batch (paths, encoded bytes, uint8 HWC arrays, PIL images; mixed is fine).
+
+        With ``on_error="report"`` failures come back in ``result.errors``; with ``"raise"``
+        the first failure is raised after the whole batch ran. ``out`` may be a C-contiguous
+        ``(N, 3, H, W)`` array of the output dtype to fill in place (e.g. a pinned buffer).
+        """
+        if on_error not in ("report", "raise"):
+            raise ValueError(f"on_error must be 'report' or 'raise', got {on_error!r}")
+        items, failed = to_native_items(images, self.exif_transpose)
+        pixels, raw_errors = _native.preprocess_batch(
+            items, self._spec, out=out, dtype=self.dtype, num_threads=self.num_threads
+        )
+        errors: dict[int, ImageError | Exception] = {
+            index: item_error(index, path, kind, reason) for index, path, kind, reason in raw_errors
+        }
+        for index, exc in failed.items():
+            if isinstance(exc, ImageError) and exc.index is None:
+                exc.index = index
+            errors[index] = exc
+        ok = np.ones(len(items), dtype=bool)
+        ok[list(errors)] = False
+        result = PreprocessResult(pixel_values=pixels, ok=ok, errors=[errors[i] for i in sorted(errors)])
+        if on_error == "raise":
+            result.raise_for_errors()
+        return result
+
+    __call__ = preprocess
+
+    def __repr__(self) -> str:
+        return f"Preprocessor({self.config!r}, num_threads={self.num_threads}, fast={self.fast})"
+
+
+def decode_image(
+    image: str | bytes,
+    *,
+    exif_transpose: bool = True,
+    alpha: Literal["white", "drop"] = "white",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> npt.NDArray[np.uint8]:
+    """Decode one file or bytes object to an ``(H, W, 3)`` uint8 array, as the reference sees it."""
+    return _native.decode_image(image, exif_transpose=exif_transpose, alpha=alpha, max_pixels=max_pixels)

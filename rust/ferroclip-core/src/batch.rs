@@ -1,0 +1,130 @@
+//! Many images in parallel into one preallocated buffer, one result per item.
+//!
+//! Row `i` of the output always belongs to input `i`; a failed item leaves zeros and an
+//! `ItemError`. Each item runs under `catch_unwind`, so a panic anywhere below becomes
+//! that item's `Internal` error instead of tearing down the batch.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, ItemError, Origin, Result};
+use crate::normalize::OutElem;
+use crate::pipeline::{preprocess_one, PreprocessSpec, Source};
+
+/// Bumped in the child after `fork()`: pools built before belong to threads that no longer exist.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+type PoolCache = (u64, Vec<(usize, Arc<rayon::ThreadPool>)>);
+static POOLS: Mutex<PoolCache> = Mutex::new((0, Vec::new()));
+
+/// Call in the child process right after `fork()` (async-signal-safe: one atomic add).
+pub fn mark_forked() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Threads to use: the argument, else `FERROCLIP_NUM_THREADS`, else the available cores.
+#[must_use]
+pub fn resolve_num_threads(requested: Option<usize>) -> usize {
+    requested
+        .filter(|&n| n > 0)
+        .or_else(|| std::env::var("FERROCLIP_NUM_THREADS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
+fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
+    let mut cache = POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let generation = FORK_GENERATION.load(Ordering::SeqCst);
+    if cache.0 != generation {
+        // Worker threads of these pools did not survive the fork; dropping them would
+        // wait for threads that are gone, so leak them instead.
+        std::mem::forget(std::mem::take(&mut cache.1));
+        cache.0 = generation;
+    }
+    if let Some((_, p)) = cache.1.iter().find(|(k, _)| *k == n) {
+        return Ok(Arc::clone(p));
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("ferroclip-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start {n} threads: {e}")))?,
+    );
+    cache.1.push((n, Arc::clone(&p)));
+    Ok(p)
+}
+
+/// Run `f` over `0..n` items with `num_threads` threads (inline when 1).
+pub fn run_parallel<R: Send>(num_threads: Option<usize>, f: impl FnOnce(bool) -> R + Send) -> Result<R> {
+    let n = resolve_num_threads(num_threads);
+    if n == 1 {
+        return Ok(f(false));
+    }
+    Ok(pool(n)?.install(|| f(true)))
+}
+
+fn origin_of(source: &Source<'_>) -> Origin {
+    match source {
+        Source::Path(p) => Origin::Path(p.to_path_buf()),
+        Source::Bytes(_) => Origin::Bytes,
+        Source::Array { .. } => Origin::Array,
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".into())
+}
+
+fn one<T: OutElem>(index: usize, source: &Source<'_>, spec: &PreprocessSpec, slot: &mut [T]) -> Option<ItemError> {
+    let result = catch_unwind(AssertUnwindSafe(|| preprocess_one(source, spec, slot)))
+        .unwrap_or_else(|p| Err(Error::Internal(panic_message(&*p))));
+    match result {
+        Ok(()) => None,
+        Err(error) => {
+            slot.fill(T::default());
+            Some(ItemError { index, origin: origin_of(source), error })
+        }
+    }
+}
+
+/// Preprocess `sources` into `out` (`len * 3 * H * W`, row i = source i).
+pub fn preprocess_batch<T: OutElem>(
+    sources: &[Source<'_>],
+    spec: &PreprocessSpec,
+    out: &mut [T],
+    num_threads: Option<usize>,
+) -> Result<Vec<ItemError>> {
+    let (h, w) = spec.output_hw()?;
+    let per = 3 * h * w;
+    if out.len() != sources.len() * per {
+        return Err(Error::Shape(format!(
+            "output buffer holds {} values, {} images of 3x{h}x{w} need {}",
+            out.len(),
+            sources.len(),
+            sources.len() * per
+        )));
+    }
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    run_parallel(num_threads, |parallel| {
+        let mut errors: Vec<ItemError> = if parallel {
+            out.par_chunks_mut(per)
+                .zip(sources.par_iter())
+                .enumerate()
+                .with_max_len(1)
+                .filter_map(|(i, (slot, src))| one(i, src, spec, slot))
+                .collect()
+        } else {
+            out.chunks_mut(per).zip(sources).enumerate().filter_map(|(i, (slot, src))| one(i, src, spec, slot)).collect()
+        };
+        errors.sort_by_key(|e| e.index);
+        errors
+    })
+}

@@ -1,0 +1,186 @@
+//! Every pixel mode to RGB8, integer for integer what PIL does.
+//!
+//! The reference (`transformers.image_transforms.convert_to_rgb`) composites an image that
+//! has alpha (or a tRNS transparency) onto opaque white with `Image.alpha_composite`, and
+//! converts everything else with `Image.convert("RGB")`. 16-bit samples keep their high
+//! byte, as PIL's `RGB;16B` raw mode does; unlike PIL's `I;16 -> RGB` (which clips at 255)
+//! this also scales 16-bit grayscale instead of saturating it.
+
+use std::io::Cursor;
+
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageError};
+
+use super::{check_pixels, DecodeOptions, Format, RgbImage};
+use crate::error::{Error, Result};
+
+/// What to do with transparency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlphaMode {
+    /// Composite onto opaque white, as HF's `convert_to_rgb` does (default).
+    White,
+    /// Drop the alpha channel and keep the stored colour, as `Image.convert("RGB")` does.
+    Drop,
+}
+
+/// Pillow's `ImagingAlphaComposite` of `(c, a)` over opaque white, one channel.
+#[inline]
+#[must_use]
+pub fn composite_over_white(c: u8, a: u8) -> u8 {
+    const PRECISION_BITS: u32 = 7;
+    if a == 0 {
+        return 255;
+    }
+    let a = u32::from(a);
+    let blend = 255 * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << PRECISION_BITS) / outa255;
+    let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+    let tmp = u32::from(c) * coef1 + 255 * coef2 + (0x80 << PRECISION_BITS);
+    (((tmp >> 8) + tmp) >> 8 >> PRECISION_BITS) as u8
+}
+
+/// Pillow's `cmyk2rgb` (after the `CMYK;I` inversion PIL applies to every 4-channel JPEG).
+#[inline]
+#[must_use]
+pub fn cmyk_to_rgb(c: u8, m: u8, y: u8, k: u8) -> [u8; 3] {
+    let nk = 255 - i32::from(k);
+    let f = |v: u8| {
+        let tmp = i32::from(v) * nk + 128;
+        let muldiv = ((tmp >> 8) + tmp) >> 8;
+        (nk - muldiv).clamp(0, 255) as u8
+    };
+    [f(c), f(m), f(y)]
+}
+
+/// Convert interleaved RGBA (or gray+alpha expanded by the caller) to RGB.
+pub(crate) fn rgba_to_rgb(rgba: &[u8], alpha: AlphaMode) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rgba.len() / 4 * 3);
+    match alpha {
+        AlphaMode::Drop => {
+            for px in rgba.chunks_exact(4) {
+                out.extend_from_slice(&px[..3]);
+            }
+        }
+        AlphaMode::White => {
+            for px in rgba.chunks_exact(4) {
+                let a = px[3];
+                if a == 255 {
+                    out.extend_from_slice(&px[..3]);
+                } else {
+                    out.extend_from_slice(&[
+                        composite_over_white(px[0], a),
+                        composite_over_white(px[1], a),
+                        composite_over_white(px[2], a),
+                    ]);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn gray_to_rgb(gray: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(gray.len() * 3);
+    for &g in gray {
+        out.extend_from_slice(&[g, g, g]);
+    }
+    out
+}
+
+fn gray_alpha_to_rgb(la: &[u8], alpha: AlphaMode) -> Vec<u8> {
+    let mut out = Vec::with_capacity(la.len() / 2 * 3);
+    for px in la.chunks_exact(2) {
+        let (g, a) = (px[0], px[1]);
+        let v = if alpha == AlphaMode::White { composite_over_white(g, a) } else { g };
+        out.extend_from_slice(&[v, v, v]);
+    }
+    out
+}
+
+fn high_bytes(samples: &[u16]) -> Vec<u8> {
+    samples.iter().map(|&v| (v >> 8) as u8).collect()
+}
+
+fn float_to_u8(samples: &[f32]) -> Vec<u8> {
+    samples.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+}
+
+/// `DynamicImage` (any mode image-rs produces) to RGB8 with PIL's rules.
+pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let data = match img {
+        DynamicImage::ImageRgb8(b) => b.into_raw(),
+        DynamicImage::ImageRgba8(b) => rgba_to_rgb(b.as_raw(), alpha),
+        DynamicImage::ImageLuma8(b) => gray_to_rgb(b.as_raw()),
+        DynamicImage::ImageLumaA8(b) => gray_alpha_to_rgb(b.as_raw(), alpha),
+        DynamicImage::ImageRgb16(b) => high_bytes(b.as_raw()),
+        DynamicImage::ImageRgba16(b) => rgba_to_rgb(&high_bytes(b.as_raw()), alpha),
+        DynamicImage::ImageLuma16(b) => gray_to_rgb(&high_bytes(b.as_raw())),
+        DynamicImage::ImageLumaA16(b) => gray_alpha_to_rgb(&high_bytes(b.as_raw()), alpha),
+        DynamicImage::ImageRgb32F(b) => float_to_u8(b.as_raw()),
+        DynamicImage::ImageRgba32F(b) => rgba_to_rgb(&float_to_u8(b.as_raw()), alpha),
+        other => rgba_to_rgb(other.to_rgba8().as_raw(), alpha),
+    };
+    RgbImage { width, height, data }
+}
+
+fn map_image_error(err: ImageError) -> Error {
+    match err {
+        ImageError::Unsupported(e) => Error::Unsupported(e.to_string()),
+        ImageError::Limits(e) => Error::Decode(format!("decoder memory limit exceeded ({e})")),
+        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::Decode("truncated file (unexpected end of data)".into())
+        }
+        other => Error::Decode(other.to_string()),
+    }
+}
+
+/// PNG, GIF (first frame), WebP, BMP and TIFF through image-rs.
+pub(super) fn decode_with_image_rs(
+    data: &[u8],
+    format: Format,
+    opts: &DecodeOptions,
+) -> Result<(RgbImage, Option<Orientation>)> {
+    let fmt = match format {
+        Format::Png => image::ImageFormat::Png,
+        Format::Gif => image::ImageFormat::Gif,
+        Format::WebP => image::ImageFormat::WebP,
+        Format::Bmp => image::ImageFormat::Bmp,
+        Format::Tiff => image::ImageFormat::Tiff,
+        Format::Jpeg => unreachable!("JPEG is decoded by libjpeg-turbo"),
+    };
+    let mut reader = image::ImageReader::with_format(Cursor::new(data), fmt);
+    let mut limits = image::Limits::default();
+    // Room for the largest allowed image at 16 bits x 4 channels, plus decoder scratch.
+    limits.max_alloc = Some(opts.max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(map_image_error)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(u64::from(w), u64::from(h), opts.max_pixels)?;
+    let orientation = if opts.apply_exif_orientation { decoder.orientation().ok() } else { None };
+    let img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    Ok((dynamic_to_rgb(img, opts.alpha), orientation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_is_identity_when_opaque_and_white_when_transparent() {
+        for c in 0..=255u8 {
+            assert_eq!(composite_over_white(c, 255), c);
+            assert_eq!(composite_over_white(c, 0), 255);
+        }
+        // Half-transparent black over white is mid grey, as in Pillow.
+        assert_eq!(composite_over_white(0, 128), 127);
+    }
+
+    #[test]
+    fn cmyk_extremes() {
+        assert_eq!(cmyk_to_rgb(0, 0, 0, 0), [255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(0, 0, 0, 255), [0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(255, 0, 0, 0), [0, 255, 255]);
+    }
+}

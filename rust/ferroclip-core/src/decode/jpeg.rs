@@ -1,0 +1,231 @@
+//! JPEG through libjpeg-turbo (as built by mozjpeg-sys): the decoder PIL uses, with PIL's
+//! settings (ISLOW IDCT, fancy upsampling), so the pixels are bit-exact with PIL.
+//!
+//! libjpeg reports errors through a callback that must not return; ours unwinds (the C
+//! code is compiled with `-fexceptions` by mozjpeg-sys' `unwinding` feature) and the
+//! unwind is caught right here, so it never crosses into the caller. Warnings that mean
+//! "the data is corrupt or truncated" are promoted to errors: libjpeg would otherwise
+//! fill the missing part with grey and carry on.
+
+use std::mem;
+use std::os::raw::{c_int, c_long, c_ulong};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use image::metadata::Orientation;
+use mozjpeg_sys as ffi;
+
+use super::color::cmyk_to_rgb;
+use super::{check_pixels, DecodeOptions, RgbImage, ScaleChooser};
+use crate::error::{Error, Result};
+
+/// Payload of the unwind raised by our libjpeg error handler.
+struct JpegFailure(String);
+
+/// State reachable from the libjpeg callbacks through `client_data`.
+struct Ctx {
+    max_scans: c_int,
+}
+
+const FATAL_WARNINGS: &[c_int] = &[
+    ffi::JWRN_HIT_MARKER as c_int,
+    ffi::JWRN_HUFF_BAD_CODE as c_int,
+    ffi::JWRN_JPEG_EOF as c_int,
+    ffi::JWRN_MUST_RESYNC as c_int,
+    ffi::JWRN_NOT_SEQUENTIAL as c_int,
+    ffi::JWRN_BOGUS_PROGRESSION as c_int,
+    ffi::JWRN_TOO_MUCH_DATA as c_int,
+];
+
+unsafe fn format_message(cinfo: &mut ffi::jpeg_common_struct) -> String {
+    let err = &*cinfo.err;
+    let Some(fmt) = err.format_message else { return format!("libjpeg error {}", err.msg_code) };
+    let mut buffer = [0u8; 80];
+    // libjpeg writes into the buffer; the binding declares it `&[u8; 80]`.
+    let fmt: unsafe extern "C-unwind" fn(&mut ffi::jpeg_common_struct, *mut u8) = mem::transmute(fmt);
+    fmt(cinfo, buffer.as_mut_ptr());
+    let end = buffer.iter().position(|&c| c == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
+    let msg = format_message(cinfo);
+    std::panic::resume_unwind(Box::new(JpegFailure(msg)));
+}
+
+unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
+    if level < 0 && FATAL_WARNINGS.contains(&(*cinfo.err).msg_code) {
+        let msg = format_message(cinfo);
+        std::panic::resume_unwind(Box::new(JpegFailure(msg)));
+    }
+}
+
+unsafe extern "C-unwind" fn progress_monitor(cinfo: &mut ffi::jpeg_common_struct) {
+    if cinfo.is_decompressor == 0 {
+        return;
+    }
+    let d = &*(cinfo as *mut ffi::jpeg_common_struct as *const ffi::jpeg_decompress_struct);
+    let ctx = &*(cinfo.client_data as *const Ctx);
+    if d.input_scan_number > ctx.max_scans {
+        let msg = format!("more than {} progressive scans (scan bomb)", ctx.max_scans);
+        std::panic::resume_unwind(Box::new(JpegFailure(msg)));
+    }
+}
+
+/// Owns the libjpeg state; destroys it on every exit path.
+struct Decompress {
+    cinfo: Box<ffi::jpeg_decompress_struct>,
+    _err: Box<ffi::jpeg_error_mgr>,
+    _progress: Box<ffi::jpeg_progress_mgr>,
+    _ctx: Box<Ctx>,
+}
+
+impl Decompress {
+    fn new(max_scans: u32) -> Self {
+        unsafe {
+            let mut err: Box<ffi::jpeg_error_mgr> = Box::new(mem::zeroed());
+            ffi::jpeg_std_error(&mut err);
+            err.error_exit = Some(error_exit);
+            err.emit_message = Some(emit_message);
+            let mut progress: Box<ffi::jpeg_progress_mgr> = Box::new(mem::zeroed());
+            progress.progress_monitor = Some(progress_monitor);
+            let mut ctx = Box::new(Ctx { max_scans: c_int::try_from(max_scans).unwrap_or(c_int::MAX) });
+            let mut cinfo: Box<ffi::jpeg_decompress_struct> = Box::new(mem::zeroed());
+            cinfo.common.err = &mut *err;
+            ffi::jpeg_create_decompress(&mut *cinfo);
+            cinfo.common.progress = &mut *progress;
+            cinfo.common.client_data = (&mut *ctx as *mut Ctx).cast();
+            Self { cinfo, _err: err, _progress: progress, _ctx: ctx }
+        }
+    }
+}
+
+impl Drop for Decompress {
+    fn drop(&mut self) {
+        unsafe { ffi::jpeg_destroy_decompress(&mut self.cinfo) };
+    }
+}
+
+/// Find the EXIF orientation in the APP1 segments before the first scan, without letting
+/// libjpeg buffer markers (many large APP segments would otherwise all be kept in memory).
+fn exif_orientation(data: &[u8]) -> Option<Orientation> {
+    let mut pos = 2;
+    while pos + 4 <= data.len() {
+        if data[pos] != 0xFF {
+            return None;
+        }
+        let marker = data[pos + 1];
+        if marker == 0xFF {
+            pos += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            return None; // start of scan / end of image: no more metadata
+        }
+        let len = usize::from(u16::from_be_bytes([data[pos + 2], data[pos + 3]]));
+        if len < 2 {
+            return None;
+        }
+        let body = data.get(pos + 4..pos + 2 + len)?;
+        if marker == 0xE1 && body.starts_with(b"Exif\0\0") {
+            return Orientation::from_exif_chunk(&body[6..]);
+        }
+        pos += 2 + len;
+    }
+    None
+}
+
+pub(super) fn decode_jpeg(
+    data: &[u8],
+    opts: &DecodeOptions,
+    scale: ScaleChooser<'_>,
+) -> Result<(RgbImage, Option<Orientation>, (usize, usize))> {
+    let orientation = if opts.apply_exif_orientation { exif_orientation(data) } else { None };
+    let swap = orientation.is_some_and(super::swaps_axes);
+    let mut dec = Decompress::new(opts.max_scans);
+    let result = catch_unwind(AssertUnwindSafe(|| unsafe { run(&mut dec, data, opts, scale, swap) }));
+    drop(dec);
+    match result {
+        Ok(r) => r.map(|(img, full)| (img, orientation, full)),
+        Err(payload) => match payload.downcast::<JpegFailure>() {
+            Ok(f) => Err(Error::Decode(f.0)),
+            Err(p) => std::panic::resume_unwind(p),
+        },
+    }
+}
+
+unsafe fn run(
+    dec: &mut Decompress,
+    data: &[u8],
+    opts: &DecodeOptions,
+    scale: ScaleChooser<'_>,
+    swap: bool,
+) -> Result<(RgbImage, (usize, usize))> {
+    let cinfo = &mut *dec.cinfo;
+    ffi::jpeg_mem_src(cinfo, data.as_ptr(), data.len() as c_ulong);
+    ffi::jpeg_read_header(cinfo, 1);
+    let (w, h) = (cinfo.image_width as usize, cinfo.image_height as usize);
+    check_pixels(w as u64, h as u64, opts.max_pixels)?;
+    // Bound libjpeg's own allocations (whole-image coefficient buffers of progressive files).
+    let mem_cap = opts.max_pixels.saturating_mul(8).min(c_long::MAX as u64) as c_long;
+    (*cinfo.common.mem).max_memory_to_use = mem_cap;
+
+    let cmyk = matches!(cinfo.jpeg_color_space, ffi::J_COLOR_SPACE::JCS_CMYK | ffi::J_COLOR_SPACE::JCS_YCCK);
+    let gray = cinfo.jpeg_color_space == ffi::J_COLOR_SPACE::JCS_GRAYSCALE;
+    cinfo.out_color_space = if cmyk {
+        ffi::J_COLOR_SPACE::JCS_CMYK
+    } else if gray {
+        ffi::J_COLOR_SPACE::JCS_GRAYSCALE
+    } else {
+        ffi::J_COLOR_SPACE::JCS_RGB
+    };
+    cinfo.dct_method = ffi::J_DCT_METHOD::JDCT_ISLOW;
+    cinfo.do_fancy_upsampling = 1;
+    if let Some(choose) = scale {
+        // The chooser reasons about the displayed (EXIF-oriented) size.
+        let denom = if swap { choose(h, w) } else { choose(w, h) };
+        if matches!(denom, 2 | 4 | 8) {
+            cinfo.scale_num = 1;
+            cinfo.scale_denom = denom;
+        }
+    }
+    ffi::jpeg_start_decompress(cinfo);
+    let (ow, oh) = (cinfo.output_width as usize, cinfo.output_height as usize);
+    let comps = cinfo.output_components as usize;
+    let mut raw = vec![0u8; ow * oh * comps];
+    while (cinfo.output_scanline as usize) < oh {
+        let y = cinfo.output_scanline as usize;
+        let mut row = raw[y * ow * comps..].as_mut_ptr();
+        ffi::jpeg_read_scanlines(cinfo, &mut row, 1);
+    }
+    ffi::jpeg_finish_decompress(cinfo);
+
+    let data = match comps {
+        3 => raw,
+        1 => raw.iter().flat_map(|&g| [g, g, g]).collect(),
+        4 => raw
+            .chunks_exact(4)
+            // PIL reads every 4-channel JPEG as inverted (Adobe) CMYK, then `cmyk2rgb`.
+            .flat_map(|p| cmyk_to_rgb(255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]))
+            .collect(),
+        n => return Err(Error::Unsupported(format!("JPEG with {n} output components"))),
+    };
+    Ok((RgbImage { width: ow, height: oh, data }, (w, h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exif_scan_stops_at_sos_and_survives_garbage() {
+        assert_eq!(exif_orientation(b"\xFF\xD8\xFF\xDA\x00\x02"), None);
+        assert_eq!(exif_orientation(b"\xFF\xD8\xFF\xE1\xFF\xFF"), None);
+        let mut jpeg = b"\xFF\xD8\xFF\xE1".to_vec();
+        let tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00";
+        let len = (2 + 6 + tiff.len()) as u16;
+        jpeg.extend_from_slice(&len.to_be_bytes());
+        jpeg.extend_from_slice(b"Exif\0\0");
+        jpeg.extend_from_slice(tiff);
+        assert_eq!(exif_orientation(&jpeg), Some(Orientation::Rotate90));
+    }
+}

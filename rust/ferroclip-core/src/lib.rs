@@ -1,0 +1,16 @@
+//! ferroclip-core: reference-exact CLIP-family image preprocessing and retrieval maths.
+//!
+//! Plain Rust, no Python: `ferroclip-py` is the thin binding on top. The preprocessing
+//! reproduces PIL + Hugging Face image processors (and torchvision/open_clip transforms)
+//! bit for bit, computing only the pixels that survive the crop.
+
+pub mod batch;
+pub mod decode;
+pub mod error;
+pub mod geometry;
+pub mod normalize;
+pub mod pipeline;
+pub mod resize;
+
+pub use error::{Error, ItemError, Origin, Result};
+pub use pipeline::{PreprocessSpec, Source};

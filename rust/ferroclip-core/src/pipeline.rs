@@ -1,0 +1,149 @@
+//! The preprocessing contract (`PreprocessSpec`) and one image end to end.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use crate::decode::{self, AlphaMode, DecodeOptions, Decoded, RgbImage};
+use crate::error::{Error, Result};
+use crate::geometry::{self, CropSpec, ResizeSpec};
+use crate::normalize::{write_chw, Lut, NormalizeSpec, OutElem};
+use crate::resize::{resize_window, Filter};
+
+/// Default byte cap for one file: far above any real photo, far below memory.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Everything that decides the output of one image.
+#[derive(Debug, Clone)]
+pub struct PreprocessSpec {
+    pub resize: ResizeSpec,
+    pub crop: Option<CropSpec>,
+    pub filter: Filter,
+    pub normalize: NormalizeSpec,
+    /// Colour (uint8, before normalisation) of padding added when the crop is larger than the image.
+    pub pad_value: [u8; 3],
+    pub decode: DecodeOptions,
+    /// Fast mode: let libjpeg decode at 1/2, 1/4 or 1/8 scale when the resized image is that much smaller.
+    pub jpeg_draft: bool,
+    pub max_file_bytes: u64,
+    lut: Lut,
+}
+
+impl PreprocessSpec {
+    /// Build and validate a spec.
+    pub fn new(
+        resize: ResizeSpec,
+        crop: Option<CropSpec>,
+        filter: Filter,
+        normalize: NormalizeSpec,
+        pad_value: [u8; 3],
+        decode: DecodeOptions,
+        jpeg_draft: bool,
+        max_file_bytes: u64,
+    ) -> Result<Self> {
+        resize.validate()?;
+        normalize.validate()?;
+        if let Some(c) = crop {
+            if c.height == 0 || c.width == 0 {
+                return Err(Error::InvalidArgument(format!("crop size must be positive, got {}x{}", c.height, c.width)));
+            }
+        }
+        if decode.max_pixels == 0 {
+            return Err(Error::InvalidArgument("max_pixels must be positive".into()));
+        }
+        let lut = Lut::new(&normalize);
+        Ok(Self { resize, crop, filter, normalize, pad_value, decode, jpeg_draft, max_file_bytes, lut })
+    }
+
+    /// `(height, width)` of every output, or an error when it depends on the input.
+    pub fn output_hw(&self) -> Result<(usize, usize)> {
+        match (self.crop, self.resize) {
+            (Some(c), _) => Ok((c.height as usize, c.width as usize)),
+            (None, ResizeSpec::Exact { height, width }) => Ok((height as usize, width as usize)),
+            _ => Err(Error::InvalidArgument(
+                "this spec gives a different output size per image; add a crop size to batch it".into(),
+            )),
+        }
+    }
+}
+
+/// One input item.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Path(&'a Path),
+    Bytes(&'a [u8]),
+    /// uint8 HWC pixels, C-contiguous, with 1 (gray), 3 (RGB) or 4 (RGBA) channels.
+    Array { data: &'a [u8], height: usize, width: usize, channels: usize },
+}
+
+thread_local! {
+    /// Per-thread scratch for the resized window, reused across images.
+    static WINDOW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn array_to_rgb(data: &[u8], height: usize, width: usize, channels: usize, alpha: AlphaMode) -> Result<RgbImage> {
+    if height == 0 || width == 0 {
+        return Err(Error::Shape(format!("array image has an empty side ({height}x{width})")));
+    }
+    if data.len() != height * width * channels {
+        return Err(Error::Shape(format!("array of {} bytes is not {height}x{width}x{channels}", data.len())));
+    }
+    let data = match channels {
+        3 => data.to_vec(),
+        1 => data.iter().flat_map(|&g| [g, g, g]).collect(),
+        4 => decode::rgba_to_rgb(data, alpha),
+        n => return Err(Error::Shape(format!("array image must have 1, 3 or 4 channels, got {n}"))),
+    };
+    Ok(RgbImage { width, height, data })
+}
+
+/// Decode (or take) one source as the reference would see it.
+pub fn load_rgb(source: &Source<'_>, spec: &PreprocessSpec) -> Result<Decoded> {
+    let chooser = |w: usize, h: usize| -> u32 {
+        let (rw, rh) = geometry::resized_size(w, h, &spec.resize);
+        [8u32, 4, 2]
+            .into_iter()
+            .find(|&d| w.div_ceil(d as usize) >= rw && h.div_ceil(d as usize) >= rh)
+            .unwrap_or(1)
+    };
+    let scale: decode::ScaleChooser<'_> =
+        if spec.jpeg_draft && spec.resize != ResizeSpec::None { Some(&chooser) } else { None };
+    match *source {
+        Source::Path(p) => {
+            let bytes = decode::read_file(p, spec.max_file_bytes)?;
+            decode::decode(&bytes, &spec.decode, scale)
+        }
+        Source::Bytes(b) => decode::decode(b, &spec.decode, scale),
+        Source::Array { data, height, width, channels } => {
+            let image = array_to_rgb(data, height, width, channels, spec.decode.alpha)?;
+            Ok(Decoded { full_width: image.width, full_height: image.height, image })
+        }
+    }
+}
+
+/// Preprocess one source into `out` (`3 * H * W` elements, CHW).
+pub fn preprocess_one<T: OutElem>(source: &Source<'_>, spec: &PreprocessSpec, out: &mut [T]) -> Result<()> {
+    let decoded = load_rgb(source, spec)?;
+    let layout = geometry::layout(decoded.full_width, decoded.full_height, &spec.resize, spec.crop.as_ref());
+    if out.len() != 3 * layout.out_w * layout.out_h {
+        return Err(Error::Shape(format!(
+            "output slot holds {} values, image needs 3x{}x{}",
+            out.len(),
+            layout.out_h,
+            layout.out_w
+        )));
+    }
+    WINDOW.with(|w| -> Result<()> {
+        let mut window = w.borrow_mut();
+        resize_window(
+            &decoded.image,
+            layout.resized_w,
+            layout.resized_h,
+            layout.x,
+            layout.y,
+            spec.filter,
+            &mut window,
+        )?;
+        write_chw(&window, &layout, spec.pad_value, &spec.lut, out);
+        Ok(())
+    })
+}

@@ -196,6 +196,17 @@ pub fn resize_window(
     }
     let need_h = out_w != src.width;
     let need_v = out_h != src.height;
+    // PIL's `Image.resize` resamples very tall images (height > 100 x width) that shrink
+    // vertically in the other order: vertical pass first, then horizontal.
+    if need_h && need_v && src.height > src.width * 100 {
+        let vcoeffs = Coeffs::new(src.height, out_h, filter);
+        let mut rows = vec![0u8; src.width * ys.len * 3];
+        vertical(&src.data, src.width, 0, &vcoeffs, ys, &mut rows);
+        let tall = RgbImage { width: src.width, height: ys.len, data: rows };
+        let hcoeffs = Coeffs::new(src.width, out_w, filter);
+        horizontal(&tall, 0..ys.len, &hcoeffs, xs, out);
+        return Ok(());
+    }
     let vcoeffs = need_v.then(|| Coeffs::new(src.height, out_h, filter));
     // Source rows the window needs.
     let (row0, row1) = match &vcoeffs {
@@ -262,6 +273,21 @@ mod tests {
         for y in 0..ys.len {
             let a = &full[((y + ys.src) * ow + xs.src) * 3..((y + ys.src) * ow + xs.src + xs.len) * 3];
             assert_eq!(a, &win[y * xs.len * 3..(y + 1) * xs.len * 3]);
+        }
+    }
+
+    #[test]
+    fn tall_images_take_the_vertical_first_path_consistently() {
+        // Window of a vertical-first resize must equal the crop of the full one too.
+        let src = gradient(2, 301);
+        let mut full = Vec::new();
+        let all = |n| Span { src: 0, dst: 0, len: n };
+        resize_window(&src, 50, 40, all(50), all(40), Filter::Bicubic, &mut full).unwrap();
+        let mut win = Vec::new();
+        let (xs, ys) = (Span { src: 3, dst: 0, len: 10 }, Span { src: 4, dst: 0, len: 9 });
+        resize_window(&src, 50, 40, xs, ys, Filter::Bicubic, &mut win).unwrap();
+        for y in 0..9 {
+            assert_eq!(&full[((y + 4) * 50 + 3) * 3..((y + 4) * 50 + 13) * 3], &win[y * 30..(y + 1) * 30]);
         }
     }
 

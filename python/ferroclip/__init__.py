@@ -19,6 +19,8 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .preprocess import PreprocessResult, Preprocessor, decode_image
+from .retrieval import recall_at_k, similarity, topk, zero_shot_classify
+from .index import EmbeddingIndex
 
 __all__ = [
     "CLIP_MEAN",
@@ -26,6 +28,7 @@ __all__ = [
     "SIGLIP_MEAN",
     "SIGLIP_STD",
     "ConfigError",
+    "EmbeddingIndex",
     "FerroclipError",
     "ImageDecodeError",
     "ImageError",
@@ -40,4 +43,8 @@ __all__ = [
     "UnsupportedFormatError",
     "__version__",
     "decode_image",
+    "recall_at_k",
+    "similarity",
+    "topk",
+    "zero_shot_classify",
 ]

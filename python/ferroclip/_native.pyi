@@ -45,3 +45,24 @@ def resize_image(
     image: npt.NDArray[np.uint8], width: int, height: int, *, resample: str = "bicubic"
 ) -> npt.NDArray[np.uint8]: ...
 def resolve_num_threads(num_threads: int | None = None) -> int: ...
+
+# Retrieval (ferroclip/retrieval.py validates; these take C-contiguous 2-d float32 arrays,
+# float16 allowed where noted).
+def similarity(
+    a: npt.NDArray[Any], b: npt.NDArray[Any], *, num_threads: int | None = None
+) -> npt.NDArray[np.float32]: ...
+def topk(
+    queries: npt.NDArray[np.float32],
+    database: npt.NDArray[Any],
+    k: int,
+    *,
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def recall_at_k(
+    image_emb: npt.NDArray[Any],
+    text_emb: npt.NDArray[Any],
+    text_to_image: npt.NDArray[np.int64],
+    ks: Sequence[int],
+    *,
+    num_threads: int | None = None,
+) -> tuple[dict[str, float], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...

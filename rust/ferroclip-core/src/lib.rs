@@ -11,6 +11,9 @@ pub mod geometry;
 pub mod normalize;
 pub mod pipeline;
 pub mod resize;
+pub mod similarity;
+pub mod topk;
+pub mod recall;
 
 pub use error::{Error, ItemError, Origin, Result};
 pub use pipeline::{PreprocessSpec, Source};

@@ -4,6 +4,7 @@
 mod detach;
 mod errors;
 mod preprocess;
+mod retrieval;
 
 use pyo3::prelude::*;
 
@@ -21,5 +22,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         libc::pthread_atfork(None, None, Some(child_after_fork));
     });
     preprocess::register(m)?;
+    retrieval::register(m)?;
     Ok(())
 }

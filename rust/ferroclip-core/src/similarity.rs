@@ -1,0 +1,437 @@
+//! Dot-product similarity between two sets of embeddings, block by block.
+//!
+//! Every score in ferroclip (here, in `topk` and in `recall`) comes out of the same
+//! `block_product`, one `matrixmultiply::sgemm` call per tile. The value of one score
+//! depends only on its two vectors, not on the tile it was computed in (the kernel and its
+//! k-blocking are fixed per machine), so `topk` and `recall` agree bit for bit with the
+//! materialised `similarity` matrix: sorting that matrix gives the same order.
+//!
+//! A float16 matrix is widened to f32 one block at a time (F16C when the CPU has it), so
+//! an f16 database costs half the memory and no full-size f32 copy.
+//!
+//! Non-finite inputs are caught on the scores, not on the inputs: a NaN or Inf anywhere in
+//! a vector makes every score of that vector non-finite, so checking each finished tile
+//! (cheap, in cache) finds it without a separate pass over a large database.
+
+use std::borrow::Cow;
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use crate::batch::{resolve_num_threads, run_parallel};
+use crate::error::{Error, Result};
+
+/// Queries per tile: enough rows that sgemm's packing of the database block pays off.
+pub(crate) const QUERY_BLOCK: usize = 256;
+/// Database rows per tile: a 256 x 1024 f32 score tile is 1 MiB, inside a 2 MiB L2.
+pub(crate) const DB_BLOCK: usize = 1024;
+
+/// Row-major storage of an embedding matrix.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+/// A borrowed row-major `rows x dim` embedding matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct Embeddings<'a> {
+    data: Rows<'a>,
+    rows: usize,
+    dim: usize,
+}
+
+impl<'a> Embeddings<'a> {
+    /// Wrap `data` as `rows x dim`; `name` names the argument in the error.
+    pub fn new(data: Rows<'a>, rows: usize, dim: usize, name: &str) -> Result<Self> {
+        let len = match data {
+            Rows::F32(d) => d.len(),
+            Rows::F16(d) => d.len(),
+        };
+        if rows.checked_mul(dim) != Some(len) {
+            return Err(Error::Shape(format!("{name}: {len} values cannot be {rows} rows of dimension {dim}")));
+        }
+        Ok(Self { data, rows, dim })
+    }
+
+    pub fn f32(data: &'a [f32], rows: usize, dim: usize, name: &str) -> Result<Self> {
+        Self::new(Rows::F32(data), rows, dim, name)
+    }
+
+    pub fn f16(data: &'a [f16], rows: usize, dim: usize, name: &str) -> Result<Self> {
+        Self::new(Rows::F16(data), rows, dim, name)
+    }
+
+    #[must_use]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    #[must_use]
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Rows `start..end` as f32: borrowed for f32 storage, widened into `scratch` for f16.
+    pub(crate) fn block<'s>(&'s self, start: usize, end: usize, scratch: &'s mut Vec<f32>) -> Cow<'s, [f32]> {
+        let (lo, hi) = (start * self.dim, end * self.dim);
+        match self.data {
+            Rows::F32(d) => Cow::Borrowed(&d[lo..hi]),
+            Rows::F16(d) => {
+                scratch.resize(hi - lo, 0.0);
+                d[lo..hi].convert_to_f32_slice(scratch);
+                Cow::Borrowed(&scratch[..])
+            }
+        }
+    }
+}
+
+/// Check that two matrices can be multiplied (same dimension), naming both arguments.
+pub(crate) fn check_dims(a: &Embeddings<'_>, a_name: &str, b: &Embeddings<'_>, b_name: &str) -> Result<()> {
+    if a.dim != b.dim {
+        return Err(Error::Shape(format!(
+            "{a_name} has dimension {} but {b_name} has dimension {}",
+            a.dim, b.dim
+        )));
+    }
+    Ok(())
+}
+
+/// Calls with at most this many queries use the dot-product kernel: sgemm's 8-row micro
+/// kernel would compute mostly padding for one query, and the work is memory-bound anyway.
+pub(crate) const SMALL_QUERY_COUNT: usize = 3;
+
+/// How a call computes its scores. Chosen once per call from the total query count, so
+/// one call never mixes kernels: `similarity` and `topk` on the same queries agree bit for
+/// bit, but a query scored alone (dot kernel) may differ in the last bit from the same
+/// query scored in a large batch (sgemm), as with any BLAS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Gemm,
+    Dot,
+}
+
+impl Kernel {
+    pub(crate) fn for_queries(rows: usize) -> Self {
+        if rows <= SMALL_QUERY_COUNT {
+            Kernel::Dot
+        } else {
+            Kernel::Gemm
+        }
+    }
+}
+
+/// Dot product with 16 independent lanes (vectorised by LLVM; FMA in the AVX2 build).
+#[inline(always)]
+fn dot_lanes<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..L {
+            acc[l] = if FMA { x[l].mul_add(y[l], acc[l]) } else { acc[l] + x[l] * y[l] };
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ar.iter().zip(br) {
+        tail = if FMA { x.mul_add(*y, tail) } else { tail + x * y };
+    }
+    // Fixed pairwise reduction: the result does not depend on anything but the inputs.
+    let mut width = L;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] += acc[l + width];
+        }
+    }
+    acc[0] + tail
+}
+
+#[inline(always)]
+unsafe fn dots_impl<const FMA: bool>(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    for (j, row) in d.chunks_exact(dim).take(n).enumerate() {
+        for (i, qi) in q.chunks_exact(dim).take(m).enumerate() {
+            out.add(i * ldc + j).write(dot_lanes::<FMA>(qi, row));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    dots_impl::<true>(q, m, d, n, dim, out, ldc);
+}
+
+/// Small-m product, one pass over `d`; same safety contract as `block_product_raw`.
+unsafe fn dots(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *AVX2_FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return dots_avx2(q, m, d, n, dim, out, ldc);
+        }
+    }
+    dots_impl::<false>(q, m, d, n, dim, out, ldc);
+}
+
+/// `out[i * ldc + j] = <q_i, d_j>` for row-major `q` (m x dim) and `d` (n x dim).
+pub(crate) fn block_product(kernel: Kernel, q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: &mut [f32], ldc: usize) {
+    assert!(q.len() >= m * dim && d.len() >= n * dim, "block_product: inputs too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && out.len() >= (m - 1) * ldc + n, "block_product: output too short");
+    // SAFETY: the asserts keep every access in bounds; `out` is a unique borrow.
+    unsafe { block_product_raw(kernel, q, m, d, n, dim, out.as_mut_ptr(), ldc) }
+}
+
+/// `block_product` writing through a raw pointer, for tiles of a shared output matrix.
+///
+/// # Safety
+/// `out` must be valid for writes at `i * ldc + j` for `i < m`, `j < n`, and no other
+/// thread may access those elements during the call. `q`/`d` hold m/n rows of `dim`.
+pub(crate) unsafe fn block_product_raw(
+    kernel: Kernel,
+    q: &[f32],
+    m: usize,
+    d: &[f32],
+    n: usize,
+    dim: usize,
+    out: *mut f32,
+    ldc: usize,
+) {
+    debug_assert!(q.len() >= m * dim && d.len() >= n * dim);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if dim == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                out.add(i * ldc + j).write(0.0);
+            }
+        }
+        return;
+    }
+    if kernel == Kernel::Dot {
+        return dots(q, m, d, n, dim, out, ldc);
+    }
+    // q is m x k row-major; d seen column-major is k x n, i.e. d transposed; out has row
+    // stride ldc. matrixmultiply picks the AVX/FMA kernel at run time.
+    matrixmultiply::sgemm(
+        m,
+        dim,
+        n,
+        1.0,
+        q.as_ptr(),
+        dim as isize,
+        1,
+        d.as_ptr(),
+        1,
+        dim as isize,
+        0.0,
+        out,
+        ldc as isize,
+        1,
+    );
+}
+
+/// Where the first non-finite score of a tile is, as an error naming both arguments.
+pub(crate) fn check_finite_tile(
+    tile: &[f32],
+    m: usize,
+    n: usize,
+    ldc: usize,
+    row0: usize,
+    col0: usize,
+    names: (&str, &str),
+) -> Result<()> {
+    // Fast vectorisable test first; only a bad tile pays for finding the position.
+    let all_finite = tile.chunks(ldc).take(m).all(|row| row[..n].iter().fold(true, |ok, s| ok & s.is_finite()));
+    if all_finite {
+        return Ok(());
+    }
+    for (i, row) in tile.chunks(ldc).take(m).enumerate() {
+        if let Some(j) = row[..n].iter().position(|s| !s.is_finite()) {
+            return Err(non_finite(row0 + i, col0 + j, names));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn non_finite(i: usize, j: usize, (a, b): (&str, &str)) -> Error {
+    Error::InvalidArgument(format!(
+        "non-finite similarity between {a}[{i}] and {b}[{j}]: one of them holds NaN or Inf, \
+         or the dot product overflowed float32"
+    ))
+}
+
+/// Run `f(i)` for `i in 0..n`, on the current rayon pool when `parallel`, in order otherwise.
+pub(crate) fn map_range<R: Send>(parallel: bool, n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if parallel {
+        (0..n).into_par_iter().with_max_len(1).map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
+}
+
+/// Raw pointer to the output matrix shared by tiles that write disjoint rectangles.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each tile writes only its own rectangle of the output (see `similarity`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// The full `a.rows x b.rows` similarity matrix `a @ b.T`, row-major.
+///
+/// Tiles of `QUERY_BLOCK x DB_BLOCK` run in parallel; each checks its scores for NaN/Inf.
+pub fn similarity(a: &Embeddings<'_>, b: &Embeddings<'_>, num_threads: Option<usize>) -> Result<Vec<f32>> {
+    check_dims(a, "a", b, "b")?;
+    let (m, n) = (a.rows, b.rows);
+    let len = m.checked_mul(n).ok_or_else(|| Error::Shape(format!("a {m} x {n} similarity matrix is too large")))?;
+    let mut out = vec![0.0f32; len];
+    if len == 0 {
+        return Ok(out);
+    }
+    let row_blocks = m.div_ceil(QUERY_BLOCK);
+    let col_blocks = n.div_ceil(DB_BLOCK);
+    // One task per (column block, group of row blocks): each task widens its f16 column
+    // block once, and there are enough tasks to keep every thread busy.
+    let row_groups = row_blocks.min((4 * resolve_num_threads(num_threads)).div_ceil(col_blocks)).max(1);
+    let blocks_per_group = row_blocks.div_ceil(row_groups);
+    let kernel = Kernel::for_queries(m);
+    let ptr = OutPtr(out.as_mut_ptr());
+    let results = run_parallel(num_threads, |parallel| {
+        map_range(parallel, col_blocks * row_groups, |t| -> Result<()> {
+            let ptr = ptr;
+            let (cb, group) = (t / row_groups, t % row_groups);
+            let (c0, c1) = (cb * DB_BLOCK, ((cb + 1) * DB_BLOCK).min(n));
+            let mut scratch_b = Vec::new();
+            let mut scratch_a = Vec::new();
+            let bb = b.block(c0, c1, &mut scratch_b);
+            let first = group * blocks_per_group;
+            for rb in first..(first + blocks_per_group).min(row_blocks) {
+                let (r0, r1) = (rb * QUERY_BLOCK, ((rb + 1) * QUERY_BLOCK).min(m));
+                let ab = a.block(r0, r1, &mut scratch_a);
+                let (h, w) = (r1 - r0, c1 - c0);
+                // SAFETY: rows r0..r1 x columns c0..c1 of `out` belong to this task alone
+                // (tasks own disjoint column blocks x row groups); `out` outlives the call
+                // and nothing else reads or writes it meanwhile.
+                unsafe {
+                    let corner = ptr.0.add(r0 * n + c0);
+                    block_product_raw(kernel, &ab, h, &bb, w, a.dim, corner, n);
+                    for i in 0..h {
+                        let row = std::slice::from_raw_parts(corner.add(i * n), w);
+                        check_finite_tile(row, 1, w, w, r0 + i, c0, ("a", "b"))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    })?;
+    // Report the error of the first failing task, so the message does not depend on timing.
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], m: usize, b: &[f32], n: usize, d: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..d).map(|t| a[i * d + t] * b[j * d + t]).sum();
+            }
+        }
+        out
+    }
+
+    /// Small integers: every product and sum is exact in f32, so any order gives one answer.
+    fn ints(len: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 7) as f32 - 3.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_naive_across_tile_edges() {
+        let (m, n, d) = (QUERY_BLOCK + 3, DB_BLOCK + 5, 17);
+        let a = ints(m * d, 1);
+        let b = ints(n * d, 2);
+        let ea = Embeddings::f32(&a, m, d, "a").unwrap();
+        let eb = Embeddings::f32(&b, n, d, "b").unwrap();
+        for threads in [1, 3] {
+            assert_eq!(similarity(&ea, &eb, Some(threads)).unwrap(), naive(&a, m, &b, n, d));
+        }
+    }
+
+    #[test]
+    fn dot_kernel_matches_gemm_on_exact_data() {
+        let (n, d) = (DB_BLOCK + 9, 37); // 37: two 16-lane chunks and a tail
+        let b = ints(n * d, 7);
+        let eb = Embeddings::f32(&b, n, d, "b").unwrap();
+        for m in [1, SMALL_QUERY_COUNT, SMALL_QUERY_COUNT + 1] {
+            let a = ints(m * d, 8);
+            let ea = Embeddings::f32(&a, m, d, "a").unwrap();
+            assert_eq!(similarity(&ea, &eb, Some(2)).unwrap(), naive(&a, m, &b, n, d), "m={m}");
+        }
+        let mut out = vec![0.0; n];
+        let a = ints(d, 9);
+        block_product(Kernel::Gemm, &a, 1, &b, n, d, &mut out, n);
+        let mut out_dot = vec![0.0; n];
+        block_product(Kernel::Dot, &a, 1, &b, n, d, &mut out_dot, n);
+        assert_eq!(out, out_dot);
+    }
+
+    #[test]
+    fn f16_database_is_widened_exactly() {
+        let (m, n, d) = (5, 40, 9);
+        let a = ints(m * d, 3);
+        let b = ints(n * d, 4);
+        let b16: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
+        let ea = Embeddings::f32(&a, m, d, "a").unwrap();
+        let eb = Embeddings::f16(&b16, n, d, "b").unwrap();
+        assert_eq!(similarity(&ea, &eb, Some(2)).unwrap(), naive(&a, m, &b, n, d));
+    }
+
+    #[test]
+    fn empty_and_zero_dim() {
+        let ea = Embeddings::f32(&[], 0, 4, "a").unwrap();
+        let b = [1.0; 8];
+        let eb = Embeddings::f32(&b, 2, 4, "b").unwrap();
+        assert!(similarity(&ea, &eb, None).unwrap().is_empty());
+        let za = Embeddings::f32(&[], 3, 0, "a").unwrap();
+        let zb = Embeddings::f32(&[], 2, 0, "b").unwrap();
+        assert_eq!(similarity(&za, &zb, None).unwrap(), vec![0.0; 6]);
+    }
+
+    #[test]
+    fn shape_errors_name_the_argument() {
+        let err = Embeddings::f32(&[1.0; 5], 2, 3, "database").unwrap_err().to_string();
+        assert!(err.contains("database"), "{err}");
+        let a = Embeddings::f32(&[1.0; 6], 2, 3, "a").unwrap();
+        let b = Embeddings::f32(&[1.0; 8], 2, 4, "b").unwrap();
+        let err = similarity(&a, &b, None).unwrap_err().to_string();
+        assert!(err.contains("dimension 3") && err.contains("dimension 4"), "{err}");
+    }
+
+    #[test]
+    fn nan_in_database_is_reported_with_its_row() {
+        let a = [1.0f32, 0.0];
+        let mut b = vec![0.5f32; 2 * 2000];
+        b[2 * 1500 + 1] = f32::NAN; // multiplied by 0.0 in the query, still NaN
+        let ea = Embeddings::f32(&a, 1, 2, "a").unwrap();
+        let eb = Embeddings::f32(&b, 2000, 2, "b").unwrap();
+        let err = similarity(&ea, &eb, Some(2)).unwrap_err().to_string();
+        assert!(err.contains("b[1500]"), "{err}");
+    }
+}

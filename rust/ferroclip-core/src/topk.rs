@@ -1,0 +1,274 @@
+//! Exact top-k by dot product, fused with the blocked product.
+//!
+//! Each task scores one block of queries against one slice of the database, one
+//! `QUERY_BLOCK x DB_BLOCK` tile at a time (1 MiB, stays in L2), and keeps a k-element heap
+//! per query; the `Q x N` score matrix never exists. Slices are merged at the end. Few
+//! queries (one, typically) are split over database slices so every thread has work.
+//!
+//! Order is a stable descending sort: higher score first, equal scores by lower database
+//! index, exactly numpy's `argsort(-scores, kind="stable")[:k]` on the scores that
+//! `similarity` returns (the same kernel computes them, bit for bit).
+
+use crate::batch::{resolve_num_threads, run_parallel};
+use crate::error::Result;
+use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+
+/// Heap entries allowed per task before query blocks shrink (large k).
+const MAX_HEAP_ENTRIES: usize = 1 << 22;
+
+/// `scores[q * k + r]` / `indices[q * k + r]`: the r-th best database row for query q.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopK {
+    /// Results per query: the requested k, capped at the database size.
+    pub k: usize,
+    pub scores: Vec<f32>,
+    pub indices: Vec<i64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    score: f32,
+    index: usize,
+}
+
+/// `a` ranks before `b`: higher score, ties to the lower index (scores are finite here,
+/// and `0.0 == -0.0` as in numpy's sort).
+#[inline]
+fn before(a: Cand, b: Cand) -> bool {
+    a.score > b.score || (a.score == b.score && a.index < b.index)
+}
+
+/// The best `k` candidates seen so far: a binary heap whose root ranks last.
+struct Selector {
+    k: usize,
+    heap: Vec<Cand>,
+}
+
+impl Selector {
+    fn new(k: usize) -> Self {
+        Self { k, heap: Vec::new() }
+    }
+
+    /// Scores below this cannot enter (scores equal to it may, on a lower index).
+    #[inline]
+    fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap[0].score
+        }
+    }
+
+    fn push(&mut self, c: Cand) {
+        if self.heap.len() < self.k {
+            self.heap.push(c);
+            let mut i = self.heap.len() - 1;
+            while i > 0 {
+                let parent = (i - 1) / 2;
+                if before(self.heap[parent], self.heap[i]) {
+                    self.heap.swap(parent, i);
+                    i = parent;
+                } else {
+                    break;
+                }
+            }
+        } else if self.k > 0 && before(c, self.heap[0]) {
+            self.heap[0] = c;
+            let n = self.heap.len();
+            let mut i = 0;
+            loop {
+                let (l, r) = (2 * i + 1, 2 * i + 2);
+                let mut last = i;
+                if l < n && before(self.heap[last], self.heap[l]) {
+                    last = l;
+                }
+                if r < n && before(self.heap[last], self.heap[r]) {
+                    last = r;
+                }
+                if last == i {
+                    break;
+                }
+                self.heap.swap(i, last);
+                i = last;
+            }
+        }
+    }
+
+    fn into_sorted(mut self) -> Vec<Cand> {
+        self.heap.sort_unstable_by(|a, b| if before(*a, *b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+        self.heap
+    }
+}
+
+/// Score queries `q0..q1` against database rows `d0..d1`; one sorted list per query.
+fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, (q0, q1): (usize, usize), (d0, d1): (usize, usize)) -> Result<Vec<Vec<Cand>>> {
+    let m = q1 - q0;
+    let mut selectors: Vec<Selector> = (0..m).map(|_| Selector::new(k)).collect();
+    let (mut scratch_q, mut scratch_d) = (Vec::new(), Vec::new());
+    let qb = queries.block(q0, q1, &mut scratch_q);
+    let mut tile = vec![0.0f32; m * DB_BLOCK.min(d1 - d0)];
+    let mut c0 = d0;
+    while c0 < d1 {
+        let c1 = (c0 + DB_BLOCK).min(d1);
+        let w = c1 - c0;
+        let db = database.block(c0, c1, &mut scratch_d);
+        block_product(kernel, &qb, m, &db, w, queries.dim(), &mut tile, w);
+        check_finite_tile(&tile, m, w, w, q0, c0, ("queries", "database"))?;
+        for (sel, row) in selectors.iter_mut().zip(tile.chunks(w)) {
+            let mut thresh = sel.threshold();
+            for (j, &s) in row.iter().enumerate() {
+                if s >= thresh {
+                    sel.push(Cand { score: s, index: c0 + j });
+                    thresh = sel.threshold();
+                }
+            }
+        }
+        c0 = c1;
+    }
+    Ok(selectors.into_iter().map(Selector::into_sorted).collect())
+}
+
+/// The `k` highest-scoring database rows for every query, best first.
+///
+/// `k` larger than the database returns every row. Errors on a dimension mismatch and on
+/// non-finite scores (NaN/Inf in either input, or float32 overflow), naming the pair.
+pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_threads: Option<usize>) -> Result<TopK> {
+    check_dims(queries, "queries", database, "database")?;
+    let (nq, n) = (queries.rows(), database.rows());
+    let k = k.min(n);
+    if nq == 0 || k == 0 {
+        return Ok(TopK { k, scores: Vec::new(), indices: Vec::new() });
+    }
+    let qb_size = QUERY_BLOCK.min((MAX_HEAP_ENTRIES / k).max(1));
+    let q_blocks = nq.div_ceil(qb_size);
+    let threads = resolve_num_threads(num_threads);
+    let d_blocks = n.div_ceil(DB_BLOCK);
+    // Split the database only when query blocks alone cannot feed the threads.
+    let parts = if threads == 1 { 1 } else { d_blocks.min((4 * threads).div_ceil(q_blocks)).max(1) };
+    let blocks_per_part = d_blocks.div_ceil(parts);
+    let parts = d_blocks.div_ceil(blocks_per_part);
+
+    let lists = run_parallel(num_threads, |parallel| {
+        map_range(parallel, q_blocks * parts, |t| {
+            let (b, p) = (t / parts, t % parts);
+            let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
+            let d = (p * blocks_per_part * DB_BLOCK, ((p + 1) * blocks_per_part * DB_BLOCK).min(n));
+            scan(Kernel::for_queries(nq), queries, database, k, q, d)
+        })
+    })?
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
+
+    let mut scores = Vec::with_capacity(nq * k);
+    let mut indices = Vec::with_capacity(nq * k);
+    for (b, block_lists) in lists.chunks(parts).enumerate() {
+        for i in 0..(((b + 1) * qb_size).min(nq) - b * qb_size) {
+            let mut merged: Vec<Cand>;
+            if parts == 1 {
+                merged = block_lists[0][i].clone();
+            } else {
+                merged = block_lists.iter().flat_map(|l| l[i].iter().copied()).collect();
+                merged.sort_unstable_by(|a, b| if before(*a, *b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+                merged.truncate(k);
+            }
+            debug_assert_eq!(merged.len(), k);
+            scores.extend(merged.iter().map(|c| c.score));
+            indices.extend(merged.iter().map(|c| c.index as i64));
+        }
+    }
+    Ok(TopK { k, scores, indices })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::similarity::similarity;
+
+    fn lcg(len: usize, seed: u64, levels: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((x >> 33) % levels) as f32 - (levels / 2) as f32
+            })
+            .collect()
+    }
+
+    /// Reference: full similarity matrix, stable sort by descending score.
+    fn reference(q: &Embeddings<'_>, d: &Embeddings<'_>, k: usize) -> (Vec<f32>, Vec<i64>) {
+        let n = d.rows();
+        let s = similarity(q, d, Some(1)).unwrap();
+        let (mut scores, mut idx) = (Vec::new(), Vec::new());
+        for row in s.chunks(n.max(1)).take(q.rows()) {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap()); // stable
+            for &j in order.iter().take(k.min(n)) {
+                scores.push(row[j]);
+                idx.push(j as i64);
+            }
+        }
+        (scores, idx)
+    }
+
+    fn check(nq: usize, n: usize, dim: usize, k: usize, levels: u64, threads: usize) {
+        let q = lcg(nq * dim, 1, levels);
+        let d = lcg(n * dim, 2, levels);
+        let eq = Embeddings::f32(&q, nq, dim, "queries").unwrap();
+        let ed = Embeddings::f32(&d, n, dim, "database").unwrap();
+        let got = topk(&eq, &ed, k, Some(threads)).unwrap();
+        let (scores, indices) = reference(&eq, &ed, k);
+        assert_eq!(got.k, k.min(n));
+        assert_eq!(got.indices, indices, "nq={nq} n={n} dim={dim} k={k} threads={threads}");
+        assert_eq!(got.scores, scores);
+    }
+
+    #[test]
+    fn matches_stable_sort_with_many_ties() {
+        // levels=3 over dim 2 leaves few distinct scores: ties decide most of the order.
+        for threads in [1, 2, 5] {
+            check(3, 2 * DB_BLOCK + 7, 2, 10, 3, threads);
+            check(QUERY_BLOCK + 1, DB_BLOCK + 1, 3, 4, 3, threads);
+        }
+    }
+
+    #[test]
+    fn matches_stable_sort_on_distinct_scores() {
+        check(7, 3000, 16, 25, 1000, 3);
+        check(1, 5000, 8, 1, 1000, 2);
+    }
+
+    #[test]
+    fn k_over_n_and_empty() {
+        check(4, 5, 3, 10, 5, 2);
+        check(4, 0, 3, 10, 5, 2);
+        check(0, 5, 3, 10, 5, 2);
+        check(2, 5, 3, 0, 5, 1);
+        check(2, 5, 0, 3, 5, 1); // zero dimension: all ties, index order
+    }
+
+    #[test]
+    fn large_k_shrinks_query_blocks() {
+        check(3, 2 * DB_BLOCK, 4, 2 * DB_BLOCK, 50, 2);
+    }
+
+    #[test]
+    fn selector_keeps_lowest_index_on_ties() {
+        let mut s = Selector::new(2);
+        for index in [5, 1, 3, 0] {
+            s.push(Cand { score: 1.0, index });
+        }
+        s.push(Cand { score: -0.0, index: 0 });
+        let got: Vec<usize> = s.into_sorted().iter().map(|c| c.index).collect();
+        assert_eq!(got, vec![0, 1]);
+    }
+
+    #[test]
+    fn inf_query_is_an_error() {
+        let q = [f32::INFINITY, 0.0];
+        let d = [1.0f32, 1.0];
+        let eq = Embeddings::f32(&q, 1, 2, "queries").unwrap();
+        let ed = Embeddings::f32(&d, 1, 2, "database").unwrap();
+        let err = topk(&eq, &ed, 1, None).unwrap_err().to_string();
+        assert!(err.contains("queries[0]") && err.contains("database[0]"), "{err}");
+    }
+}

@@ -1,0 +1,285 @@
+"""Retrieval maths against numpy: similarity, exact top-k, Recall@K, EmbeddingIndex.
+
+Small-integer embeddings make every dot product exact in float32, so results must equal
+numpy's bit for bit and ties are frequent (they decide the order). Real-valued inputs are
+checked against a stable argsort of ferroclip's own similarity matrix.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ferroclip
+from ferroclip import EmbeddingIndex, ShapeError, recall_at_k, similarity, topk, zero_shot_classify
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+@st.composite
+def int_matrices(draw, max_rows=40, max_dim=9, levels=3):
+    """Two integer-valued float32 matrices with the same dim (few values -> many ties)."""
+    dim = draw(st.integers(0, max_dim))
+    q = draw(st.integers(0, 6))
+    n = draw(st.integers(0, max_rows))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-levels, levels + 1, size=(q, dim)).astype(np.float32)
+    b = rng.integers(-levels, levels + 1, size=(n, dim)).astype(np.float32)
+    return a, b
+
+
+def stable_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, idx, axis=1), idx
+
+
+@FAST
+@given(int_matrices(), st.integers(1, 3))
+def test_similarity_equals_numpy_exactly(ab, threads):
+    a, b = ab
+    np.testing.assert_array_equal(similarity(a, b, num_threads=threads), a @ b.T)
+
+
+@FAST
+@given(int_matrices(), st.integers(0, 50), st.integers(1, 3))
+def test_topk_equals_stable_argsort_with_ties(ab, k, threads):
+    q, d = ab
+    scores, idx = topk(q, d, k, num_threads=threads)
+    ref_s, ref_i = stable_topk(q @ d.T, k)
+    assert idx.dtype == np.int64 and scores.dtype == np.float32
+    assert idx.shape == (len(q), min(k, len(d)))
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_array_equal(scores, ref_s)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 2500), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_topk_real_valued_matches_own_similarity(nq, n, k, seed):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((nq, 24), dtype=np.float32)
+    d = rng.standard_normal((n, 24), dtype=np.float32)
+    scores, idx = topk(q, d, k, num_threads=2)
+    ref_s, ref_i = stable_topk(similarity(q, d), k)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_array_equal(scores, ref_s)
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ d.T, idx, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_topk_duplicates_tie_to_lower_index_across_blocks():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((3, 8)).astype(np.float32)
+    d = np.tile(base, (1500, 1))  # every vector 1500 times, spread over several blocks
+    for q_rows in (1, 7):
+        q = np.repeat(base[:1], q_rows, axis=0)
+        _, idx = topk(q, d, 5, num_threads=2)
+        _, ref = stable_topk(similarity(q, d), 5)
+        np.testing.assert_array_equal(idx, ref)
+        assert (idx % 3 == 0).all() and (np.diff(idx, axis=1) > 0).all()
+
+
+def test_topk_edges_k_over_n_empty_database_single_query():
+    q = np.ones((1, 4), np.float32)
+    d = np.arange(12, dtype=np.float32).reshape(3, 4)
+    s, i = topk(q, d, 10)
+    assert i.tolist() == [[2, 1, 0]] and s.shape == (1, 3)
+    s, i = topk(q, np.zeros((0, 4), np.float32), 3)
+    assert s.shape == (1, 0) and i.shape == (1, 0)
+    s, i = topk(q[0], d, 1)  # 1-d query
+    assert i.tolist() == [[2]]
+    s, i = topk(q, d, 0)
+    assert i.shape == (1, 0)
+
+
+def test_float64_non_contiguous_and_float16_database():
+    rng = np.random.default_rng(1)
+    d = rng.integers(-3, 4, size=(50, 12)).astype(np.float64)
+    q = rng.integers(-3, 4, size=(12, 5)).astype(np.float64).T  # non-contiguous
+    ref_s, ref_i = stable_topk(q @ d.T, 7)
+    for db in (d, d[:, ::1].astype(np.float16), np.asfortranarray(d)):
+        s, i = topk(q, db, 7)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_array_equal(s, ref_s.astype(np.float32))
+    np.testing.assert_array_equal(similarity(q, d[::2]), (q @ d[::2].T).astype(np.float32))
+
+
+def test_torch_tensors_if_available():
+    torch = pytest.importorskip("torch")
+    q = torch.arange(8, dtype=torch.float64).reshape(2, 4)
+    d = torch.eye(4)
+    _, i = topk(q, d, 2)
+    assert i.tolist() == [[3, 2], [3, 2]]
+
+
+def test_errors_name_the_argument():
+    good = np.ones((2, 4), np.float32)
+    with pytest.raises(ShapeError, match="queries.*3.*database.*4"):
+        topk(np.ones((2, 3), np.float32), good, 1)
+    with pytest.raises(ShapeError, match="database must be 2-d"):
+        topk(good, np.ones(4, np.float32), 1)
+    with pytest.raises(ValueError, match="k must be"):
+        topk(good, good, -1)
+    bad = good.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="queries holds NaN.*row 1"):
+        topk(bad, good, 1)
+    big = np.ones((5000, 4), np.float32)
+    big[4321, 0] = np.inf
+    with pytest.raises(ValueError, match="database holds NaN or Inf.*row 4321"):
+        topk(good, big, 1)
+    with pytest.raises(ValueError, match="b holds NaN or Inf"):
+        similarity(good, big)
+    with pytest.raises(ValueError, match="non-finite"):  # finite inputs, overflowing product
+        topk(np.full((1, 4), 3e38, np.float32), good, 1)
+    with pytest.raises(ShapeError, match="must hold numbers"):
+        similarity(np.array([["a"]]), good)
+    assert issubclass(ShapeError, ValueError) and issubclass(ShapeError, ferroclip.FerroclipError)
+
+
+def brute_recall(img, txt, t2i, ks):
+    """Reference by definition: full stable sort, first positive's position."""
+    s = img @ txt.T
+    out = {}
+    i2t_ranks = []
+    for i in range(len(img)):
+        pos = np.flatnonzero(t2i == i)
+        if len(pos) == 0:
+            continue
+        order = np.argsort(-s[i], kind="stable")
+        i2t_ranks.append(np.flatnonzero(np.isin(order, pos))[0])
+    t2i_ranks = [np.flatnonzero(np.argsort(-s[:, t], kind="stable") == t2i[t])[0] for t in range(len(txt))]
+    for name, ranks in (("i2t", np.array(i2t_ranks)), ("t2i", np.array(t2i_ranks))):
+        for k in ks:
+            out[f"{name}_R@{k}"] = float(np.mean(ranks < k))
+        out[f"{name}_median_rank"] = float(np.median(ranks + 1))
+        out[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
+    out["i2t_skipped_images"] = len(img) - len(i2t_ranks)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 40), st.integers(0, 6), st.integers(0, 2**32 - 1), st.booleans())
+def test_recall_matches_brute_force(n_img, n_txt, dim, seed, real):
+    rng = np.random.default_rng(seed)
+    if real:
+        img = rng.standard_normal((n_img, dim)).astype(np.float32)
+        txt = rng.standard_normal((n_txt, dim)).astype(np.float32)
+    else:
+        img = rng.integers(-2, 3, size=(n_img, dim)).astype(np.float32)
+        txt = rng.integers(-2, 3, size=(n_txt, dim)).astype(np.float32)
+    t2i = rng.integers(0, n_img, size=n_txt)
+    ks = (1, 2, 5)
+    got = recall_at_k(img, txt, t2i, ks, num_threads=2)
+    if real:  # near-ties: the reference must rank ferroclip's own scores
+        want = _brute_on_scores(similarity(img, txt), similarity(txt, img), t2i, ks)
+    else:  # exact integer scores: the plain numpy definition
+        want = brute_recall(img, txt, t2i, ks)
+    assert list(got) == list(want)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+def _brute_on_scores(s_it, s_ti, t2i, ks):
+    i2t, t2i_r = [], []
+    for i in range(len(s_it)):
+        pos = np.flatnonzero(t2i == i)
+        if len(pos):
+            i2t.append(np.flatnonzero(np.isin(np.argsort(-s_it[i], kind="stable"), pos))[0])
+    for t in range(len(s_ti)):
+        t2i_r.append(np.flatnonzero(np.argsort(-s_ti[t], kind="stable") == t2i[t])[0])
+    out = {}
+    for name, ranks in (("i2t", np.array(i2t)), ("t2i", np.array(t2i_r))):
+        for k in ks:
+            out[f"{name}_R@{k}"] = float(np.mean(ranks < k))
+        out[f"{name}_median_rank"] = float(np.median(ranks + 1))
+        out[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
+    out["i2t_skipped_images"] = len(s_it) - len(i2t)
+    return out
+
+
+def test_recall_multi_caption_any_counts_and_skips():
+    img = np.eye(3, dtype=np.float32)
+    # image 0: captions 0 (points at image 1's direction) and 1 (exact) -> found at R@1
+    txt = np.array([[0, 1, 0], [1, 0, 0], [0, 0.5, 0]], np.float32)
+    got, i2t, t2i = recall_at_k(img, txt, [0, 0, 1], ks=(1,), return_ranks=True)
+    assert i2t.tolist() == [0, 1, -1]  # image 1: caption 0 scores 1.0 above its caption 2
+    assert t2i.tolist() == [1, 0, 0]
+    assert got["i2t_R@1"] == 0.5 and got["i2t_skipped_images"] == 1
+    assert got["t2i_R@1"] == pytest.approx(2 / 3)
+
+
+def test_recall_errors():
+    img = np.eye(2, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"text_to_image\[1\] = 5"):
+        recall_at_k(img, img, [0, 5])
+    with pytest.raises(ShapeError, match="one entry per caption"):
+        recall_at_k(img, img, [0])
+    with pytest.raises(ShapeError, match="integer"):
+        recall_at_k(img, img, [0.0, 1.0])
+    with pytest.raises(ValueError, match="ks must be positive"):
+        recall_at_k(img, img, [0, 1], ks=(0,))
+    with pytest.raises(ShapeError, match="text_emb has dimension 3"):
+        recall_at_k(img, np.ones((2, 3), np.float32), [0, 1])
+
+
+def test_zero_shot_classify():
+    img = np.array([[2.0, 0.1], [0.0, -1.0], [0.1, 3.0]], np.float32)
+    cls = np.array([[10.0, 0.0], [0.0, 1.0]], np.float32)  # norms differ: cosine, not dot
+    assert zero_shot_classify(img, cls).tolist() == [0, 0, 1]
+    assert zero_shot_classify(img, cls, labels=["cat", "dog"]) == ["cat", "cat", "dog"]
+
+
+def test_index_add_search_remove_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((300, 16)).astype(np.float32)
+    ids = [f"doc{i}" for i in range(300)]
+    index = EmbeddingIndex(16)
+    index.add(v[:100], ids[:100])
+    index.add(v[100:], ids[100:])
+    q = rng.standard_normal((4, 16)).astype(np.float32)
+    s, got = index.search(q, 5)
+    _, ref = stable_topk(similarity(q, v), 5)
+    assert got.tolist() == [[ids[j] for j in row] for row in ref]
+    s_sub, got_sub = index.search(q, 3, subset=ids[::2])
+    _, ref_sub = stable_topk(similarity(q, v[::2]), 3)
+    assert got_sub.tolist() == [[ids[2 * j] for j in row] for row in ref_sub]
+
+    index.remove(["doc0", "doc5"])
+    assert len(index) == 298
+    index.save(tmp_path / "idx")
+    index.save(tmp_path / "idx")  # second save replaces, leaves one vectors file
+    assert len(list((tmp_path / "idx").glob("vectors-*.npy"))) == 1
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert meta["count"] == 298 and meta["ids"][0] == "doc1"
+    for mmap in (True, False):
+        loaded = EmbeddingIndex.load(tmp_path / "idx", mmap=mmap)
+        np.testing.assert_array_equal(loaded.vectors, index.vectors)
+        s2, got2 = loaded.search(q, 5)
+        s1, got1 = index.search(q, 5)
+        assert got2.tolist() == got1.tolist()
+        np.testing.assert_array_equal(s1, s2)
+    loaded.add(100 * v[:1], ["new"])  # a memory-mapped index is copied on add
+    assert len(loaded) == 299 and loaded.search(v[:1], 1)[1].tolist() == [["new"]]
+
+
+def test_index_errors_and_float16(tmp_path):
+    index = EmbeddingIndex(4, dtype="float16")
+    index.add(np.eye(4, dtype=np.float32), [10, 11, 12, 13])
+    s, got = index.search(np.array([0, 0, 1, 0], np.float32), 2)
+    assert got.dtype == np.int64 and got.tolist() == [[12, 10]]
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(np.ones((1, 4), np.float32), [10])
+    with pytest.raises(ValueError, match="float16 range"):
+        index.add(np.full((1, 4), 1e6, np.float32), [99])
+    with pytest.raises(ShapeError, match="dimension 3"):
+        index.add(np.ones((1, 3), np.float32), [99])
+    with pytest.raises(KeyError):
+        index.remove([12345])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "index.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="does not hold"):
+        EmbeddingIndex.load(tmp_path / "bad")

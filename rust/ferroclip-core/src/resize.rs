@@ -290,7 +290,7 @@ fn resize_window_impl(
     let need_v = out_h != src.height;
     // PIL's `Image.resize` resamples very tall images (height > 100 x width) that shrink
     // vertically in the other order: vertical pass first, then horizontal.
-    if need_h && need_v && src.height > src.width * 100 {
+    if need_h && need_v && src.height > src.width * 100 && out_h < src.height {
         let vcoeffs = Coeffs::new(src.height, out_h, filter);
         let mut rows = vec![0u8; src.width * ys.len * 3];
         vertical(&src.data, src.width, 0, &vcoeffs, ys, &mut rows);

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ferroclip_core::{Error, ItemError, Origin};
-use pyo3::exceptions::{PyFileNotFoundError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 pyo3::import_exception!(ferroclip.errors, ImageDecodeError);
@@ -63,9 +63,4 @@ pub fn item_error_tuple(e: &ItemError) -> ItemErrorTuple {
         _ => None,
     };
     (e.index, path, e.error.kind_name(), e.error.to_string())
-}
-
-#[allow(dead_code)]
-pub fn not_found(path: &Path) -> PyErr {
-    PyFileNotFoundError::new_err(path.display().to_string())
 }

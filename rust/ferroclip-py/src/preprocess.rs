@@ -6,7 +6,7 @@ use ferroclip_core::decode::{self, AlphaMode, DecodeOptions};
 use ferroclip_core::geometry::{CropRounding, CropSpec, ResizeSpec};
 use ferroclip_core::normalize::{NormalizeSpec, OutElem, Rescale};
 use ferroclip_core::resize::{resize_window, Filter};
-use ferroclip_core::{batch, pipeline, Error, PreprocessSpec, Source};
+use ferroclip_core::{batch, pipeline, PreprocessSpec, Source};
 use numpy::ndarray::Array3;
 use numpy::{
     Element, IntoPyArray, PyArray3, PyArray4, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArray4,
@@ -300,6 +300,5 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_image, m)?)?;
     m.add_function(wrap_pyfunction!(resize_image, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_num_threads, m)?)?;
-    let _ = Error::Internal(String::new());
     Ok(())
 }

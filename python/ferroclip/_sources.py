@@ -12,6 +12,7 @@ from typing import Any, Union
 import numpy as np
 
 from .errors import ImageError, ShapeError
+from .fetch import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT, fetch_urls, is_url
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
 
@@ -40,13 +41,36 @@ def _from_array(arr: np.ndarray, index: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def to_native_items(images: Any, exif_transpose: bool) -> tuple[list[Any], dict[int, ImageError | Exception]]:
-    """Map inputs to core items; failures found here are returned by index."""
+def to_native_items(
+    images: Any,
+    exif_transpose: bool,
+    *,
+    url_timeout: float = DEFAULT_URL_TIMEOUT,
+    url_max_bytes: int = DEFAULT_MAX_URL_BYTES,
+) -> tuple[list[Any], dict[int, ImageError | Exception], dict[int, str]]:
+    """Map inputs to core items; failures found here are returned by index.
+
+    URL strings are downloaded here, concurrently, so the core only sees their bytes; the
+    third value maps those indices back to their URL so later errors can name it.
+    """
     if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(images):
         images = [images]
+    images = list(images)
+    url_index = [i for i, obj in enumerate(images) if is_url(obj)]
+    fetched = dict(
+        zip(url_index, fetch_urls([images[i] for i in url_index], timeout=url_timeout, max_bytes=url_max_bytes))
+    )
     items: list[Any] = []
     failed: dict[int, ImageError | Exception] = {}
     for i, obj in enumerate(images):
+        if i in fetched:
+            body = fetched[i]
+            if isinstance(body, ImageError):
+                failed[i] = body
+                items.append(_FAILED)
+            else:
+                items.append(body)
+            continue
         try:
             if isinstance(obj, bytes):
                 items.append(obj)
@@ -67,7 +91,7 @@ def to_native_items(images: Any, exif_transpose: bool) -> tuple[list[Any], dict[
         except (ShapeError, TypeError, OSError, ValueError) as exc:
             failed[i] = exc
             items.append(_FAILED)
-    return items, failed
+    return items, failed, {i: images[i] for i in url_index}
 
 
 def _is_pil(obj: Any) -> bool:

@@ -12,10 +12,12 @@ __all__ = [
     "FerroclipError",
     "ImageDecodeError",
     "ImageError",
+    "ImageFetchError",
     "ImageNotFoundError",
     "ImageReadError",
     "ImageTooLargeError",
     "InternalError",
+    "ModelError",
     "NotAFileError",
     "ShapeError",
     "UnsupportedFormatError",
@@ -73,6 +75,10 @@ class ImageReadError(ImageError, OSError):
     """The file could not be read (permissions, I/O error)."""
 
 
+class ImageFetchError(ImageReadError):
+    """A URL could not be downloaded: bad scheme, timeout, HTTP error, over the byte cap."""
+
+
 class ImageNotFoundError(ImageReadError, FileNotFoundError):
     """No file at that path."""
 
@@ -89,6 +95,10 @@ class ConfigError(FerroclipError, ValueError):
     """A preprocessing or model configuration is invalid or cannot be read."""
 
 
+class ModelError(FerroclipError, RuntimeError):
+    """A model cannot be loaded or run as asked (missing weights, unknown family, device)."""
+
+
 class InternalError(FerroclipError, RuntimeError):
     """A bug in ferroclip or in a decoder it uses. Please report it with the input."""
 
@@ -101,6 +111,7 @@ _KIND_TO_CLASS: dict[str, type[ImageError]] = {
     "permission_denied": ImageReadError,
     "not_found": ImageNotFoundError,
     "not_a_file": NotAFileError,
+    "fetch": ImageFetchError,
     "shape": ImageDecodeError,
     "internal": ImageError,
 }

@@ -18,6 +18,7 @@ from . import _native
 from ._sources import ImageInput, to_native_items
 from .config import PreprocessConfig
 from .errors import ImageError, item_error
+from .fetch import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
 
 __all__ = ["DEFAULT_MAX_PIXELS", "PreprocessResult", "Preprocessor"]
 
@@ -73,6 +74,8 @@ class Preprocessor:
             :class:`ImageTooLargeError` before any pixel memory is allocated.
         max_file_bytes: larger files fail without being read.
         dtype: ``"float32"`` (default) or ``"float16"`` output.
+        url_timeout: seconds before an ``http(s)://`` input's download is abandoned.
+        url_max_bytes: downloads larger than this fail (checked while streaming).
 
     Example:
         >>> pre = Preprocessor(PreprocessConfig.clip(224))
@@ -92,6 +95,8 @@ class Preprocessor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         dtype: Literal["float32", "float16"] = "float32",
+        url_timeout: float = DEFAULT_URL_TIMEOUT,
+        url_max_bytes: int = DEFAULT_MAX_URL_BYTES,
     ) -> None:
         if not isinstance(config, PreprocessConfig):
             raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
@@ -104,6 +109,8 @@ class Preprocessor:
         self.fast = fast
         self.exif_transpose = exif_transpose
         self.dtype = dtype
+        self.url_timeout = url_timeout
+        self.url_max_bytes = url_max_bytes
         self._spec = _native.PreprocessSpec(
             resize_mode=config.resize_mode,
             size=config.size,
@@ -133,7 +140,7 @@ class Preprocessor:
         on_error: Literal["report", "raise"] = "report",
         out: npt.NDArray[np.floating[Any]] | None = None,
     ) -> PreprocessResult:
-        """Preprocess a batch (paths, encoded bytes, uint8 HWC arrays, PIL images; mixed is fine).
+        """Preprocess a batch (paths, URLs, encoded bytes, uint8 HWC arrays, PIL images; mixed is fine).
 
         With ``on_error="report"`` failures come back in ``result.errors``; with ``"raise"``
         the first failure is raised after the whole batch ran. ``out`` may be a C-contiguous
@@ -141,12 +148,14 @@ class Preprocessor:
         """
         if on_error not in ("report", "raise"):
             raise ValueError(f"on_error must be 'report' or 'raise', got {on_error!r}")
-        items, failed = to_native_items(images, self.exif_transpose)
+        items, failed, urls = to_native_items(
+            images, self.exif_transpose, url_timeout=self.url_timeout, url_max_bytes=self.url_max_bytes
+        )
         pixels, raw_errors = _native.preprocess_batch(
             items, self._spec, out=out, dtype=self.dtype, num_threads=self.num_threads
         )
         errors: dict[int, ImageError | Exception] = {
-            index: item_error(index, path, kind, reason) for index, path, kind, reason in raw_errors
+            index: item_error(index, urls.get(index, path), kind, reason) for index, path, kind, reason in raw_errors
         }
         for index, exc in failed.items():
             if isinstance(exc, ImageError) and exc.index is None:

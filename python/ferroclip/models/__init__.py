@@ -1,0 +1,12 @@
+"""Embedding models: load a CLIP-family checkpoint and embed, score, classify.
+
+    >>> model = ferroclip.load_model("clip-vit-b-32")            # doctest: +SKIP
+    >>> res = model.encode_images(["cat.jpg", "https://.../dog.png"])  # doctest: +SKIP
+    >>> txt = model.encode_texts(["a photo of a cat"])           # doctest: +SKIP
+"""
+
+from .loader import load_model
+from .model import EmbeddingModel, EncodeResult, ZeroShotResult
+from .registry import ModelInfo, list_models
+
+__all__ = ["EmbeddingModel", "EncodeResult", "ModelInfo", "ZeroShotResult", "list_models", "load_model"]

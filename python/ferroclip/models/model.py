@@ -1,0 +1,320 @@
+"""`EmbeddingModel`: one object that preprocesses, embeds, scores and classifies.
+
+The backend (PyTorch or ONNX Runtime) only maps pixel batches and token batches to
+embeddings; everything users see (batching, the preprocessing pipeline, per-item errors,
+normalisation, scoring) lives here once, so both backends behave the same.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import PreprocessConfig
+from ..errors import ImageError, ShapeError
+from ..preprocess import PreprocessResult, Preprocessor
+from .text import TextRules
+
+__all__ = ["Backend", "EmbeddingModel", "EncodeResult", "ZeroShotResult"]
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+    dtype: str
+    dim: int
+    logit_scale: float
+    logit_bias: float | None
+
+    def pixel_buffer(self, shape: tuple[int, ...]) -> np.ndarray: ...
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    def encode_tokens(self, tokens: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass
+class EncodeResult:
+    """Row ``i`` of ``embeddings`` belongs to input ``i``; failed rows are zero, ``ok[i]`` False."""
+
+    embeddings: npt.NDArray[np.float32]
+    ok: npt.NDArray[np.bool_]
+    errors: list[ImageError | Exception] = field(default_factory=list)
+    images_per_second: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ok)
+
+    def raise_for_errors(self) -> None:
+        PreprocessResult(np.empty(0), self.ok, list(self.errors)).raise_for_errors()
+
+
+@dataclass
+class ZeroShotResult:
+    """``probs[i, j]``: probability that image ``i`` shows ``labels[j]``.
+
+    CLIP-style models give a softmax over the labels; SigLIP gives independent sigmoids
+    (each row need not sum to 1), as each family was trained.
+    """
+
+    labels: list[str]
+    probs: npt.NDArray[np.float32]
+    predicted: list[str | None]
+    ok: npt.NDArray[np.bool_]
+    errors: list[ImageError | Exception] = field(default_factory=list)
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.float32(1e-12))
+
+
+class EmbeddingModel:
+    """A CLIP-family model ready to embed images and texts. Build one with :func:`load_model`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        preprocess: PreprocessConfig,
+        tokenizer: Any | None,
+        text_rules: TextRules | None,
+        *,
+        family: str,
+        name: str,
+        num_threads: int | None = None,
+        fast: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.preprocess_config = preprocess
+        self.tokenizer = tokenizer
+        self.text_rules = text_rules
+        self.family = family
+        self.name = name
+        self.preprocessor = Preprocessor(preprocess, num_threads=num_threads, fast=fast)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def dim(self) -> int:
+        return self.backend.dim
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def dtype(self) -> str:
+        return self.backend.dtype
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingModel({self.name!r}, family={self.family!r}, backend={self.backend.name!r}, "
+            f"device={self.device!r}, dtype={self.dtype!r}, dim={self.dim})"
+        )
+
+    # ------------------------------------------------------------------ images
+    def encode_images(
+        self,
+        images: Iterable[Any],
+        *,
+        batch_size: int = 64,
+        normalize: bool = True,
+        progress: bool = True,
+    ) -> EncodeResult:
+        """Embed images (paths, ``http(s)`` URLs, bytes, uint8 arrays, PIL images).
+
+        Preprocessing of the next batch runs in Rust on a worker thread (GIL released)
+        while the model runs the current one, so the accelerator is not kept waiting.
+        A file that cannot be read or decoded becomes an entry in ``errors``; the rest of
+        the batch is embedded.
+        """
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        items = [images] if isinstance(images, (str, bytes)) else list(images)
+        n = len(items)
+        embeddings = np.zeros((n, self.dim), dtype=np.float32)
+        ok = np.zeros(n, dtype=bool)
+        errors: list[ImageError | Exception] = []
+        h, w = self.preprocessor.output_size
+        # Two host buffers: Rust fills one while the model reads the other.
+        buffers = [self.backend.pixel_buffer((min(batch_size, n), 3, h, w)) for _ in range(2 if n > batch_size else 1)]
+        starts = list(range(0, n, batch_size))
+
+        def prepare(i: int) -> PreprocessResult:
+            start = starts[i]
+            chunk = items[start : start + batch_size]
+            out = buffers[i % len(buffers)][: len(chunk)]
+            return self.preprocessor.preprocess(chunk, out=out)
+
+        t0 = time.perf_counter()
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferroclip-preprocess") as pool,
+            tqdm(total=n, unit="img", disable=not progress or n == 0, desc="encode images") as bar,
+        ):
+            pending: Future[PreprocessResult] | None = pool.submit(prepare, 0) if n else None
+            for i, start in enumerate(starts):
+                assert pending is not None
+                res = pending.result()
+                pending = pool.submit(prepare, i + 1) if i + 1 < len(starts) else None
+                for err in res.errors:
+                    if isinstance(err, ImageError) and err.index is not None:
+                        err.index += start
+                    errors.append(err)
+                rows = np.flatnonzero(res.ok)
+                if len(rows):
+                    pixels = res.pixel_values if len(rows) == len(res.ok) else res.pixel_values[rows]
+                    emb = self.backend.encode_pixels(pixels)
+                    embeddings[start + rows] = emb
+                    ok[start + rows] = True
+                bar.update(len(res.ok))
+                if progress:
+                    bar.set_postfix_str(f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f} img/s", refresh=False)
+        elapsed = time.perf_counter() - t0
+        if normalize:
+            embeddings[ok] = _l2_normalize(embeddings[ok])
+        return EncodeResult(embeddings, ok, errors, images_per_second=n / elapsed if elapsed > 0 else 0.0)
+
+    # ------------------------------------------------------------------ texts
+    def encode_texts(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 256,
+        normalize: bool = True,
+        progress: bool = False,
+    ) -> npt.NDArray[np.float32]:
+        """Embed texts with the checkpoint's tokenizer and its family's padding rules."""
+        from tqdm.auto import tqdm
+
+        if self.tokenizer is None or self.text_rules is None:
+            raise ShapeError(f"{self.name} has no text encoder (image-only model)")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with tqdm(total=len(texts), unit="text", disable=not progress, desc="encode texts") as bar:
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start : start + batch_size]
+                tokens = self.text_rules.tokenize(self.tokenizer, chunk)
+                out[start : start + len(chunk)] = self.backend.encode_tokens(tokens)
+                bar.update(len(chunk))
+        return _l2_normalize(out) if normalize else out
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, query: str, image: Any) -> float:
+        """Cosine similarity of one text and one image (path, URL, bytes, array, PIL).
+
+        Raises the image's error if it cannot be loaded.
+        """
+        res = self.encode_images([image], progress=False)
+        res.raise_for_errors()
+        txt = self.encode_texts([query])
+        return float(res.embeddings[0] @ txt[0])
+
+    def score_batch(
+        self,
+        inputs: Iterable[Any],
+        *,
+        col_name: str = "clip_score",
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Score (query, image) records: dicts or objects with ``query`` and ``image`` (or
+        ``image_url``), optionally ``query_id`` / ``image_id``.
+
+        Returns one dict per input, in order, with the ids, ``col_name`` (the cosine
+        similarity, ``None`` when the image failed) and ``error`` (``None`` or the reason).
+        Each distinct image and query is embedded once.
+        """
+        records = [_record(r, i) for i, r in enumerate(inputs)]
+        img_row: dict[Any, int] = {}
+        images: list[Any] = []
+        for r in records:
+            key = _key(r["image"])
+            if key not in img_row:
+                img_row[key] = len(images)
+                images.append(r["image"])
+        queries = list(dict.fromkeys(r["query"] for r in records))
+        img = self.encode_images(images, batch_size=batch_size, progress=progress)
+        txt = self.encode_texts(queries) if queries else np.zeros((0, self.dim), np.float32)
+        txt_row = {key: i for i, key in enumerate(queries)}
+        err_by_row = {e.index: e for e in img.errors if isinstance(e, ImageError) and e.index is not None}
+        out = []
+        for r in records:
+            row = img_row[_key(r["image"])]
+            result = {"query_id": r["query_id"], "image_id": r["image_id"], "query": r["query"], "image": r["image"]}
+            if img.ok[row]:
+                result[col_name] = float(img.embeddings[row] @ txt[txt_row[r["query"]]])
+                result["error"] = None
+            else:
+                result[col_name] = None
+                err = err_by_row.get(row)
+                result["error"] = str(err) if err is not None else "image failed"
+            out.append(result)
+        return out
+
+    def zero_shot(
+        self,
+        images: Iterable[Any],
+        labels: Sequence[str],
+        *,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> ZeroShotResult:
+        """Classify images among ``labels`` by prompt ensembling over ``templates``.
+
+        Each label's text embedding is the normalised mean of its prompts' embeddings
+        (CLIP's recipe); the probabilities use the model's own learned temperature (and bias
+        for SigLIP).
+        """
+        labels = list(labels)
+        if not labels:
+            raise ValueError("labels is empty")
+        if not templates or any("{}" not in t for t in templates):
+            raise ValueError("templates must be non-empty and each must contain '{}'")
+        prompts = [t.format(label) for label in labels for t in templates]
+        txt = self.encode_texts(prompts).reshape(len(labels), len(templates), self.dim).mean(axis=1)
+        txt = _l2_normalize(txt)
+        img = self.encode_images(images, batch_size=batch_size, progress=progress)
+        logits = self.backend.logit_scale * (img.embeddings @ txt.T)
+        if self.backend.logit_bias is not None:
+            probs = 1.0 / (1.0 + np.exp(-(logits + self.backend.logit_bias)))
+        else:
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            e = np.exp(shifted)
+            probs = e / e.sum(axis=1, keepdims=True)
+        probs = probs.astype(np.float32)
+        probs[~img.ok] = math.nan
+        best = probs.argmax(axis=1) if len(labels) else np.zeros(0, dtype=np.int64)
+        predicted = [labels[b] if o else None for b, o in zip(best, img.ok)]
+        return ZeroShotResult(labels, probs, predicted, img.ok, img.errors)
+
+
+def _key(image: Any) -> Any:
+    """Identical paths/URLs/bytes are embedded once; arrays and PIL images by identity."""
+    return image if isinstance(image, (str, bytes)) else ("id", id(image))
+
+
+def _record(r: Any, i: int) -> dict[str, Any]:
+    get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
+    query = get("query")
+    image = get("image", None)
+    if image is None:
+        image = get("image_url", None)
+    if not isinstance(query, str) or image is None:
+        raise TypeError(f"inputs[{i}] needs a str 'query' and an 'image' (or 'image_url'), got {r!r}")
+    return {"query": query, "image": image, "query_id": get("query_id", None), "image_id": get("image_id", None)}

@@ -5,8 +5,18 @@
     >>> txt = model.encode_texts(["a photo of a cat"])           # doctest: +SKIP
 """
 
+from .export import ExportCheckError, export_onnx
 from .loader import load_model
 from .model import EmbeddingModel, EncodeResult, ZeroShotResult
 from .registry import ModelInfo, list_models
 
-__all__ = ["EmbeddingModel", "EncodeResult", "ModelInfo", "ZeroShotResult", "list_models", "load_model"]
+__all__ = [
+    "EmbeddingModel",
+    "EncodeResult",
+    "ExportCheckError",
+    "ModelInfo",
+    "ZeroShotResult",
+    "export_onnx",
+    "list_models",
+    "load_model",
+]

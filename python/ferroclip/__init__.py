@@ -1,7 +1,7 @@
 """ferroclip: CLIP-family image-text work with a Rust core.
 
-Reference-exact, parallel image preprocessing today; retrieval maths, model embedding and
-training build on it.
+Reference-exact, parallel image preprocessing in Rust; exact retrieval maths (similarity,
+top-k, Recall@K); CLIP, SigLIP and SigLIP2 embedding on PyTorch or ONNX Runtime.
 """
 
 from ._native import __version__
@@ -11,9 +11,11 @@ from .errors import (
     FerroclipError,
     ImageDecodeError,
     ImageError,
+    ImageFetchError,
     ImageNotFoundError,
     ImageReadError,
     ImageTooLargeError,
+    ModelError,
     NotAFileError,
     ShapeError,
     UnsupportedFormatError,
@@ -21,30 +23,55 @@ from .errors import (
 from .preprocess import PreprocessResult, Preprocessor, decode_image
 from .retrieval import recall_at_k, similarity, topk, zero_shot_classify
 from .index import EmbeddingIndex
+from .cache import FolderEmbeddings, embed_folder
+from .fetch import fetch_url
+from .models import (
+    EmbeddingModel,
+    EncodeResult,
+    ExportCheckError,
+    ModelInfo,
+    ZeroShotResult,
+    export_onnx,
+    list_models,
+    load_model,
+)
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
-    "SIGLIP_MEAN",
-    "SIGLIP_STD",
     "ConfigError",
     "EmbeddingIndex",
+    "EmbeddingModel",
+    "EncodeResult",
+    "ExportCheckError",
     "FerroclipError",
+    "FolderEmbeddings",
     "ImageDecodeError",
     "ImageError",
+    "ImageFetchError",
     "ImageNotFoundError",
     "ImageReadError",
     "ImageTooLargeError",
+    "ModelError",
+    "ModelInfo",
     "NotAFileError",
     "PreprocessConfig",
     "PreprocessResult",
     "Preprocessor",
+    "SIGLIP_MEAN",
+    "SIGLIP_STD",
     "ShapeError",
     "UnsupportedFormatError",
-    "__version__",
+    "ZeroShotResult",
     "decode_image",
+    "embed_folder",
+    "export_onnx",
+    "fetch_url",
+    "list_models",
+    "load_model",
     "recall_at_k",
     "similarity",
     "topk",
     "zero_shot_classify",
+    "__version__",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _cli_models
 from ._atomic import atomic_write
 from .config import PreprocessConfig
 from .errors import FerroclipError
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any image failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_preprocess)
+    _cli_models.register(sub)
     return parser
 
 
@@ -88,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except FerroclipError as exc:
+    except (FerroclipError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (finished work is kept; re-run to resume)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def load_hf_model(
 
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, local_files_only=local_files_only)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read a model config from {source!s}: {exc}") from None
     if config.model_type == "siglip2":
         raise ConfigError(

@@ -1,0 +1,273 @@
+"""`embed_folder`: embed a folder of images once, then only what changed.
+
+The cache is a directory per model (keyed by the model's name, backend, dtype and
+preprocessing, so a different model never reuses stale vectors) holding *parts*: an
+``.npy`` of embeddings and a ``.json`` listing, per row, the file's relative path, size,
+mtime and content hash. A part counts only once its JSON exists, and both are written
+atomically, JSON last; a run killed at any moment therefore keeps every finished part and
+the next run embeds only what is missing. Embeddings are found by content hash, so a
+renamed or copied file is not embedded again; size + mtime spare re-hashing unchanged
+files. Files that failed are recorded with their hash and reported again (not retried)
+until they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._atomic import atomic_write
+from .errors import ConfigError
+
+__all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "default_cache_dir", "embed_folder", "list_images"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+_FORMAT = 1
+
+
+@dataclass
+class FolderEmbeddings:
+    """Embeddings of every readable image under ``root``, rows in ``paths`` order (sorted)."""
+
+    root: Path
+    paths: list[str]
+    embeddings: npt.NDArray[np.float32]
+    errors: dict[str, str] = field(default_factory=dict)
+    embedded: int = 0  # computed in this run
+    reused: int = 0  # taken from the cache
+    cache_dir: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def search(self, query: npt.NDArray[np.float32], k: int = 10) -> list[tuple[str, float]]:
+        """Top-``k`` files for one embedding (cosine, both sides normalised), best first."""
+        from .retrieval import topk
+
+        if len(self.paths) == 0:
+            return []
+        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        scores, idx = topk(q, self.embeddings, min(k, len(self.paths)))
+        return [(self.paths[i], float(s)) for i, s in zip(idx[0], scores[0])]
+
+
+def default_cache_dir() -> Path:
+    """``$FERROCLIP_CACHE`` or ``~/.cache/ferroclip/embeddings``."""
+    env = os.environ.get("FERROCLIP_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ferroclip" / "embeddings"
+
+
+def list_images(root: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None) -> list[Path]:
+    """Image files under ``root`` by suffix, sorted, hidden directories and ``exclude`` skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    out = []
+    walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
+    for dirpath, dirnames, filenames in walker:
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (exclude is None or Path(dirpath, d) != exclude))
+        for name in filenames:
+            p = Path(dirpath, name)
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                out.append(p)
+    return sorted(out)
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_identity(model: Any) -> dict[str, Any]:
+    from .models.onnx_backend import preprocess_to_dict
+
+    cfg = preprocess_to_dict(model.preprocess_config)
+    cfg.pop("name", None)
+    return {
+        "format": _FORMAT,
+        "model": model.name,
+        "family": model.family,
+        "backend": model.backend.name,
+        "dtype": model.dtype,
+        "dim": model.dim,
+        "fast": model.preprocessor.fast,
+        "preprocess": cfg,
+    }
+
+
+def model_cache_dir(model: Any, cache_dir: str | os.PathLike[str] | None) -> Path:
+    ident = _model_identity(model)
+    digest = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=6).hexdigest()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.name).name if os.path.isabs(model.name) else model.name)
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"{slug[:60]}-{digest}"
+
+
+class _Store:
+    """The committed parts of one model's cache."""
+
+    def __init__(self, root: Path, identity: dict[str, Any]) -> None:
+        self.root = root
+        self.parts = root / "parts"
+        self.parts.mkdir(parents=True, exist_ok=True)
+        meta = root / "model.json"
+        if meta.is_file():
+            stored = json.loads(meta.read_text(encoding="utf-8"))
+            if stored != identity:
+                raise ConfigError(
+                    f"{root} caches embeddings of another model or setting ({stored.get('model')!r}, "
+                    f"dim {stored.get('dim')}); use another cache directory"
+                )
+        else:
+            with atomic_write(meta) as fh:
+                fh.write(json.dumps(identity, indent=2, sort_keys=True).encode())
+        self.vectors: dict[str, np.ndarray] = {}  # content hash -> embedding
+        self.stats: dict[str, dict[str, Any]] = {}  # rel path -> {size, mtime_ns, hash}
+        self.failures: dict[str, str] = {}  # content hash -> reason
+        self.part_names: list[str] = []
+        for js in sorted(self.parts.glob("part-*.json")):
+            self._load_part(js)
+
+    def _load_part(self, js: Path) -> None:
+        try:
+            meta = json.loads(js.read_text(encoding="utf-8"))
+            rows = meta["rows"]
+            emb = np.load(js.with_suffix(".npy"), allow_pickle=False) if rows else np.zeros((0, 0), np.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{js}: unreadable cache part ({exc}); delete it to re-embed its files") from None
+        if len(emb) != len(rows):
+            raise ConfigError(f"{js}: {len(rows)} rows listed but {len(emb)} embeddings stored")
+        for row, rec in enumerate(rows):
+            self.vectors[rec["hash"]] = emb[row]
+            self.stats[rec["path"]] = rec
+        for rec in meta.get("failed", []):
+            self.failures[rec["hash"]] = rec["reason"]
+            self.stats[rec["path"]] = rec
+        self.part_names.append(js.stem)
+
+    def commit(self, rows: list[dict[str, Any]], emb: np.ndarray, failed: list[dict[str, Any]]) -> str:
+        name = f"part-{len(self.part_names):06d}-{uuid.uuid4().hex[:8]}"
+        if rows:
+            with atomic_write(self.parts / f"{name}.npy") as fh:
+                np.save(fh, np.ascontiguousarray(emb, dtype=np.float32))
+        with atomic_write(self.parts / f"{name}.json") as fh:
+            fh.write(json.dumps({"rows": rows, "failed": failed}).encode())
+        for row, rec in enumerate(rows):
+            self.vectors[rec["hash"]] = emb[row]
+            self.stats[rec["path"]] = rec
+        for rec in failed:
+            self.failures[rec["hash"]] = rec["reason"]
+            self.stats[rec["path"]] = rec
+        self.part_names.append(name)
+        return name
+
+    def compact(self, rows: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+        """Rewrite the cache as one part holding exactly ``rows`` (the current files)."""
+        old = list(self.part_names)
+        emb = np.stack([self.vectors[r["hash"]] for r in rows]) if rows else np.zeros((0, 0), np.float32)
+        keep = self.commit(rows, emb, failed)
+        for name in old:  # the new part is committed first: a crash here leaves duplicates, not gaps
+            if name != keep:
+                for suffix in (".json", ".npy"):
+                    (self.parts / f"{name}{suffix}").unlink(missing_ok=True)
+        self.part_names = [keep]
+
+
+def embed_folder(
+    model: Any,
+    folder: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    batch_size: int = 64,
+    commit_every: int = 1024,
+    recursive: bool = True,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> FolderEmbeddings:
+    """Embed every image under ``folder`` with ``model``, reusing the on-disk cache.
+
+    Args:
+        model: an :class:`~ferroclip.models.EmbeddingModel`.
+        cache_dir: where caches live (default ``~/.cache/ferroclip/embeddings``, or
+            ``$FERROCLIP_CACHE``); each model and setting gets its own ``<model>-<hash>``
+            directory inside.
+        commit_every: images embedded between commits: at most this much work is redone
+            after a crash.
+        retry_failed: also retry files that failed before and did not change since.
+
+    Returns:
+        :class:`FolderEmbeddings` over the readable images (unit-norm rows); unreadable
+        ones are in ``errors`` (path -> reason).
+    """
+    root = Path(folder).resolve()
+    store_dir = model_cache_dir(model, cache_dir)
+    store = _Store(store_dir, _model_identity(model))
+    files = list_images(root, recursive=recursive, exclude=store_dir)
+    rels = [f.relative_to(root).as_posix() for f in files]
+
+    todo: list[tuple[str, Path, dict[str, Any]]] = []
+    current: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    failed_recs: dict[str, dict[str, Any]] = {}
+    reused = 0
+    for rel, path in zip(rels, files):
+        try:
+            st = path.stat()
+            rec = store.stats.get(rel)
+            if rec is not None and rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns:
+                digest = rec["hash"]
+            else:
+                digest = _file_hash(path)
+        except OSError as exc:
+            errors[rel] = f"cannot read: {exc.strerror or exc}"
+            continue
+        rec = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": digest}
+        if digest in store.vectors:
+            current[rel] = rec
+            reused += 1
+        elif digest in store.failures and not retry_failed:
+            errors[rel] = store.failures[digest]
+            failed_recs[rel] = dict(rec, reason=errors[rel])
+        else:
+            todo.append((rel, path, rec))
+
+    embedded = 0
+    for start in range(0, len(todo), commit_every):
+        chunk = todo[start : start + commit_every]
+        res = model.encode_images([str(p) for _, p, _ in chunk], batch_size=batch_size, progress=progress)
+        reasons = {e.index: getattr(e, "reason", str(e)) for e in res.errors if getattr(e, "index", None) is not None}
+        good = [i for i in range(len(chunk)) if res.ok[i]]
+        rows = [chunk[i][2] for i in good]
+        failed = [dict(chunk[i][2], reason=reasons.get(i, "failed")) for i in range(len(chunk)) if not res.ok[i]]
+        store.commit(rows, res.embeddings[good], failed)
+        for rec in rows:
+            current[rec["path"]] = rec
+        for rec in failed:
+            errors[rec["path"]] = rec["reason"]
+            failed_recs[rec["path"]] = rec
+        embedded += len(rows)
+
+    ordered = [rel for rel in rels if rel in current]
+    rows = [current[rel] for rel in ordered]
+    live_failed = [failed_recs[rel] for rel in rels if rel in failed_recs]
+    stale = len(store.stats) != len(rows) + len(live_failed)
+    if todo or stale or len(store.part_names) > 1:
+        store.compact(rows, live_failed)
+    emb = np.stack([store.vectors[r["hash"]] for r in rows]).astype(np.float32) if rows else np.zeros((0, model.dim), np.float32)
+    return FolderEmbeddings(root, ordered, emb, errors, embedded=embedded, reused=reused, cache_dir=store_dir)
+

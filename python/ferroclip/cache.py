@@ -99,7 +99,7 @@ def _model_identity(model: Any) -> dict[str, Any]:
 
     cfg = preprocess_to_dict(model.preprocess_config)
     cfg.pop("name", None)
-    return {
+    ident = {
         "format": _FORMAT,
         "model": model.name,
         "family": model.family,
@@ -109,6 +109,7 @@ def _model_identity(model: Any) -> dict[str, Any]:
         "fast": model.preprocessor.fast,
         "preprocess": cfg,
     }
+    return json.loads(json.dumps(ident))  # the form it has once stored (tuples become lists)
 
 
 def model_cache_dir(model: Any, cache_dir: str | os.PathLike[str] | None) -> Path:

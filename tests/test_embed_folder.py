@@ -1,0 +1,138 @@
+"""The folder embedding cache: re-runs embed nothing, changes embed only the change,
+a killed run resumes, corrupt files are reported; and the CLI over it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ferroclip
+from ferroclip.cli import main as cli_main
+
+from ._images import smooth_rgb
+from .test_models import checkpoints  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(7):
+        where = root / "sub" if i % 3 == 0 else root
+        Image.fromarray(smooth_rgb(rng, 40 + 3 * i, 36)).save(where / f"p{i}.{'png' if i % 2 else 'jpg'}")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (root / "notes.txt").write_text("not an image, not even looked at")
+    return root
+
+
+@pytest.fixture
+def model(checkpoints):  # noqa: F811
+    return ferroclip.load_model(checkpoints["clip"], device="cpu")
+
+
+def test_first_run_then_cached(model, folder, tmp_path):
+    cache = tmp_path / "cache"
+    first = ferroclip.embed_folder(model, folder, cache, batch_size=3, progress=False)
+    assert len(first) == 7 and first.embedded == 7 and first.reused == 0
+    assert list(first.errors) == ["broken.jpg"]
+    assert first.paths == sorted(first.paths) and "sub/p0.jpg" in first.paths
+    direct = model.encode_images([str(folder / p) for p in first.paths], progress=False).embeddings
+    np.testing.assert_allclose(first.embeddings, direct, atol=1e-5)
+
+    again = ferroclip.embed_folder(model, folder, cache, progress=False)
+    assert again.embedded == 0 and again.reused == 7 and list(again.errors) == ["broken.jpg"]
+    np.testing.assert_array_equal(again.embeddings, first.embeddings)
+
+    # One changed file, one new file, one renamed file, one deleted file.
+    rng = np.random.default_rng(99)
+    Image.fromarray(smooth_rgb(rng, 30, 30)).save(folder / "p1.png")
+    Image.fromarray(smooth_rgb(rng, 31, 33)).save(folder / "new.png")
+    os.replace(folder / "p2.jpg", folder / "renamed.jpg")
+    (folder / "p4.jpg").unlink()
+    third = ferroclip.embed_folder(model, folder, cache, progress=False)
+    assert third.embedded == 2 and third.reused == 5 and len(third) == 7
+    assert "renamed.jpg" in third.paths and "p2.jpg" not in third.paths and "p4.jpg" not in third.paths
+    direct = model.encode_images([str(folder / p) for p in third.paths], progress=False).embeddings
+    np.testing.assert_allclose(third.embeddings, direct, atol=1e-5)
+    # Compacted into one committed part.
+    parts = list((third.cache_dir / "parts").glob("part-*.json"))
+    assert len(parts) == 1 and len(json.loads(parts[0].read_text())["rows"]) == 7
+
+
+def test_killed_run_resumes_without_redoing_work(model, folder, tmp_path):
+    cache = tmp_path / "cache"
+    calls = {"n": 0}
+    real = model.backend.encode_pixels
+
+    def dies_on_third_batch(pixels):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill between commits looks like to us
+        return real(pixels)
+
+    model.backend.encode_pixels = dies_on_third_batch
+    with pytest.raises(KeyboardInterrupt):
+        ferroclip.embed_folder(model, folder, cache, batch_size=2, commit_every=2, progress=False)
+    model.backend.encode_pixels = real
+    resumed = ferroclip.embed_folder(model, folder, cache, batch_size=2, progress=False)
+    # Sorted order: broken.jpg, p1.png | p2.jpg, p4.jpg | p5.png, sub/p0.jpg (dies) | ...
+    # Two chunks were committed: three good images and the broken one.
+    assert resumed.reused == 3 and resumed.embedded == 4 and len(resumed) == 7
+    fresh = ferroclip.embed_folder(model, folder, tmp_path / "fresh", progress=False)
+    np.testing.assert_allclose(resumed.embeddings, fresh.embeddings, atol=1e-5)
+    assert not list(resumed.cache_dir.rglob("*.tmp"))
+
+
+def test_cache_is_per_model(model, folder, tmp_path, checkpoints):  # noqa: F811
+    cache = tmp_path / "cache"
+    a = ferroclip.embed_folder(model, folder, cache, progress=False)
+    other = ferroclip.load_model(checkpoints["siglip"], device="cpu")
+    b = ferroclip.embed_folder(other, folder, cache, progress=False)
+    assert b.embedded == 7 and b.cache_dir != a.cache_dir and b.embeddings.shape[1] == other.dim
+
+
+def test_search_finds_the_query_image(model, folder, tmp_path):
+    res = ferroclip.embed_folder(model, folder, tmp_path / "cache", progress=False)
+    q = model.encode_images([str(folder / "sub" / "p3.png")], progress=False).embeddings[0]
+    hits = res.search(q, k=3)
+    assert hits[0][0] == "sub/p3.png" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert len(hits) == 3 and hits[0][1] >= hits[1][1] >= hits[2][1]
+
+
+def test_cli_embed_search_models_export(checkpoints, folder, tmp_path, capsys):  # noqa: F811
+    ckpt = str(checkpoints["clip"])
+    cache = str(tmp_path / "cache")
+    common = ["--model", ckpt, "--device", "cpu", "--cache", cache, "--quiet"]
+    out_npy = tmp_path / "emb.npy"
+    assert cli_main(["embed", str(folder), *common, "--out", str(out_npy)]) == 0
+    err = capsys.readouterr().err
+    assert "7 images embedded (7 new, 0 from cache, 1 failed)" in err and "broken.jpg" in err
+    assert np.load(out_npy).shape[0] == 7
+    assert cli_main(["embed", str(folder), *common, "--strict"]) == 1
+    assert "(0 new, 7 from cache, 1 failed)" in capsys.readouterr().err
+
+    assert cli_main(["search", str(folder), "a photo of a cat", "-k", "3", "--json", *common]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and all(Path(h["path"]).is_file() for h in hits)
+    assert cli_main(["search", str(folder), "--image", str(folder / "p5.png"), "-k", "1", *common]) == 0
+    assert capsys.readouterr().out.split()[2].endswith("p5.png")
+    assert cli_main(["search", str(folder), *common]) == 2
+
+    assert cli_main(["models", "--json"]) == 0
+    assert any(m["name"] == "clip-vit-b-32" for m in json.loads(capsys.readouterr().out))
+
+    onnx_dir = tmp_path / "onnx"
+    assert cli_main(["export-onnx", ckpt, str(onnx_dir)]) == 0
+    assert "vision max abs diff" in capsys.readouterr().err
+    assert cli_main(["search", str(folder), "--image", str(folder / "p5.png"), "-k", "1", "--model", str(onnx_dir),
+                     "--cache", cache, "--quiet"]) == 0
+    assert capsys.readouterr().out.split()[2].endswith("p5.png")
+    assert cli_main(["embed", str(tmp_path / "nowhere"), *common]) == 2
+    shutil.rmtree(onnx_dir)

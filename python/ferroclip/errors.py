@@ -22,6 +22,7 @@ __all__ = [
     "ShapeError",
     "UnsupportedFormatError",
     "item_error",
+    "raise_first",
 ]
 
 
@@ -115,6 +116,21 @@ _KIND_TO_CLASS: dict[str, type[ImageError]] = {
     "shape": ImageDecodeError,
     "internal": ImageError,
 }
+
+
+def raise_first(errors: list[ImageError | Exception]) -> None:
+    """Raise the first failure of a batch (its own class), saying how many others failed."""
+    if not errors:
+        return
+    first = errors[0]
+    others = len(errors) - 1
+    if others:
+        note = f" ({others} other item{'s' if others > 1 else ''} also failed)"
+        if isinstance(first, ImageError):
+            first.message += note
+        else:
+            first.args = (f"{first.args[0] if first.args else first}{note}",)
+    raise first
 
 
 def item_error(index: int, path: str | None, kind: str, reason: str) -> ImageError:

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from . import _native
 from ._sources import ImageInput, to_native_items
 from .config import PreprocessConfig
-from .errors import ImageError, item_error
+from .errors import ImageError, item_error, raise_first
 from .fetch import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
 
 __all__ = ["DEFAULT_MAX_PIXELS", "PreprocessResult", "Preprocessor"]
@@ -45,17 +45,7 @@ class PreprocessResult:
 
     def raise_for_errors(self) -> None:
         """Raise the first failure (its own class), saying how many others failed."""
-        if not self.errors:
-            return
-        first = self.errors[0]
-        others = len(self.errors) - 1
-        if others:
-            note = f" ({others} other item{'s' if others > 1 else ''} also failed)"
-            if isinstance(first, ImageError):
-                first.message += note
-            else:
-                first.args = (f"{first.args[0] if first.args else first}{note}",)
-        raise first
+        raise_first(self.errors)
 
 
 class Preprocessor:

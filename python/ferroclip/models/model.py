@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..config import PreprocessConfig
-from ..errors import ImageError, ShapeError
+from ..errors import ImageError, ShapeError, raise_first
 from ..preprocess import PreprocessResult, Preprocessor
 from .text import TextRules
 
@@ -55,7 +55,8 @@ class EncodeResult:
         return len(self.ok)
 
     def raise_for_errors(self) -> None:
-        PreprocessResult(np.empty(0), self.ok, list(self.errors)).raise_for_errors()
+        """Raise the first failure (its own class), saying how many others failed."""
+        raise_first(self.errors)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -224,3 +225,19 @@ def test_presets_are_listed():
     assert names["clip-vit-l-14-336"].dim == 768 and names["clip-vit-l-14-336"].image_size == 336
     assert names["siglip2-so400m-14-384"].dim == 1152
     assert names["mobileclip-s2"].backend == "onnx" and names["mobileclip-s2"].image_size == 256
+
+
+def test_pickle_checkpoints_need_opt_in(checkpoints, tmp_path):
+    """A .bin checkpoint is refused by default; use_safetensors=None reads it (weights_only)."""
+    src = checkpoints["clip"]
+    dst = tmp_path / "bin-ckpt"
+    shutil.copytree(src, dst)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(dst / "model.safetensors"), dst / "pytorch_model.bin")
+    (dst / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="use_safetensors=None"):
+        ferroclip.load_model(dst, device="cpu")
+    model = ferroclip.load_model(dst, device="cpu", use_safetensors=None)
+    ref = ferroclip.load_model(src, device="cpu")
+    np.testing.assert_array_equal(model.encode_texts(TEXTS), ref.encode_texts(TEXTS))

@@ -47,6 +47,7 @@ def load_model(
     preprocess: PreprocessConfig | None = None,
     num_threads: int | None = None,
     fast: bool = False,
+    use_safetensors: bool | None = True,
 ) -> EmbeddingModel:
     """Load a CLIP, SigLIP or SigLIP2 (fixed resolution) model, or an ONNX export.
 
@@ -60,6 +61,8 @@ def load_model(
         preprocess: override the checkpoint's preprocessing (needed for a bare ``.onnx``).
         num_threads: preprocessing threads (default: all cores).
         fast: DCT-domain JPEG downscaling (faster, not bit-exact; see :class:`Preprocessor`).
+        use_safetensors: ``True`` loads safetensors weights only; ``None`` falls back to a
+            ``.bin`` checkpoint (read by transformers with ``weights_only=True``).
     """
     if backend not in ("auto", "torch", "onnx"):
         raise ConfigError(f"unknown backend {backend!r}: use 'auto', 'torch' or 'onnx'")
@@ -86,7 +89,9 @@ def load_model(
         )
     if is_onnx:
         raise ConfigError(f"{source} holds an ONNX model: load it with backend='onnx' (or 'auto')")
-    return _load_torch(source, name, device, dtype, revision, local_files_only, preprocess, num_threads, fast)
+    return _load_torch(
+        source, name, device, dtype, revision, local_files_only, preprocess, num_threads, fast, use_safetensors
+    )
 
 
 def _load_torch(
@@ -99,6 +104,7 @@ def _load_torch(
     preprocess: PreprocessConfig | None,
     num_threads: int | None,
     fast: bool,
+    use_safetensors: bool | None,
 ) -> EmbeddingModel:
     try:
         import torch  # noqa: F401
@@ -111,7 +117,9 @@ def _load_torch(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    model = load_hf_model(source, dtype=dt, revision=revision, local_files_only=local_files_only)
+    model = load_hf_model(
+        source, dtype=dt, revision=revision, local_files_only=local_files_only, use_safetensors=use_safetensors
+    )
     if preprocess is None:
         preprocess = PreprocessConfig.from_pretrained(source, revision=revision, local_files_only=local_files_only)
     try:

@@ -32,8 +32,14 @@ def load_hf_model(
     dtype: str,
     revision: str | None = None,
     local_files_only: bool = False,
+    use_safetensors: bool | None = True,
 ) -> Any:
-    """Load weights (safetensors only: a ``.bin`` checkpoint is a pickle) with SDPA attention."""
+    """Load weights with SDPA attention.
+
+    ``use_safetensors=True`` (default) accepts only safetensors; ``None`` prefers them and
+    falls back to a ``.bin`` checkpoint, which transformers then reads with
+    ``torch.load(weights_only=True)`` (tensors only, no arbitrary unpickling).
+    """
     from transformers import AutoConfig, AutoModel
 
     try:
@@ -57,13 +63,11 @@ def load_hf_model(
             local_files_only=local_files_only,
             dtype=torch_dtype(dtype),
             attn_implementation="sdpa",
-            use_safetensors=True,
+            use_safetensors=use_safetensors,
         )
     except OSError as exc:
-        raise ModelError(
-            f"cannot load safetensors weights from {source!s}: {exc}. ferroclip never loads pickled "
-            "(.bin) checkpoints; convert them with `safetensors` first"
-        ) from None
+        hint = " (only .bin weights? pass use_safetensors=None to allow them)" if use_safetensors else ""
+        raise ModelError(f"cannot load weights from {source!s}: {exc}{hint}") from None
     return model.eval()
 
 

@@ -41,6 +41,18 @@ def _from_array(arr: np.ndarray, index: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def as_list(images: Any) -> list[Any]:
+    """One image (path, URL, bytes, HW/HWC array, PIL image) or an iterable of them, as a list.
+
+    A 4-D uint8 array is a batch of HWC images.
+    """
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview)) or _is_pil(images):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    return list(images)
+
+
 def to_native_items(
     images: Any,
     exif_transpose: bool,
@@ -53,9 +65,7 @@ def to_native_items(
     URL strings are downloaded here, concurrently, so the core only sees their bytes; the
     third value maps those indices back to their URL so later errors can name it.
     """
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)) or _is_pil(images):
-        images = [images]
-    images = list(images)
+    images = as_list(images)
     url_index = [i for i, obj in enumerate(images) if is_url(obj)]
     fetched = dict(
         zip(url_index, fetch_urls([images[i] for i in url_index], timeout=url_timeout, max_bytes=url_max_bytes))

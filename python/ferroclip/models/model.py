@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from ..config import PreprocessConfig
 from ..errors import ImageError, ShapeError, raise_first
+from .._sources import as_list
 from ..preprocess import PreprocessResult, Preprocessor
 from .text import TextRules
 
@@ -141,7 +142,7 @@ class EmbeddingModel:
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        items = [images] if isinstance(images, (str, bytes)) else list(images)
+        items = as_list(images)
         n = len(items)
         embeddings = np.zeros((n, self.dim), dtype=np.float32)
         ok = np.zeros(n, dtype=bool)

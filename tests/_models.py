@@ -94,7 +94,8 @@ def tiny_siglip(path: Path, *, seed: int = 0, tokenizer: str = "sentencepiece", 
 
         vocab, merges = _gemma_bpe()
         tok = Siglip2Tokenizer(vocab=vocab, merges=merges)
-    text = dict(TEXT, vocab_size=len(tok), max_position_embeddings=64, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    text = dict(TEXT, vocab_size=len(tok), max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, bos_token_id=None)
     config = SiglipConfig(text_config=text, vision_config=dict(VISION, image_size=image_size))
     torch.manual_seed(seed)
     model = SiglipModel(config).eval()
@@ -127,6 +128,6 @@ def tiny_siglip2_naflex(path: Path) -> Path:
     torch.manual_seed(0)
     vision = dict(VISION)
     vision.pop("image_size")
-    config = Siglip2Config(text_config=dict(TEXT, vocab_size=300, max_position_embeddings=64), vision_config=dict(vision, num_patches=16))
+    config = Siglip2Config(text_config=dict(TEXT, vocab_size=300, max_position_embeddings=64, bos_token_id=None, eos_token_id=1), vision_config=dict(vision, num_patches=16))
     Siglip2Model(config).save_pretrained(path)
     return path

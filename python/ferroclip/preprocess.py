@@ -148,8 +148,8 @@ class Preprocessor:
             index: item_error(index, urls.get(index, path), kind, reason) for index, path, kind, reason in raw_errors
         }
         for index, exc in failed.items():
-            if isinstance(exc, ImageError) and exc.index is None:
-                exc.index = index
+            if getattr(exc, "index", None) is None:
+                exc.index = index  # type: ignore[union-attr]  (plain TypeError/ValueError too)
             errors[index] = exc
         ok = np.ones(len(items), dtype=bool)
         ok[list(errors)] = False

@@ -169,8 +169,8 @@ class EmbeddingModel:
                 res = pending.result()
                 pending = pool.submit(prepare, i + 1) if i + 1 < len(starts) else None
                 for err in res.errors:
-                    if isinstance(err, ImageError) and err.index is not None:
-                        err.index += start
+                    if getattr(err, "index", None) is not None:
+                        err.index += start  # type: ignore[union-attr]
                     errors.append(err)
                 rows = np.flatnonzero(res.ok)
                 if len(rows):
@@ -253,7 +253,7 @@ class EmbeddingModel:
         img = self.encode_images(images, batch_size=batch_size, progress=progress)
         txt = self.encode_texts(queries) if queries else np.zeros((0, self.dim), np.float32)
         txt_row = {key: i for i, key in enumerate(queries)}
-        err_by_row = {e.index: e for e in img.errors if isinstance(e, ImageError) and e.index is not None}
+        err_by_row = {e.index: e for e in img.errors if getattr(e, "index", None) is not None}  # type: ignore[union-attr]
         out = []
         for r in records:
             row = img_row[_key(r["image"])]

@@ -155,6 +155,13 @@ def train_heads(
     ``training_curves.png``. ``on_epoch(epoch, metrics)`` is called after each validation
     (Optuna uses it to report and prune; it may raise to stop training).
     """
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: seed it, leave the caller's alone
+        torch.manual_seed(config.training.seed)
+        return _train(config, train, val, out_dir, on_epoch, plots)
+
+
+def _train(config: HeadsConfig, train: PairedEmbeddings, val: PairedEmbeddings, out_dir: Any,
+           on_epoch: Callable[[int, dict[str, float]], None] | None, plots: bool) -> TrainResult:
     t_cfg = config.training
     _check_dims(config, train, val)
     device = resolve_device(t_cfg.device)

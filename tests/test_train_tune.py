@@ -141,6 +141,7 @@ def test_cli_heads_split_train_eval_tune(project, capsys):
     with pytest.raises(DataError, match="split exists"):
         _cli("heads", "split", str(root / "train.yaml"))
     capsys.readouterr()
+    (root / "train.yaml").write_text(TRAIN_YAML.format(epochs=40))
     assert _cli("heads", "train", str(root / "train.yaml")) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["best_epoch"] >= 1
@@ -155,5 +156,5 @@ def test_cli_heads_split_train_eval_tune(project, capsys):
     _tune_cfg(root, n_trials=2)
     assert _cli("heads", "tune", str(root / "tune.yaml")) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["trials"] == {"COMPLETE": 2}
+    assert out["states"] == {"COMPLETE": 2}
     assert (root / "tuning" / "best_config.yaml").is_file()

@@ -181,7 +181,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     states: dict[str, int] = {}
     for t in res.study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    print(json.dumps({"study": cfg.study_name, "trials": states, "best_value": res.best_value, **res.files}, indent=1))
+    print(json.dumps({"study": cfg.study_name, "states": states, "best_value": res.best_value, **res.files}, indent=1))
     return 0 if res.best_config is not None else 1
 
 

@@ -5,9 +5,11 @@ stratified k-fold cross-validation. In each outer fold the regularisation streng
 chosen on the training part only, by inner cross-validation, so the reported accuracy
 never saw its own test fold:
 
-- ``ridge``: scikit-learn's ``RidgeClassifierCV`` over ``alphas``. With ``inner_folds=None``
-  it uses ridge's exact, closed-form leave-one-out CV (one fit for all alphas); an integer
-  uses stratified inner folds instead.
+- ``ridge``: a ridge classifier (+1/-1 targets per class) over ``alphas``. With
+  ``inner_folds=None`` alpha is chosen by ridge's exact closed-form leave-one-out CV: the
+  same model and criterion as scikit-learn's ``RidgeClassifierCV(cv=None)``, computed from
+  one eigendecomposition for all alphas (see :func:`_ridge_loo`; several times faster at
+  CLIP widths). An integer uses ``RidgeClassifierCV`` with stratified inner folds.
 - ``logistic``: ``LogisticRegressionCV`` (L2, lbfgs) over ``Cs`` with stratified inner folds
   (``inner_folds``, default 5), scored by accuracy.
 
@@ -152,11 +154,51 @@ def _prepare(features: Any, labels: Sequence[Any] | np.ndarray, folds: int) -> t
     return x, y.astype(np.int64), [str(c) for c in classes]
 
 
+def _ridge_loo(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, alphas: Sequence[float]) -> tuple[np.ndarray, float]:
+    """Ridge classifier with alpha chosen by exact leave-one-out, for all alphas from one eigh.
+
+    Same model and criterion as scikit-learn's ``RidgeClassifierCV(cv=None)`` (targets
+    +1/-1 per class, unpenalised intercept, alpha minimising the mean squared LOO error,
+    first alpha on ties), computed differently: with ``Q = Xc V`` from the eigenvectors of
+    ``Xc^T Xc = V diag(l) V^T``, the hat matrix is ``1/n + Q diag(1/(l+a)) Q^T`` for every
+    alpha ``a``, so each alpha costs O(n*d*classes) instead of another pass of O(n*d^2).
+    """
+    x = x_tr.astype(np.float64)
+    n = len(x)
+    classes = np.unique(y_tr)
+    targets = np.where(y_tr[:, None] == classes[None, :], 1.0, -1.0)
+    if len(classes) == 2:
+        targets = targets[:, 1:]
+    x_mean, t_mean = x.mean(axis=0), targets.mean(axis=0)
+    xc, tc = x - x_mean, targets - t_mean
+    lam, v = np.linalg.eigh(xc.T @ xc)
+    lam = np.maximum(lam, 0.0)
+    q = xc @ v
+    qt = q.T @ tc
+    q2 = q * q
+    best: tuple[float, float] | None = None
+    for a in alphas:
+        w = 1.0 / (lam + a)
+        fitted = q @ (qt * w[:, None])
+        hat = 1.0 / n + q2 @ w
+        err = float(np.mean(((tc - fitted) / (1.0 - hat)[:, None]) ** 2))
+        if best is None or err < best[0]:
+            best = (err, float(a))
+    assert best is not None
+    alpha = best[1]
+    coef = v @ (qt / (lam + alpha)[:, None])
+    scores = (x_te.astype(np.float64) - x_mean) @ coef + t_mean
+    pred = (scores[:, 0] > 0).astype(np.int64) if len(classes) == 2 else scores.argmax(axis=1)
+    return classes[pred], alpha
+
+
 def _fit_fold(model: str, x_tr, y_tr, x_te, alphas, cs, inner_folds, seed):
     from sklearn.linear_model import LogisticRegressionCV, RidgeClassifierCV
     from sklearn.model_selection import StratifiedKFold
 
     inner = None if inner_folds is None else StratifiedKFold(inner_folds, shuffle=True, random_state=seed)
+    if model == "ridge" and inner is None:
+        return _ridge_loo(x_tr, y_tr, x_te, alphas)
     if model == "ridge":
         clf = RidgeClassifierCV(alphas=alphas, cv=inner)
         clf.fit(x_tr, y_tr)

@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--heads", nargs="+", default=["mlp", "clip", "attention"])
+    ap.add_argument("--heads", nargs="+", default=["mlp", "clip", "siglip"])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train-x86_64.md"))
     args = ap.parse_args()
     q = args.quick

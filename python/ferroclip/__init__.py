@@ -8,6 +8,7 @@ from ._native import __version__
 from .config import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, PreprocessConfig
 from .errors import (
     ConfigError,
+    DataError,
     FerroclipError,
     ImageDecodeError,
     ImageError,
@@ -40,6 +41,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "ConfigError",
+    "DataError",
     "EmbeddingIndex",
     "EmbeddingModel",
     "EncodeResult",

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_preprocess)
     _cli_models.register(sub)
+    from .train.cli import register as register_train
+
+    register_train(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "FerroclipError",
     "ImageDecodeError",
     "ImageError",
@@ -98,6 +99,25 @@ class ConfigError(FerroclipError, ValueError):
 
 class ModelError(FerroclipError, RuntimeError):
     """A model cannot be loaded or run as asked (missing weights, unknown family, device)."""
+
+
+class DataError(FerroclipError, ValueError):
+    """Embedding, metadata, label or split files disagree with each other or hold bad values.
+
+    ``path`` names the file at fault when there is one. Raised for mismatched row counts,
+    unknown image ids, wrong embedding dimensions and splits that do not fit their data.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.path))
 
 
 class InternalError(FerroclipError, RuntimeError):

@@ -1,0 +1,132 @@
+"""The linear probe against scikit-learn called directly, and the ``ferroclip probe`` CLI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+from sklearn.linear_model import LogisticRegressionCV, RidgeClassifierCV  # noqa: E402
+from sklearn.metrics import balanced_accuracy_score  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
+
+from ferroclip.errors import DataError  # noqa: E402
+from ferroclip.train import compare_probes, linear_probe  # noqa: E402
+from ferroclip.train.cli import register  # noqa: E402
+
+
+def _blobs(n=300, dim=24, classes=4, spread=1.6, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((classes, dim))
+    y = np.repeat(np.arange(classes), n // classes)
+    x = centres[y] + spread * rng.standard_normal((len(y), dim))
+    names = np.array(["coat", "dress", "shirt", "boot", "bag"][:classes])
+    return x.astype(np.float32), names[y]
+
+
+def _sklearn_reference(x, y, model, folds, seed, alphas, cs):
+    """The seed's protocol written out with scikit-learn only."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    acc, bal, reg = [], [], []
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        if model == "ridge":
+            clf = RidgeClassifierCV(alphas=alphas).fit(x[tr], y[tr])
+            reg.append(clf.alpha_)
+        else:
+            clf = LogisticRegressionCV(Cs=cs, cv=StratifiedKFold(5, shuffle=True, random_state=seed), l1_ratios=(0.0,),
+                                       scoring="accuracy", max_iter=2000, use_legacy_attributes=False,
+                                       random_state=seed).fit(x[tr], y[tr])
+            reg.append(clf.C_)
+        p = clf.predict(x[te])
+        acc.append(np.mean(p == y[te]))
+        bal.append(balanced_accuracy_score(y[te], p))
+    return acc, bal, reg
+
+
+@pytest.mark.parametrize(("model", "classes"), [("ridge", 4), ("ridge", 2), ("logistic", 4)])
+def test_probe_matches_sklearn_called_directly(model, classes):
+    x, y = _blobs(classes=classes, spread=2.5)
+    alphas, cs = (0.01, 0.1, 1.0, 10.0, 100.0), (0.01, 1.0, 100.0)
+    res = linear_probe(x, y, model, folds=5, alphas=alphas, Cs=cs, seed=7)
+    acc, bal, reg = _sklearn_reference(x, y, model, 5, 7, alphas, cs)
+    np.testing.assert_allclose(res.fold_accuracy, acc)
+    np.testing.assert_allclose(res.fold_balanced_accuracy, bal)
+    np.testing.assert_allclose(res.fold_regularisation, reg)
+    assert res.accuracy[0] == pytest.approx(np.mean(acc)) and res.accuracy[1] == pytest.approx(np.std(acc, ddof=1))
+    assert res.classes == sorted(set(y))
+    # out-of-fold confusion matrix: every sample once, diagonal = correct predictions
+    assert res.confusion.sum() == len(y)
+    assert np.trace(res.confusion) == pytest.approx(np.mean(acc) * len(y), abs=1)
+
+
+def test_probe_separates_signal_from_shuffled_labels():
+    x, y = _blobs(spread=1.2)
+    good = linear_probe(x, y, folds=5)
+    shuffled = linear_probe(x, np.random.default_rng(1).permutation(y), folds=5)
+    assert good.accuracy[0] > 0.9
+    assert shuffled.accuracy[0] < 0.4  # 4 classes: chance is 0.25
+
+
+def test_probe_errors_are_clear():
+    x, y = _blobs(n=40)
+    with pytest.raises(DataError, match="fewer than folds=20"):
+        linear_probe(x, y, folds=20)
+    with pytest.raises(DataError, match="39 labels for 40"):
+        linear_probe(x, y[:39])
+    with pytest.raises(DataError, match="two classes"):
+        linear_probe(x, np.zeros(40))
+    with pytest.raises(ValueError, match="'ridge' or 'logistic'"):
+        linear_probe(x, y, "svm")
+
+
+def _probe_cli(argv):
+    parser = argparse.ArgumentParser(prog="ferroclip")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["probe", *argv])
+    return args.func(args)
+
+
+def test_cli_probe_with_image_folder_csv_and_cache(tmp_path, capsys):
+    x, y = _blobs(n=120, classes=3)
+    root = tmp_path / "images"
+    paths = []
+    for i, label in enumerate(y):  # ImageFolder layout; file contents are never read
+        f = root / label / f"{i:04d}.png"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"")
+        paths.append(str(f))
+    order = np.argsort(paths)  # the row order `ferroclip preprocess images/` produces
+    np.save(tmp_path / "clip.npy", x[order])
+    np.savez(tmp_path / "siglip.npz", features=x[order] + 0.5, paths=np.array(paths)[order])
+    assert _probe_cli(["clip=" + str(tmp_path / "clip.npy"), str(tmp_path / "siglip.npz"),
+                       "--labels-dir", str(root), "--folds", "3", "--out", str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out
+    assert "| clip | 24 | ridge |" in table and "| siglip | 24 | ridge |" in table
+    with open(tmp_path / "out" / "comparison.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["features"] for r in rows] == ["clip", "siglip"]
+    direct = compare_probes({"clip": x[order]}, y[order], folds=3)["clip"]
+    assert float(rows[0]["accuracy_mean"]) == pytest.approx(direct.accuracy[0])
+    for f in ("clip_probe.json", "clip_folds.csv", "clip_confusion.png", "siglip_confusion.png", "comparison.md"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "clip_probe.json").read_text())["classes"] == ["coat", "dress", "shirt"]
+
+    # CSV labels matched by path against the cache's stored paths (cache rows shuffled)
+    perm = np.random.default_rng(0).permutation(len(y))
+    np.savez(tmp_path / "shuf.npz", features=x[perm], paths=np.array(paths)[perm])
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        w.writerows(zip(paths, y))
+    assert _probe_cli([str(tmp_path / "shuf.npz"), "--labels-csv", str(tmp_path / "labels.csv"), "--folds", "3",
+                       "--out", str(tmp_path / "out2"), "--no-plots"]) == 0
+    got = json.loads((tmp_path / "out2" / "shuf_probe.json").read_text())
+    assert got["accuracy_mean"] == pytest.approx(linear_probe(x[perm], y[perm], folds=3).accuracy[0])
+
+    np.save(tmp_path / "short.npy", x[:10])
+    with pytest.raises(DataError, match="120 labels but .*short.npy has 10 rows"):
+        _probe_cli([str(tmp_path / "short.npy"), "--labels-dir", str(root), "--out", str(tmp_path / "o3")])

@@ -136,3 +136,23 @@ def test_cli_embed_search_models_export(checkpoints, folder, tmp_path, capsys): 
     assert capsys.readouterr().out.split()[2].endswith("p5.png")
     assert cli_main(["embed", str(tmp_path / "nowhere"), *common]) == 2
     shutil.rmtree(onnx_dir)
+
+
+def test_cli_embed_then_probe_over_class_folders(checkpoints, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """The seed-000 workflow: embed an ImageFolder tree once, then a k-fold probe on it."""
+    root = tmp_path / "classes"
+    rng = np.random.default_rng(5)
+    for label, tint in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            arr = np.clip(smooth_rgb(rng, 36, 36).astype(np.int16) // 3 + np.array(tint, np.int16), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / label / f"{i}.png")
+    monkeypatch.chdir(tmp_path)  # relative paths on the command line, absolute in the .npz
+    common = ["--model", str(checkpoints["clip"]), "--device", "cpu", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert cli_main(["embed", "classes", *common, "--out", "feats.npz"]) == 0
+    with np.load(tmp_path / "feats.npz") as z:
+        assert z["features"].shape == (12, 24) and all(Path(p).is_absolute() for p in z["paths"])
+    capsys.readouterr()
+    assert cli_main(["probe", "feats.npz", "--labels-dir", "classes", "--folds", "3", "--out", "probe", "--no-plots"]) == 0
+    results = list((tmp_path / "probe").glob("*.json"))
+    assert results, "probe wrote no JSON results"

@@ -61,11 +61,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
         from ._atomic import atomic_write
 
-        with atomic_write(args.out) as fh:
-            np.save(fh, res.embeddings)
-        with atomic_write(Path(args.out).with_suffix(".paths.json")) as fh:
-            fh.write(json.dumps(res.paths, indent=0).encode())
-        print(f"wrote {args.out} {res.embeddings.shape} and {Path(args.out).with_suffix('.paths.json')}", file=sys.stderr)
+        out = Path(args.out)
+        files = [str(res.root / p) for p in res.paths]
+        if out.suffix == ".npz":  # features + paths in one file: what `ferroclip probe` reads
+            with atomic_write(out) as fh:
+                np.savez(fh, features=res.embeddings, paths=np.array(files))
+        else:
+            with atomic_write(out) as fh:
+                np.save(fh, res.embeddings)
+            with atomic_write(out.with_suffix(".paths.json")) as fh:
+                fh.write(json.dumps(files, indent=0).encode())
+        print(f"wrote {out} {res.embeddings.shape}", file=sys.stderr)
     return 1 if res.errors and args.strict else 0
 
 
@@ -131,7 +137,11 @@ def register(sub: Any) -> None:
     p.add_argument("folder", help="folder of images (searched recursively)")
     _add_model_args(p)
     _add_cache_args(p)
-    p.add_argument("--out", default=None, help="also write the embeddings to this .npy (+ .paths.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="also write the embeddings: .npz (features + paths, what `ferroclip probe` reads) or .npy (+ .paths.json)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 if any image failed")
     p.set_defaults(func=_cmd_embed)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,21 @@ def _labels(args: argparse.Namespace, n: int, cache: dict[str, np.ndarray], wher
         raise DataError(f"{where}: no labels: pass --labels-dir or --labels-csv, or store 'labels' in the .npz")
     src = args.labels_dir or args.labels_csv
     if paths is not None and "paths" in cache:
-        by_path = dict(zip(map(str, paths), labels))
-        missing = [str(q) for q in cache["paths"] if str(q) not in by_path]
+        # Paths are compared resolved, so `ferroclip embed photos --out f.npz` (absolute paths)
+        # matches `--labels-dir photos` given relative to the current directory.
+        by_path = dict(zip((_canonical(p) for p in paths), labels))
+        wanted = [_canonical(q) for q in cache["paths"]]
+        missing = [q for q in wanted if q not in by_path]
         if missing:
             raise DataError(f"{src}: no label for {len(missing)} rows of {where}, e.g. {missing[0]}", str(src))
-        return [by_path[str(q)] for q in cache["paths"]]
+        return [by_path[q] for q in wanted]
     if len(labels) != n:
         raise DataError(f"{src}: {len(labels)} labels but {where} has {n} rows", str(src))
     return labels
+
+
+def _canonical(path: object) -> str:
+    return os.path.realpath(str(path))
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:

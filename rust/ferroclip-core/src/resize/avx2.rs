@@ -66,7 +66,7 @@ pub(super) unsafe fn horizontal(
 ) {
     let ow = cols.len;
     let n_rows = rows.len();
-    out.clear();
+    // Every byte is written below: no clear, so a reused buffer is not zeroed first.
     out.resize(n_rows * ow * 3, 0);
     if ow == 0 || n_rows == 0 {
         return;

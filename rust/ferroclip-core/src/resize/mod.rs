@@ -218,6 +218,45 @@ fn vertical(src: &[u8], src_w: usize, row0: usize, coeffs: &Coeffs, rows: Span, 
     }
 }
 
+thread_local! {
+    /// The intermediate image between the two passes, kept per thread: a fresh buffer of a
+    /// few hundred KB costs an mmap, page faults and a memset on every image.
+    static INTER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Coefficient sets kept per thread (most recent first): in a batch most images share
+/// their size, and computing the taps costs about a tenth of the resize itself.
+const COEFF_CACHE_LEN: usize = 8;
+/// Larger sets (huge upscales) are rebuilt each time rather than pinned in memory.
+const COEFF_CACHE_MAX_TAPS: usize = 1 << 18;
+
+type CoeffKey = (usize, usize, Filter);
+
+thread_local! {
+    static COEFFS: std::cell::RefCell<Vec<(CoeffKey, std::rc::Rc<Coeffs>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `Coeffs::new`, memoised per thread.
+fn cached_coeffs(in_size: usize, out_size: usize, filter: Filter) -> std::rc::Rc<Coeffs> {
+    let key = (in_size, out_size, filter);
+    COEFFS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(pos) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(pos);
+            let c = std::rc::Rc::clone(&hit.1);
+            cache.insert(0, hit);
+            return c;
+        }
+        let c = std::rc::Rc::new(Coeffs::new(in_size, out_size, filter));
+        if c.k.len() <= COEFF_CACHE_MAX_TAPS {
+            cache.insert(0, (key, std::rc::Rc::clone(&c)));
+            cache.truncate(COEFF_CACHE_LEN);
+        }
+        c
+    })
+}
+
 /// Which pass kernels run; `Avx2` is only built after the CPU was checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernels {
@@ -302,7 +341,8 @@ fn resize_window_impl(
             "window {xs:?} x {ys:?} is outside the {out_w}x{out_h} output"
         )));
     }
-    out.clear();
+    // Every byte of the window is written below; resizing without clearing skips a memset
+    // when the buffer is reused for an image of the same size.
     out.resize(xs.len * ys.len * 3, 0);
     if xs.len == 0 || ys.len == 0 {
         return Ok(());
@@ -312,15 +352,17 @@ fn resize_window_impl(
     // PIL's `Image.resize` resamples very tall images (height > 100 x width) that shrink
     // vertically in the other order: vertical pass first, then horizontal.
     if need_h && need_v && src.height > src.width * 100 && out_h < src.height {
-        let vcoeffs = Coeffs::new(src.height, out_h, filter);
-        let mut rows = vec![0u8; src.width * ys.len * 3];
+        let vcoeffs = cached_coeffs(src.height, out_h, filter);
+        let mut rows = INTER.take();
+        rows.resize(src.width * ys.len * 3, 0);
         kernels.vertical(&src.data, src.width, 0, &vcoeffs, ys, &mut rows);
         let tall = RgbImage { width: src.width, height: ys.len, data: rows };
-        let hcoeffs = Coeffs::new(src.width, out_w, filter);
+        let hcoeffs = cached_coeffs(src.width, out_w, filter);
         kernels.horizontal(&tall, 0..ys.len, &hcoeffs, xs, out);
+        INTER.set(tall.data);
         return Ok(());
     }
-    let vcoeffs = need_v.then(|| Coeffs::new(src.height, out_h, filter));
+    let vcoeffs = need_v.then(|| cached_coeffs(src.height, out_h, filter));
     // Source rows the window needs.
     let (row0, row1) = match &vcoeffs {
         Some(c) => {
@@ -330,13 +372,14 @@ fn resize_window_impl(
         }
         None => (ys.src, ys.src + ys.len),
     };
-    let mut tmp = Vec::new();
+    let mut tmp = INTER.take();
     let (inter, inter_w): (&[u8], usize) = if need_h {
-        let hcoeffs = Coeffs::new(src.width, out_w, filter);
+        let hcoeffs = cached_coeffs(src.width, out_w, filter);
         kernels.horizontal(src, row0..row1, &hcoeffs, xs, &mut tmp);
         (&tmp, xs.len)
     } else {
         // No horizontal pass: the window's columns come straight from the source.
+        tmp.clear();
         tmp.reserve((row1 - row0) * xs.len * 3);
         for y in row0..row1 {
             tmp.extend_from_slice(&src.row(y)[xs.src * 3..(xs.src + xs.len) * 3]);
@@ -347,6 +390,7 @@ fn resize_window_impl(
         Some(c) => kernels.vertical(inter, inter_w, row0, c, ys, out),
         None => out.copy_from_slice(&inter[..ys.len * inter_w * 3]),
     }
+    INTER.set(tmp);
     Ok(())
 }
 

@@ -11,6 +11,9 @@ use crate::decode::RgbImage;
 use crate::error::{Error, Result};
 use crate::geometry::Span;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// Resampling filters, with Pillow's kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
@@ -215,11 +218,88 @@ fn vertical(src: &[u8], src_w: usize, row0: usize, coeffs: &Coeffs, rows: Span, 
     }
 }
 
+thread_local! {
+    /// The intermediate image between the two passes, kept per thread: a fresh buffer of a
+    /// few hundred KB costs an mmap, page faults and a memset on every image.
+    static INTER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Coefficient sets kept per thread (most recent first): in a batch most images share
+/// their size, and computing the taps costs about a tenth of the resize itself.
+const COEFF_CACHE_LEN: usize = 8;
+/// Larger sets (huge upscales) are rebuilt each time rather than pinned in memory.
+const COEFF_CACHE_MAX_TAPS: usize = 1 << 18;
+
+type CoeffKey = (usize, usize, Filter);
+
+thread_local! {
+    static COEFFS: std::cell::RefCell<Vec<(CoeffKey, std::rc::Rc<Coeffs>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `Coeffs::new`, memoised per thread.
+fn cached_coeffs(in_size: usize, out_size: usize, filter: Filter) -> std::rc::Rc<Coeffs> {
+    let key = (in_size, out_size, filter);
+    COEFFS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(pos) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(pos);
+            let c = std::rc::Rc::clone(&hit.1);
+            cache.insert(0, hit);
+            return c;
+        }
+        let c = std::rc::Rc::new(Coeffs::new(in_size, out_size, filter));
+        if c.k.len() <= COEFF_CACHE_MAX_TAPS {
+            cache.insert(0, (key, std::rc::Rc::clone(&c)));
+            cache.truncate(COEFF_CACHE_LEN);
+        }
+        c
+    })
+}
+
+/// Which pass kernels run; `Avx2` is only built after the CPU was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernels {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernels::Avx2;
+            }
+        }
+        Kernels::Portable
+    }
+
+    fn horizontal(self, src: &RgbImage, rows: std::ops::Range<usize>, coeffs: &Coeffs, cols: Span, out: &mut Vec<u8>) {
+        match self {
+            Kernels::Portable => horizontal(src, rows, coeffs, cols, out),
+            // SAFETY: `Avx2` exists only when the CPU has AVX2 (`detect`).
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 => unsafe { avx2::horizontal(src, rows, coeffs, cols, out) },
+        }
+    }
+
+    fn vertical(self, src: &[u8], src_w: usize, row0: usize, coeffs: &Coeffs, rows: Span, out: &mut [u8]) {
+        match self {
+            Kernels::Portable => vertical(src, src_w, row0, coeffs, rows, out),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2 => unsafe { avx2::vertical(src, src_w, row0, coeffs, rows, out) },
+        }
+    }
+}
+
 /// Resize `src` to `out_w` x `out_h` as Pillow would, but produce only the window
 /// `xs` x `ys` of the result, packed RGB, into `out` (resized to fit).
 ///
-/// The integer arithmetic is identical on every path; AVX2, when the CPU has it, only
-/// widens the vectors the compiler may use (checked against the portable path in tests).
+/// Uses the AVX2 kernels when the CPU has them; their integer arithmetic is the portable
+/// path's (checked against it in tests).
 pub fn resize_window(
     src: &RgbImage,
     out_w: usize,
@@ -229,31 +309,10 @@ pub fn resize_window(
     filter: Filter,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { resize_window_avx2(src, out_w, out_h, xs, ys, filter, out) };
-        }
-    }
-    resize_window_portable(src, out_w, out_h, xs, ys, filter, out)
+    resize_window_impl(src, out_w, out_h, xs, ys, filter, out, Kernels::detect())
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn resize_window_avx2(
-    src: &RgbImage,
-    out_w: usize,
-    out_h: usize,
-    xs: Span,
-    ys: Span,
-    filter: Filter,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    resize_window_impl(src, out_w, out_h, xs, ys, filter, out)
-}
-
-/// The same computation compiled for the baseline target (kept callable for tests).
+/// The same computation with the portable kernels only (kept callable for tests).
 pub fn resize_window_portable(
     src: &RgbImage,
     out_w: usize,
@@ -263,10 +322,10 @@ pub fn resize_window_portable(
     filter: Filter,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    resize_window_impl(src, out_w, out_h, xs, ys, filter, out)
+    resize_window_impl(src, out_w, out_h, xs, ys, filter, out, Kernels::Portable)
 }
 
-#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn resize_window_impl(
     src: &RgbImage,
     out_w: usize,
@@ -275,13 +334,15 @@ fn resize_window_impl(
     ys: Span,
     filter: Filter,
     out: &mut Vec<u8>,
+    kernels: Kernels,
 ) -> Result<()> {
     if xs.src + xs.len > out_w || ys.src + ys.len > out_h {
         return Err(Error::InvalidArgument(format!(
             "window {xs:?} x {ys:?} is outside the {out_w}x{out_h} output"
         )));
     }
-    out.clear();
+    // Every byte of the window is written below; resizing without clearing skips a memset
+    // when the buffer is reused for an image of the same size.
     out.resize(xs.len * ys.len * 3, 0);
     if xs.len == 0 || ys.len == 0 {
         return Ok(());
@@ -291,15 +352,17 @@ fn resize_window_impl(
     // PIL's `Image.resize` resamples very tall images (height > 100 x width) that shrink
     // vertically in the other order: vertical pass first, then horizontal.
     if need_h && need_v && src.height > src.width * 100 && out_h < src.height {
-        let vcoeffs = Coeffs::new(src.height, out_h, filter);
-        let mut rows = vec![0u8; src.width * ys.len * 3];
-        vertical(&src.data, src.width, 0, &vcoeffs, ys, &mut rows);
+        let vcoeffs = cached_coeffs(src.height, out_h, filter);
+        let mut rows = INTER.take();
+        rows.resize(src.width * ys.len * 3, 0);
+        kernels.vertical(&src.data, src.width, 0, &vcoeffs, ys, &mut rows);
         let tall = RgbImage { width: src.width, height: ys.len, data: rows };
-        let hcoeffs = Coeffs::new(src.width, out_w, filter);
-        horizontal(&tall, 0..ys.len, &hcoeffs, xs, out);
+        let hcoeffs = cached_coeffs(src.width, out_w, filter);
+        kernels.horizontal(&tall, 0..ys.len, &hcoeffs, xs, out);
+        INTER.set(tall.data);
         return Ok(());
     }
-    let vcoeffs = need_v.then(|| Coeffs::new(src.height, out_h, filter));
+    let vcoeffs = need_v.then(|| cached_coeffs(src.height, out_h, filter));
     // Source rows the window needs.
     let (row0, row1) = match &vcoeffs {
         Some(c) => {
@@ -309,13 +372,14 @@ fn resize_window_impl(
         }
         None => (ys.src, ys.src + ys.len),
     };
-    let mut tmp = Vec::new();
+    let mut tmp = INTER.take();
     let (inter, inter_w): (&[u8], usize) = if need_h {
-        let hcoeffs = Coeffs::new(src.width, out_w, filter);
-        horizontal(src, row0..row1, &hcoeffs, xs, &mut tmp);
+        let hcoeffs = cached_coeffs(src.width, out_w, filter);
+        kernels.horizontal(src, row0..row1, &hcoeffs, xs, &mut tmp);
         (&tmp, xs.len)
     } else {
         // No horizontal pass: the window's columns come straight from the source.
+        tmp.clear();
         tmp.reserve((row1 - row0) * xs.len * 3);
         for y in row0..row1 {
             tmp.extend_from_slice(&src.row(y)[xs.src * 3..(xs.src + xs.len) * 3]);
@@ -323,9 +387,10 @@ fn resize_window_impl(
         (&tmp, xs.len)
     };
     match &vcoeffs {
-        Some(c) => vertical(inter, inter_w, row0, c, ys, out),
+        Some(c) => kernels.vertical(inter, inter_w, row0, c, ys, out),
         None => out.copy_from_slice(&inter[..ys.len * inter_w * 3]),
     }
+    INTER.set(tmp);
     Ok(())
 }
 
@@ -392,6 +457,108 @@ mod tests {
             resize_window(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, &mut a).unwrap();
             resize_window_portable(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, &mut b).unwrap();
             assert_eq!(a, b, "{w}x{h} -> {ow}x{oh}");
+        }
+    }
+
+    /// xorshift64*: a seeded stream for the randomised comparisons (no extra dependency).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn between(&mut self, lo: usize, hi: usize) -> usize {
+            lo + self.below(hi - lo + 1)
+        }
+    }
+
+    /// Noise, hard 0/255 edges (the worst case for overshoot and clipping) or flat extremes.
+    fn random_image(rng: &mut Rng, w: usize, h: usize) -> RgbImage {
+        let kind = rng.below(4);
+        let data = (0..w * h * 3)
+            .map(|i| match kind {
+                0 => rng.next() as u8,
+                1 => if rng.below(2) == 0 { 0 } else { 255 },
+                2 => if (i / 3 + i / (3 * w)) % 2 == 0 { 255 } else { 0 },
+                _ => 255,
+            })
+            .collect();
+        RgbImage { width: w, height: h, data }
+    }
+
+    fn random_span(rng: &mut Rng, n: usize) -> Span {
+        if rng.below(3) == 0 {
+            return Span { src: 0, dst: 0, len: n };
+        }
+        let src = rng.below(n);
+        Span { src, dst: 0, len: rng.between(1, n - src) }
+    }
+
+    fn assert_same(src: &RgbImage, ow: usize, oh: usize, xs: Span, ys: Span, filter: Filter) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        resize_window(src, ow, oh, xs, ys, filter, &mut a).unwrap();
+        resize_window_portable(src, ow, oh, xs, ys, filter, &mut b).unwrap();
+        if a != b {
+            let at = a.iter().zip(&b).position(|(x, y)| x != y);
+            panic!(
+                "{}x{} -> {ow}x{oh} window {xs:?} x {ys:?} {filter:?}: first difference at byte {at:?}",
+                src.width, src.height
+            );
+        }
+    }
+
+    #[test]
+    fn simd_kernels_equal_portable_on_random_cases() {
+        let mut rng = Rng(0x5eed_cafe_f00d_0001);
+        let filters = [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos];
+        for case in 0..1500 {
+            // Mostly small sides (every tail and edge case), some medium, a few 1-pixel ones.
+            let side = |rng: &mut Rng| match rng.below(10) {
+                0 => 1,
+                1..=6 => rng.between(1, 70),
+                _ => rng.between(70, 400),
+            };
+            let (w, h) = (side(&mut rng), side(&mut rng));
+            // Up to 4x up and down to 1 pixel; sometimes the same size on one axis.
+            let out = |rng: &mut Rng, n: usize| match rng.below(8) {
+                0 => n,
+                1 => 1,
+                _ => rng.between(1, 4 * n + 3),
+            };
+            let (ow, oh) = (out(&mut rng, w), out(&mut rng, h));
+            let src = random_image(&mut rng, w, h);
+            let (xs, ys) = (random_span(&mut rng, ow), random_span(&mut rng, oh));
+            assert_same(&src, ow, oh, xs, ys, filters[case % 3]);
+        }
+    }
+
+    #[test]
+    fn simd_kernels_equal_portable_on_big_factors_and_tall_images() {
+        let mut rng = Rng(0x5eed_cafe_f00d_0002);
+        let all = |n| Span { src: 0, dst: 0, len: n };
+        // Large taps counts (4000 -> 224 is ~73 taps), CLIP-like sizes, very tall/wide inputs.
+        let cases = [
+            (4000, 60, 224, 3),
+            (60, 4000, 5, 224),
+            (4000, 3000, 298, 224),
+            (640, 480, 298, 224),
+            (1920, 1080, 398, 224),
+            (3, 900, 50, 40),
+            (2, 301, 50, 40),
+            (1, 250, 7, 2),
+            (250, 1, 2, 7),
+            (33, 17, 1000, 9),
+        ];
+        for (i, &(w, h, ow, oh)) in cases.iter().enumerate() {
+            let src = random_image(&mut rng, w, h);
+            let filter = [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos][i % 3];
+            assert_same(&src, ow, oh, all(ow), all(oh), filter);
+            assert_same(&src, ow, oh, random_span(&mut rng, ow), random_span(&mut rng, oh), filter);
         }
     }
 

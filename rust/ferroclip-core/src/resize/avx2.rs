@@ -1,0 +1,266 @@
+//! AVX2 kernels for the two passes, integer-identical to the portable ones.
+//!
+//! Pillow's taps are 22-bit fixed point and do not fit the 16-bit lanes of
+//! `_mm256_madd_epi16` (16 multiply-adds per instruction). Each tap is therefore split
+//! exactly as `k = hi * 2^16 + lo` with `lo` the sign-extended low 16 bits (so `|hi|` is
+//! tiny), both halves go through `madd` separately, and the sums are joined as
+//! `(sum_hi << 16) + sum_lo`. Every step is a ring operation on `i32` (wrapping), so the
+//! result equals the scalar `acc += p * k` bit for bit, whatever the order, even where the
+//! scalar sum itself would wrap. `madd` cannot overflow its own pair sum:
+//! `2 * 255 * 32768 < 2^31`.
+
+use std::arch::x86_64::{
+    __m256i, _mm256_add_epi32, _mm256_castsi256_si128, _mm256_extracti128_si256, _mm256_madd_epi16,
+    _mm256_packs_epi32, _mm256_packus_epi16, _mm256_set1_epi32, _mm256_setr_epi8, _mm256_setzero_si256,
+    _mm256_shuffle_epi8, _mm256_slli_epi32, _mm256_srai_epi32, _mm256_storeu_si256, _mm256_unpackhi_epi8,
+    _mm256_unpacklo_epi8, _mm_cvtsi128_si32, _mm_extract_epi32, _mm256_loadu_si256, _mm256_inserti128_si256,
+    _mm256_castsi128_si256, _mm_loadu_si128, __m128i,
+};
+
+use super::{clip8, Coeffs, HALF, PRECISION_BITS};
+use crate::decode::RgbImage;
+use crate::geometry::Span;
+
+/// One tap pair `(k[2j], k[2j+1])` as two packed `(i16, i16)` words: low and high halves.
+#[derive(Clone, Copy, Default)]
+struct Pair {
+    lo: i32,
+    hi: i32,
+}
+
+fn split(k: i32) -> (u16, u16) {
+    let lo = k as i16;
+    let hi = (k - i32::from(lo)) >> 16;
+    (lo as u16, hi as u16)
+}
+
+fn pair(a: i32, b: i32) -> Pair {
+    let (alo, ahi) = split(a);
+    let (blo, bhi) = split(b);
+    Pair {
+        lo: (u32::from(alo) | (u32::from(blo) << 16)) as i32,
+        hi: (u32::from(ahi) | (u32::from(bhi) << 16)) as i32,
+    }
+}
+
+/// Append the taps `k` as pairs (an odd count gets a zero partner).
+fn push_pairs(k: &[i32], out: &mut Vec<Pair>) {
+    for c in k.chunks(2) {
+        out.push(pair(c[0], c.get(1).copied().unwrap_or(0)));
+    }
+}
+
+/// Horizontal pass, four source rows at a time.
+///
+/// Each 128-bit lane holds one row: a 16-byte load at the pair's first pixel is shuffled
+/// into `(R_t, R_t+1), (G_t, G_t+1), (B_t, B_t+1), 0` so one `madd` gives the three
+/// channels' partial sums; a 256-bit register carries two rows that share the taps.
+/// Output pixels go straight to their row-major place, so no transposition is needed.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn horizontal(
+    src: &RgbImage,
+    rows: std::ops::Range<usize>,
+    coeffs: &Coeffs,
+    cols: Span,
+    out: &mut Vec<u8>,
+) {
+    let ow = cols.len;
+    let n_rows = rows.len();
+    // Every byte is written below: no clear, so a reused buffer is not zeroed first.
+    out.resize(n_rows * ow * 3, 0);
+    if ow == 0 || n_rows == 0 {
+        return;
+    }
+    // Per output column: (first pixel, pair count, index of its first pair).
+    let mut cols_meta = Vec::with_capacity(ow);
+    let mut pairs = Vec::with_capacity(ow * coeffs.ksize.div_ceil(2));
+    let mut reach = 0usize;
+    for ox in 0..ow {
+        let (start, k) = coeffs.taps(cols.src + ox);
+        let first = pairs.len();
+        push_pairs(k, &mut pairs);
+        let np = pairs.len() - first;
+        if np > 0 {
+            // The last 16-byte load starts at pixel start + 2 (np - 1).
+            reach = reach.max((start + 2 * (np - 1)) * 3 + 16);
+        }
+        cols_meta.push((start, np, first));
+    }
+    let stride = src.width * 3;
+    let data = &src.data;
+    // Rows whose loads would run past the end of the image are read from a padded copy.
+    let safe_rows = if data.len() >= reach { (data.len() - reach) / stride + 1 } else { 0 }.min(src.height);
+    let tail_from = safe_rows.min(rows.end).max(rows.start);
+    let mut tail = Vec::new();
+    if tail_from < rows.end {
+        tail.extend_from_slice(&data[tail_from * stride..rows.end * stride]);
+        tail.resize(tail.len() + reach + 32, 0);
+    }
+    let row_ptr = |y: usize| -> *const u8 {
+        if y < tail_from {
+            data.as_ptr().add(y * stride)
+        } else {
+            tail.as_ptr().add((y - tail_from) * stride)
+        }
+    };
+    let mask = _mm256_setr_epi8(
+        0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1, //
+        0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1,
+    );
+    let half = _mm256_set1_epi32(HALF);
+    let out_row = ow * 3;
+    let optr = out.as_mut_ptr();
+    let mut r = 0;
+    while r < n_rows {
+        let last = n_rows - 1;
+        let p = [0, 1, 2, 3].map(|i| row_ptr(rows.start + (r + i).min(last)));
+        let valid = (n_rows - r).min(4);
+        for (ox, &(start, np, first)) in cols_meta.iter().enumerate() {
+            let (mut l0, mut h0, mut l1, mut h1) = (half, _mm256_setzero_si256(), half, _mm256_setzero_si256());
+            for j in 0..np {
+                let off = (start + 2 * j) * 3;
+                let pr = *pairs.get_unchecked(first + j);
+                let kl = _mm256_set1_epi32(pr.lo);
+                let kh = _mm256_set1_epi32(pr.hi);
+                let v0 = _mm256_shuffle_epi8(load2(p[0].add(off), p[1].add(off)), mask);
+                let v1 = _mm256_shuffle_epi8(load2(p[2].add(off), p[3].add(off)), mask);
+                l0 = _mm256_add_epi32(l0, _mm256_madd_epi16(v0, kl));
+                h0 = _mm256_add_epi32(h0, _mm256_madd_epi16(v0, kh));
+                l1 = _mm256_add_epi32(l1, _mm256_madd_epi16(v1, kl));
+                h1 = _mm256_add_epi32(h1, _mm256_madd_epi16(v1, kh));
+            }
+            let (t0, t1) = (fin(l0, h0), fin(l1, h1));
+            // Lane 0: rows 0 and 2, lane 1: rows 1 and 3, each as R G B 0 bytes.
+            let b = _mm256_packus_epi16(_mm256_packs_epi32(t0, t1), _mm256_setzero_si256());
+            let lo = _mm256_castsi256_si128(b);
+            let hi = _mm256_extracti128_si256(b, 1);
+            let px = [
+                _mm_cvtsi128_si32(lo) as u32,
+                _mm_cvtsi128_si32(hi) as u32,
+                _mm_extract_epi32(lo, 1) as u32,
+                _mm_extract_epi32(hi, 1) as u32,
+            ];
+            for (i, &v) in px.iter().enumerate().take(valid) {
+                let dst = optr.add((r + i) * out_row + ox * 3);
+                if ox + 1 < ow {
+                    // The fourth byte lands on the next pixel, written right after.
+                    dst.cast::<u32>().write_unaligned(v);
+                } else {
+                    std::ptr::copy_nonoverlapping(v.to_le_bytes().as_ptr(), dst, 3);
+                }
+            }
+        }
+        r += 4;
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load2(lo: *const u8, hi: *const u8) -> __m256i {
+    let a = _mm256_castsi128_si256(_mm_loadu_si128(lo.cast::<__m128i>()));
+    _mm256_inserti128_si256(a, _mm_loadu_si128(hi.cast::<__m128i>()), 1)
+}
+
+/// Vertical pass: `src` holds `src_w * 3`-byte rows starting at source row `row0`.
+///
+/// 32 bytes of a row at a time: the two rows of a tap pair are byte-interleaved and
+/// widened to `(row_t, row_t+1)` 16-bit pairs, so one `madd` covers two taps for eight
+/// bytes; the four results pack back to 32 bytes in order.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn vertical(src: &[u8], src_w: usize, row0: usize, coeffs: &Coeffs, rows: Span, out: &mut [u8]) {
+    let stride = src_w * 3;
+    assert!(out.len() >= rows.len * stride);
+    let mut pairs = Vec::with_capacity(coeffs.ksize.div_ceil(2));
+    let mut ptrs: Vec<(*const u8, *const u8)> = Vec::with_capacity(coeffs.ksize.div_ceil(2));
+    for oy in 0..rows.len {
+        let (start, k) = coeffs.taps(rows.src + oy);
+        let dst = &mut out[oy * stride..(oy + 1) * stride];
+        if stride < 32 {
+            for (x, o) in dst.iter_mut().enumerate() {
+                let mut acc = HALF;
+                for (t, &c) in k.iter().enumerate() {
+                    acc = acc.wrapping_add(i32::from(src[(start + t - row0) * stride + x]) * c);
+                }
+                *o = clip8(acc);
+            }
+            continue;
+        }
+        pairs.clear();
+        ptrs.clear();
+        push_pairs(k, &mut pairs);
+        for j in 0..pairs.len() {
+            let a = start + 2 * j - row0;
+            // An odd tap count pairs the last row with itself under a zero tap.
+            let b = if 2 * j + 1 < k.len() { a + 1 } else { a };
+            let ra = &src[a * stride..(a + 1) * stride];
+            let rb = &src[b * stride..(b + 1) * stride];
+            ptrs.push((ra.as_ptr(), rb.as_ptr()));
+        }
+        let mut x = 0;
+        while x < stride {
+            // The last chunk overlaps the previous one rather than running past the row.
+            let at = x.min(stride - 32);
+            vertical_chunk(&ptrs, &pairs, at, dst.as_mut_ptr().add(at));
+            x += 32;
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn vertical_chunk(ptrs: &[(*const u8, *const u8)], pairs: &[Pair], at: usize, dst: *mut u8) {
+    let zero = _mm256_setzero_si256();
+    let half = _mm256_set1_epi32(HALF);
+    let (mut l0, mut l1, mut l2, mut l3) = (half, half, half, half);
+    let (mut h0, mut h1, mut h2, mut h3) = (zero, zero, zero, zero);
+    for (&(ra, rb), pr) in ptrs.iter().zip(pairs) {
+        let a = _mm256_loadu_si256(ra.add(at).cast::<__m256i>());
+        let b = _mm256_loadu_si256(rb.add(at).cast::<__m256i>());
+        let kl = _mm256_set1_epi32(pr.lo);
+        let kh = _mm256_set1_epi32(pr.hi);
+        let lo = _mm256_unpacklo_epi8(a, b);
+        let hi = _mm256_unpackhi_epi8(a, b);
+        let p0 = _mm256_unpacklo_epi8(lo, zero);
+        let p1 = _mm256_unpackhi_epi8(lo, zero);
+        let p2 = _mm256_unpacklo_epi8(hi, zero);
+        let p3 = _mm256_unpackhi_epi8(hi, zero);
+        l0 = _mm256_add_epi32(l0, _mm256_madd_epi16(p0, kl));
+        h0 = _mm256_add_epi32(h0, _mm256_madd_epi16(p0, kh));
+        l1 = _mm256_add_epi32(l1, _mm256_madd_epi16(p1, kl));
+        h1 = _mm256_add_epi32(h1, _mm256_madd_epi16(p1, kh));
+        l2 = _mm256_add_epi32(l2, _mm256_madd_epi16(p2, kl));
+        h2 = _mm256_add_epi32(h2, _mm256_madd_epi16(p2, kh));
+        l3 = _mm256_add_epi32(l3, _mm256_madd_epi16(p3, kl));
+        h3 = _mm256_add_epi32(h3, _mm256_madd_epi16(p3, kh));
+    }
+    // Per lane: bytes 0-3 | 4-7 and 8-11 | 12-15 pack back in order.
+    let a = _mm256_packs_epi32(fin(l0, h0), fin(l1, h1));
+    let b = _mm256_packs_epi32(fin(l2, h2), fin(l3, h3));
+    _mm256_storeu_si256(dst.cast::<__m256i>(), _mm256_packus_epi16(a, b));
+}
+
+/// `(hi << 16) + lo`, rounded (`lo` started at `HALF`) and shifted back to pixel scale.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn fin(lo: __m256i, hi: __m256i) -> __m256i {
+    _mm256_srai_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, 16), lo), PRECISION_BITS as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_exact() {
+        let mut k = -(1i64 << 24);
+        while k <= 1 << 24 {
+            let (lo, hi) = split(k as i32);
+            assert_eq!(i64::from(hi as i16) * 65536 + i64::from(lo as i16), k);
+            k += 4099;
+        }
+        for k in [0, 1, -1, 32767, 32768, -32768, -32769, 65535, 65536, 1 << 22, -(1 << 22)] {
+            let (lo, hi) = split(k);
+            assert_eq!(i32::from(hi as i16) * 65536 + i32::from(lo as i16), k);
+        }
+    }
+}

@@ -1,4 +1,5 @@
-"""Retrieval maths against numpy: similarity, exact top-k, Recall@K, EmbeddingIndex.
+"""Retrieval maths against numpy: similarity, exact top-k, Recall@K / mAP@K (and CLIP_benchmark's
+definition), near duplicates, EmbeddingIndex (save/load, a kill during save, faiss interop).
 
 Small-integer embeddings make every dot product exact in float32, so results must equal
 numpy's bit for bit and ties are frequent (they decide the order). Real-valued inputs are
@@ -8,6 +9,10 @@ checked against a stable argsort of ferroclip's own similarity matrix.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ferroclip
-from ferroclip import EmbeddingIndex, ShapeError, recall_at_k, similarity, topk, zero_shot_classify
+from ferroclip import EmbeddingIndex, ShapeError, near_duplicates, recall_at_k, similarity, topk, zero_shot_classify
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -141,24 +146,16 @@ def test_errors_name_the_argument():
 
 
 def brute_recall(img, txt, t2i, ks):
-    """Reference by definition: full stable sort, first positive's position."""
+    """Reference by definition on exact numpy scores (see _brute_on_scores)."""
     s = img @ txt.T
-    out = {}
-    i2t_ranks = []
-    for i in range(len(img)):
-        pos = np.flatnonzero(t2i == i)
-        if len(pos) == 0:
-            continue
-        order = np.argsort(-s[i], kind="stable")
-        i2t_ranks.append(np.flatnonzero(np.isin(order, pos))[0])
-    t2i_ranks = [np.flatnonzero(np.argsort(-s[:, t], kind="stable") == t2i[t])[0] for t in range(len(txt))]
-    for name, ranks in (("i2t", np.array(i2t_ranks)), ("t2i", np.array(t2i_ranks))):
-        for k in ks:
-            out[f"{name}_R@{k}"] = float(np.mean(ranks < k))
-        out[f"{name}_median_rank"] = float(np.median(ranks + 1))
-        out[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
-    out["i2t_skipped_images"] = len(img) - len(i2t_ranks)
-    return out
+    return _brute_on_scores(s, s.T, t2i, ks)
+
+
+def average_precision_at_k(relevant_in_order: np.ndarray, n_positives: int, k: int) -> float:
+    """AP@K straight from the definition: mean of precision@r at each hit r <= K."""
+    hits = relevant_in_order[:k]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision_at * hits).sum() / min(k, n_positives))
 
 
 @settings(max_examples=40, deadline=None)
@@ -184,21 +181,165 @@ def test_recall_matches_brute_force(n_img, n_txt, dim, seed, real):
 
 
 def _brute_on_scores(s_it, s_ti, t2i, ks):
-    i2t, t2i_r = [], []
+    """Full stable sort per query; rank = first positive's position; AP@K by definition."""
+    per = {"i2t": [], "t2i": []}  # (best rank, relevance in sorted order, number of positives)
     for i in range(len(s_it)):
         pos = np.flatnonzero(t2i == i)
         if len(pos):
-            i2t.append(np.flatnonzero(np.isin(np.argsort(-s_it[i], kind="stable"), pos))[0])
+            rel = np.isin(np.argsort(-s_it[i], kind="stable"), pos)
+            per["i2t"].append((np.flatnonzero(rel)[0], rel, len(pos)))
     for t in range(len(s_ti)):
-        t2i_r.append(np.flatnonzero(np.argsort(-s_ti[t], kind="stable") == t2i[t])[0])
+        rel = np.argsort(-s_ti[t], kind="stable") == t2i[t]
+        per["t2i"].append((np.flatnonzero(rel)[0], rel, 1))
     out = {}
-    for name, ranks in (("i2t", np.array(i2t)), ("t2i", np.array(t2i_r))):
+    for name, rows in per.items():
+        ranks = np.array([r[0] for r in rows])
         for k in ks:
             out[f"{name}_R@{k}"] = float(np.mean(ranks < k))
+        for k in ks:
+            out[f"{name}_mAP@{k}"] = float(np.mean([average_precision_at_k(rel, p, k) for _, rel, p in rows]))
         out[f"{name}_median_rank"] = float(np.median(ranks + 1))
         out[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
-    out["i2t_skipped_images"] = len(s_it) - len(i2t)
+    out["i2t_skipped_images"] = len(s_it) - len(per["i2t"])
     return out
+
+
+def test_map_by_hand():
+    # Image 0 has captions 0, 1, 2; its scores put them at 0-based ranks 0, 2, 3.
+    img = np.array([[1.0, 0.0]], np.float32)
+    txt = np.array([[4, 0], [2, 0], [1, 0], [3, 0]], np.float32)
+    got = recall_at_k(img, txt, [0, 0, 0, 0], ks=(1, 3, 10))
+    # ranks of captions 0, 3 and 1 among [4, 3, 2, 1]*...; all four captions are image 0's
+    assert got["i2t_mAP@10"] == pytest.approx(1.0)
+    img2 = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    txt2 = np.array([[4, 0], [3.5, 0], [2, 0], [1, 0], [0, 9]], np.float32)
+    got = recall_at_k(img2, txt2, [0, 1, 0, 0, 1], ks=(1, 3, 10))
+    # image 0: positives 0, 2, 3 at ranks 0, 2, 3 (caption 1 is image 1's, rank 1)
+    ap0_10 = (1 / 1 + 2 / 3 + 3 / 4) / 3
+    ap0_3 = (1 / 1 + 2 / 3) / 3
+    # image 1: scores [0, 0, 0, 0, 9]: caption 4 first (rank 0), caption 1 ties at 0 with
+    # lower-index captions 0 -> rank 2. AP@10 = (1/1 + 2/3) / 2, AP@1 = 1/min(1, 2) = 1
+    ap1_10 = (1 + 2 / 3) / 2
+    ap1_3 = (1 + 2 / 3) / 2
+    assert got["i2t_mAP@10"] == pytest.approx((ap0_10 + ap1_10) / 2)
+    assert got["i2t_mAP@3"] == pytest.approx((ap0_3 + ap1_3) / 2)
+    assert got["i2t_mAP@1"] == pytest.approx(1.0)
+    assert list(got)[:9] == [
+        "i2t_R@1", "i2t_R@3", "i2t_R@10", "i2t_mAP@1", "i2t_mAP@3", "i2t_mAP@10",
+        "i2t_median_rank", "i2t_mean_rank", "t2i_R@1",
+    ]
+
+
+# --- CLIP_benchmark's retrieval definition, reimplemented from clip_benchmark/metrics/
+# zeroshot_retrieval.py (scores = texts @ images.T, a boolean positive-pair matrix,
+# `recall_at_k` via topk one-hot, `batchify` over query blocks, "recall > 0" per query).
+
+
+def clip_benchmark_recall_at_k(scores, positive_pairs, k, topk_fn):
+    torch = pytest.importorskip("torch")
+    nb_texts, nb_images = scores.shape
+    topk_indices = topk_fn(scores, k)
+    nb_positive = positive_pairs.sum(dim=1)
+    topk_indices_onehot = torch.nn.functional.one_hot(topk_indices, num_classes=nb_images)
+    positive_pairs_reshaped = positive_pairs.view(nb_texts, 1, nb_images)
+    nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1, 2))
+    return nb_true_positive / nb_positive
+
+
+def clip_benchmark_batchify(func, X, Y, batch_size, *args, **kwargs):
+    torch = pytest.importorskip("torch")
+    results = []
+    for start in range(0, len(X), batch_size):
+        results.append(func(X[start : start + batch_size], Y[start : start + batch_size], *args, **kwargs))
+    return torch.cat(results)
+
+
+def clip_benchmark_hits(images_emb, texts_emb, texts_image_index, k, batch_size, topk_fn):
+    """Per-query hits (bool) as CLIP_benchmark computes them: (image_retrieval, text_retrieval)."""
+    torch = pytest.importorskip("torch")
+    scores = texts_emb @ images_emb.t()
+    positive_pairs = torch.zeros_like(scores, dtype=bool)
+    positive_pairs[torch.arange(len(scores)), texts_image_index] = True
+    # (topk needs k <= candidates: a direction where it is not is left out, as None)
+    t2i = i2t = None
+    if k <= scores.shape[1]:
+        t2i = clip_benchmark_batchify(clip_benchmark_recall_at_k, scores, positive_pairs, batch_size, k, topk_fn) > 0
+    if k <= scores.shape[0]:
+        i2t = clip_benchmark_batchify(clip_benchmark_recall_at_k, scores.T, positive_pairs.T, batch_size, k, topk_fn) > 0
+    return t2i, i2t
+
+
+def torch_topk(scores, k):
+    return __import__("torch").topk(scores, k, dim=1)[1]
+
+
+def stable_torch_topk(scores, k):
+    """One of the answers torch.topk may give: equal scores in index order."""
+    return __import__("torch").sort(scores, dim=1, descending=True, stable=True)[1][:, :k]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 15), st.integers(1, 5), st.integers(1, 8), st.sampled_from([1, 2, 5, 40]),
+    st.integers(1, 7), st.integers(0, 2**32 - 1),
+)
+def test_recall_equals_clip_benchmark(n_img, max_caps, dim, levels, batch_size, seed):
+    """Same per-query hits and means as CLIP_benchmark, ties included.
+
+    Integer embeddings make every score exact (torch and ferroclip agree on them bit for bit)
+    and, with few levels, full of ties. torch.topk breaks ties at the K boundary arbitrarily,
+    so CLIP_benchmark's own answer is only defined up to that choice: ferroclip must equal it
+    with topk's choice pinned to index order (a valid topk result), and equal plain
+    torch.topk on every query where no tie crosses the boundary.
+    """
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    caps = rng.integers(1, max_caps + 1, size=n_img)  # every image has captions, as in COCO
+    t2i = np.repeat(np.arange(n_img), caps)
+    rng.shuffle(t2i)
+    img = rng.integers(-levels, levels + 1, size=(n_img, dim)).astype(np.float32)
+    txt = rng.integers(-levels, levels + 1, size=(len(t2i), dim)).astype(np.float32)
+    ks = sorted({1, 2, 5, n_img, len(t2i)})
+    got, i2t_rank, t2i_rank = recall_at_k(img, txt, t2i, ks, return_ranks=True)
+    ti, tt, idx = torch.from_numpy(img), torch.from_numpy(txt), torch.from_numpy(t2i)
+    s_ti = (tt @ ti.t()).numpy()
+    checked = 0
+    for k in ks:
+        ref_t2i, ref_i2t = clip_benchmark_hits(ti, tt, idx, k, batch_size, stable_torch_topk)
+        raw_t2i, raw_i2t = clip_benchmark_hits(ti, tt, idx, k, batch_size, torch_topk)
+        for name, ours, ref, raw, scores in (
+            ("t2i", t2i_rank < k, ref_t2i, raw_t2i, s_ti),
+            ("i2t", i2t_rank < k, ref_i2t, raw_i2t, s_ti.T),
+        ):
+            if ref is None:
+                continue
+            checked += 1
+            np.testing.assert_array_equal(ours, ref.numpy(), err_msg=f"{name} k={k}")
+            assert got[f"{name}_R@{k}"] == pytest.approx(ref.float().mean().item(), abs=1e-6)
+            unambiguous = _no_tie_at_boundary(scores, k)
+            np.testing.assert_array_equal(ours[unambiguous], raw.numpy()[unambiguous], err_msg=f"{name} k={k}")
+    assert checked >= 2
+
+
+def _no_tie_at_boundary(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows whose K-th and (K+1)-th best scores differ: any topk returns the same set."""
+    if k >= scores.shape[1]:
+        return np.ones(len(scores), bool)
+    part = -np.sort(-scores, axis=1)
+    return part[:, k - 1] != part[:, k]
+
+
+def test_clip_benchmark_counts_captionless_images_as_misses():
+    """The one documented difference: CLIP_benchmark divides by 0 positives (NaN > 0 is
+    False), so an image without captions is a miss; ferroclip skips it and says so."""
+    torch = pytest.importorskip("torch")
+    img = np.eye(3, dtype=np.float32)
+    txt = np.eye(3, dtype=np.float32)[:2]
+    got = recall_at_k(img, txt, [0, 1], ks=(1,))
+    _, ref = clip_benchmark_hits(torch.from_numpy(img), torch.from_numpy(txt), torch.tensor([0, 1]), 1, 8, stable_torch_topk)
+    assert ref.float().mean().item() == pytest.approx(2 / 3)
+    assert got["i2t_R@1"] == 1.0 and got["i2t_skipped_images"] == 1
+    assert got["i2t_R@1"] * (3 - got["i2t_skipped_images"]) / 3 == pytest.approx(ref.float().mean().item())
 
 
 def test_recall_multi_caption_any_counts_and_skips():

@@ -19,7 +19,7 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .preprocess import PreprocessResult, Preprocessor, decode_image
-from .retrieval import recall_at_k, similarity, topk, zero_shot_classify
+from .retrieval import near_duplicates, recall_at_k, similarity, topk, zero_shot_classify
 from .index import EmbeddingIndex
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "UnsupportedFormatError",
     "__version__",
     "decode_image",
+    "near_duplicates",
     "recall_at_k",
     "similarity",
     "topk",

@@ -424,3 +424,227 @@ def test_index_errors_and_float16(tmp_path):
     (tmp_path / "bad" / "index.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="does not hold"):
         EmbeddingIndex.load(tmp_path / "bad")
+
+
+# --- near duplicates ----------------------------------------------------------------------
+
+
+def brute_pairs(scores: np.ndarray, threshold: float):
+    i, j = np.nonzero(np.triu(scores >= threshold, k=1))  # row-major: sorted by (i, j)
+    return i, j, scores[i, j]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 6), st.integers(1, 3), st.integers(0, 2**32 - 1), st.integers(1, 3))
+def test_near_duplicates_equal_numpy_brute_force(n, dim, levels, seed, threads):
+    """Integer rows: exact scores, many equal ones, exact duplicate rows; threshold taken
+    from the scores themselves so the inclusive edge is exercised."""
+    rng = np.random.default_rng(seed)
+    e = rng.integers(-levels, levels + 1, size=(n, dim)).astype(np.float32)
+    if n > 4:
+        e[n // 2] = e[1]  # an exact duplicate pair
+    s = e @ e.T
+    candidates = np.unique(s) if n else np.array([0.0])
+    for threshold in (candidates[len(candidates) // 2], candidates[-1], candidates[-1] + 1):
+        got = near_duplicates(e, float(threshold), normalize=False, num_threads=threads)
+        want = brute_pairs(s, threshold)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        assert got[0].dtype == np.int64 and got[2].dtype == np.float32
+        if n > 4 and threshold <= s[1, n // 2]:
+            assert ((got[0] == 1) & (got[1] == n // 2)).any()
+
+
+def test_near_duplicates_cosine_float16_and_limits():
+    rng = np.random.default_rng(5)
+    e = rng.standard_normal((1500, 32)).astype(np.float32)
+    e[1400] = 3.0 * e[7]  # same direction, other norm: cosine 1
+    e[900] = e[12] + 1e-3 * rng.standard_normal(32).astype(np.float32)
+    unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+    i, j, s = near_duplicates(e, 0.99)
+    assert list(zip(i.tolist(), j.tolist())) == [(7, 1400), (12, 900)]
+    # scores equal ferroclip's own similarity of the normalised rows, bit for bit
+    u = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), np.float32(1e-12))).astype(np.float32)
+    np.testing.assert_array_equal(s, similarity(u, u)[i, j])
+    np.testing.assert_allclose(s, (unit @ unit.T)[i, j], atol=1e-5)
+    # threshold between pairs: same answer as numpy on the normalised float16 rows
+    u16 = u.astype(np.float16)
+    got = near_duplicates(u16, 0.3, normalize=False, num_threads=2)
+    want = brute_pairs(similarity(u16.astype(np.float32), u16.astype(np.float32)), 0.3)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(ValueError, match="max_pairs=10"):
+        near_duplicates(e, -1.0, max_pairs=10)
+    with pytest.raises(ValueError, match="threshold must be finite"):
+        near_duplicates(e, float("nan"))
+    with pytest.raises(ShapeError, match="emb must be 2-d"):
+        near_duplicates(e[0], 0.5)
+
+
+def test_index_near_duplicates_returns_ids():
+    index = EmbeddingIndex(3, dtype="float16")
+    index.add(np.array([[1, 0, 0], [0, 1, 0], [2, 0, 0], [0, 1, 0.01]], np.float32), ["a", "b", "c", "d"])
+    ids_a, ids_b, scores = index.near_duplicates(0.99)
+    assert ids_a.tolist() == ["a", "b"] and ids_b.tolist() == ["c", "d"]
+    assert scores.shape == (2,) and (scores >= 0.99).all()
+
+
+# --- single-query (GEMV) path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("nq", [1, 2, 3, 4])
+def test_few_queries_match_numpy(dtype, nq):
+    """Q <= 3 takes the streaming dot kernel (f16 widened in registers), Q = 4 sgemm; both
+    must agree with numpy on the widened database, and topk with its own similarity."""
+    rng = np.random.default_rng(nq)
+    d = rng.standard_normal((5000, 77)).astype(dtype)  # odd dim: a 16-lane tail
+    q = rng.standard_normal((nq, 77)).astype(np.float32)
+    ref = q.astype(np.float64) @ d.astype(np.float64).T
+    sims = similarity(q, d, num_threads=2)
+    np.testing.assert_allclose(sims, ref, rtol=1e-5, atol=1e-4)
+    for threads in (1, 2):
+        s, i = topk(q, d, 10, num_threads=threads)
+        want_s, want_i = stable_topk(sims, 10)
+        np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_array_equal(s, want_s)
+    exact = rng.integers(-3, 4, size=(700, 77)).astype(dtype)
+    qi = rng.integers(-3, 4, size=(nq, 77)).astype(np.float32)
+    np.testing.assert_array_equal(similarity(qi, exact), qi @ exact.astype(np.float32).T)
+    np.testing.assert_array_equal(topk(qi, exact, 25)[1], stable_topk(qi @ exact.astype(np.float32).T, 25)[1])
+
+
+# --- faiss interop ----------------------------------------------------------------------------
+
+
+def test_faiss_round_trip():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(8)
+    v = rng.standard_normal((500, 24)).astype(np.float32)
+    index = EmbeddingIndex(24)
+    index.add(v, [f"id{i}" for i in range(500)])
+    fx = index.to_faiss()
+    assert isinstance(fx, faiss.IndexFlatIP) and fx.ntotal == 500 and fx.d == 24
+    q = rng.standard_normal((6, 24)).astype(np.float32)
+    fs, fi = fx.search(q, 5)
+    s, ids = index.search(q, 5)
+    np.testing.assert_allclose(s, fs, rtol=1e-5, atol=1e-5)
+    assert ids.tolist() == [[f"id{j}" for j in row] for row in fi]  # continuous data: no ties
+
+    back = EmbeddingIndex.from_faiss(fx)
+    assert back.ids == list(range(500))
+    np.testing.assert_array_equal(back.vectors, v)
+    named = EmbeddingIndex.from_faiss(fx, ids=index.ids, dtype="float16")
+    assert named.ids == index.ids and named.vectors.dtype == np.float16
+    mapped = faiss.IndexIDMap(faiss.IndexFlatIP(24))
+    mapped.add_with_ids(v[:3], np.array([70, 80, 90], dtype=np.int64))
+    assert EmbeddingIndex.from_faiss(mapped).ids == [70, 80, 90]
+    assert EmbeddingIndex.from_faiss(faiss.IndexFlatIP(24)).ids == []
+    assert EmbeddingIndex(4, dtype="float16").to_faiss().ntotal == 0
+    with pytest.raises(TypeError, match="IndexFlatIP"):
+        EmbeddingIndex.from_faiss(faiss.IndexFlatL2(24))
+
+
+def test_faiss_missing_gives_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    with pytest.raises(ImportError, match="EmbeddingIndex.to_faiss needs faiss.*pip install faiss-cpu"):
+        EmbeddingIndex(4).to_faiss()
+    with pytest.raises(ImportError, match="from_faiss needs faiss"):
+        EmbeddingIndex.from_faiss(object())
+
+
+# --- a kill during save -------------------------------------------------------------------------
+
+_SAVER = r"""
+import os, sys
+import numpy as np
+from ferroclip import EmbeddingIndex
+
+path, rows, pause_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+real_fsync, calls = os.fsync, [0]
+
+def fsync(fd):  # fault injection: stop at the pause_at-th fsync of the 2nd save, wait to be killed
+    calls[0] += 1
+    if calls[0] == pause_at:
+        print("paused", flush=True)
+        sys.stdin.readline()
+    real_fsync(fd)
+
+os.fsync = fsync
+version = 0
+while True:
+    version += 1
+    index = EmbeddingIndex(64)
+    index.add(np.full((rows, 64), version, np.float32), range(version * rows, (version + 1) * rows))
+    calls[0] = 0 if version == 2 else -10**9  # count only during the 2nd save
+    index.save(path)
+    print("saved", version, calls[0] if version == 2 else "", flush=True)
+"""
+
+
+def _saver(tmp_path: Path, pause_at: int) -> subprocess.Popen:
+    script = tmp_path / "saver.py"
+    script.write_text(_SAVER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ferroclip.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    rows = 20_000
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "idx"), str(rows), str(pause_at)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _kill(proc: subprocess.Popen) -> list[str]:
+    """SIGKILL, reap, and return what it printed but we had not read yet."""
+    proc.kill()
+    proc.wait()
+    rest = proc.stdout.readlines()
+    proc.stdout.close()
+    if not proc.stdin.closed:
+        proc.stdin.close()
+    return rest
+
+
+def _check_consistent(root: Path, rows: int = 20_000) -> int:
+    loaded = EmbeddingIndex.load(root)
+    version = int(loaded.vectors[0, 0])
+    assert loaded.ids == list(range(version * rows, (version + 1) * rows))
+    assert (loaded.vectors == version).all() and len(loaded) == rows
+    return version
+
+
+def test_kill_at_every_fsync_of_a_save_leaves_a_loadable_index(tmp_path):
+    """SIGKILL the saver while it sits in each fsync of its 2nd save (vectors temp file, its
+    directory entry, index.json temp file, its directory entry, final sweep): the index on
+    disk is always version 1 or 2, whole; litter is ignored by load and swept by the next save."""
+    probe = _saver(tmp_path, pause_at=10**9)  # no pause: learn how many fsyncs a save makes
+    lines = [probe.stdout.readline() for _ in range(2)]
+    _kill(probe)
+    n_fsync = int(lines[1].split()[2])
+    assert n_fsync >= 3
+    versions = []
+    for pause_at in range(1, n_fsync + 1):
+        proc = _saver(tmp_path, pause_at)
+        assert proc.stdout.readline().startswith("saved 1")
+        assert proc.stdout.readline().strip() == "paused"
+        assert _kill(proc) == []
+        versions.append(_check_consistent(tmp_path / "idx"))
+        litter = {p.name for p in (tmp_path / "idx").iterdir()} - {"index.json", ".lock"}
+        EmbeddingIndex.load(tmp_path / "idx").save(tmp_path / "idx")  # the next save sweeps
+        assert {p.name for p in (tmp_path / "idx").iterdir() if p.name != ".lock"} == {
+            "index.json", json.loads((tmp_path / "idx" / "index.json").read_text())["vectors"]
+        }, litter
+    assert versions[0] == 1 and set(versions) <= {1, 2}  # killed before the switch: the old one
+
+
+def test_kill_at_random_moments_of_repeated_saves(tmp_path):
+    import time
+
+    rng = np.random.default_rng(0)
+    for delay in rng.uniform(0.0, 0.25, size=3):
+        proc = _saver(tmp_path, pause_at=10**9)
+        first = proc.stdout.readline()
+        assert first.startswith("saved"), first
+        time.sleep(float(delay))
+        reported = max(int(line.split()[1]) for line in [first, *_kill(proc)])
+        version = _check_consistent(tmp_path / "idx")
+        assert reported <= version <= reported + 1

@@ -11,7 +11,12 @@
 //! mAP@K averages, over queries, `AP@K = (1 / min(K, P)) * sum over positives ranked
 //! r < K (0-based) of (positives ranked at or before r) / (r + 1)`, P = the query's
 //! positives (the `apk` of ml_metrics). With one positive (text-to-image) it is 1/(r + 1)
-//! within K, i.e. MRR@K. Several positives are ranked in one pass, O(N log P).
+//! within K, i.e. MRR@K. A handful of positives (COCO: 5) take one vectorised counting
+//! pass each; many take one pass with a binary search per candidate, O(N log P).
+//!
+//! `recall_at_k` computes ONE image x text product for both directions (see `one_pass`):
+//! image rows are ranked directly, and each caption's rank among images is counted over
+//! image strips against its positive score.
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};

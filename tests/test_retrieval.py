@@ -1,4 +1,5 @@
-"""Retrieval maths against numpy: similarity, exact top-k, Recall@K, EmbeddingIndex.
+"""Retrieval maths against numpy: similarity, exact top-k, Recall@K / mAP@K (and CLIP_benchmark's
+definition), near duplicates, EmbeddingIndex (save/load, a kill during save, faiss interop).
 
 Small-integer embeddings make every dot product exact in float32, so results must equal
 numpy's bit for bit and ties are frequent (they decide the order). Real-valued inputs are
@@ -8,6 +9,10 @@ checked against a stable argsort of ferroclip's own similarity matrix.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ferroclip
-from ferroclip import EmbeddingIndex, ShapeError, recall_at_k, similarity, topk, zero_shot_classify
+from ferroclip import EmbeddingIndex, ShapeError, near_duplicates, recall_at_k, similarity, topk, zero_shot_classify
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -141,24 +146,16 @@ def test_errors_name_the_argument():
 
 
 def brute_recall(img, txt, t2i, ks):
-    """Reference by definition: full stable sort, first positive's position."""
+    """Reference by definition on exact numpy scores (see _brute_on_scores)."""
     s = img @ txt.T
-    out = {}
-    i2t_ranks = []
-    for i in range(len(img)):
-        pos = np.flatnonzero(t2i == i)
-        if len(pos) == 0:
-            continue
-        order = np.argsort(-s[i], kind="stable")
-        i2t_ranks.append(np.flatnonzero(np.isin(order, pos))[0])
-    t2i_ranks = [np.flatnonzero(np.argsort(-s[:, t], kind="stable") == t2i[t])[0] for t in range(len(txt))]
-    for name, ranks in (("i2t", np.array(i2t_ranks)), ("t2i", np.array(t2i_ranks))):
-        for k in ks:
-            out[f"{name}_R@{k}"] = float(np.mean(ranks < k))
-        out[f"{name}_median_rank"] = float(np.median(ranks + 1))
-        out[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
-    out["i2t_skipped_images"] = len(img) - len(i2t_ranks)
-    return out
+    return _brute_on_scores(s, s.T, t2i, ks)
+
+
+def average_precision_at_k(relevant_in_order: np.ndarray, n_positives: int, k: int) -> float:
+    """AP@K straight from the definition: mean of precision@r at each hit r <= K."""
+    hits = relevant_in_order[:k]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision_at * hits).sum() / min(k, n_positives))
 
 
 @settings(max_examples=40, deadline=None)
@@ -184,21 +181,165 @@ def test_recall_matches_brute_force(n_img, n_txt, dim, seed, real):
 
 
 def _brute_on_scores(s_it, s_ti, t2i, ks):
-    i2t, t2i_r = [], []
+    """Full stable sort per query; rank = first positive's position; AP@K by definition."""
+    per = {"i2t": [], "t2i": []}  # (best rank, relevance in sorted order, number of positives)
     for i in range(len(s_it)):
         pos = np.flatnonzero(t2i == i)
         if len(pos):
-            i2t.append(np.flatnonzero(np.isin(np.argsort(-s_it[i], kind="stable"), pos))[0])
+            rel = np.isin(np.argsort(-s_it[i], kind="stable"), pos)
+            per["i2t"].append((np.flatnonzero(rel)[0], rel, len(pos)))
     for t in range(len(s_ti)):
-        t2i_r.append(np.flatnonzero(np.argsort(-s_ti[t], kind="stable") == t2i[t])[0])
+        rel = np.argsort(-s_ti[t], kind="stable") == t2i[t]
+        per["t2i"].append((np.flatnonzero(rel)[0], rel, 1))
     out = {}
-    for name, ranks in (("i2t", np.array(i2t)), ("t2i", np.array(t2i_r))):
+    for name, rows in per.items():
+        ranks = np.array([r[0] for r in rows])
         for k in ks:
             out[f"{name}_R@{k}"] = float(np.mean(ranks < k))
+        for k in ks:
+            out[f"{name}_mAP@{k}"] = float(np.mean([average_precision_at_k(rel, p, k) for _, rel, p in rows]))
         out[f"{name}_median_rank"] = float(np.median(ranks + 1))
         out[f"{name}_mean_rank"] = float(np.mean(ranks + 1))
-    out["i2t_skipped_images"] = len(s_it) - len(i2t)
+    out["i2t_skipped_images"] = len(s_it) - len(per["i2t"])
     return out
+
+
+def test_map_by_hand():
+    # Image 0 has captions 0, 1, 2; its scores put them at 0-based ranks 0, 2, 3.
+    img = np.array([[1.0, 0.0]], np.float32)
+    txt = np.array([[4, 0], [2, 0], [1, 0], [3, 0]], np.float32)
+    got = recall_at_k(img, txt, [0, 0, 0, 0], ks=(1, 3, 10))
+    # ranks of captions 0, 3 and 1 among [4, 3, 2, 1]*...; all four captions are image 0's
+    assert got["i2t_mAP@10"] == pytest.approx(1.0)
+    img2 = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    txt2 = np.array([[4, 0], [3.5, 0], [2, 0], [1, 0], [0, 9]], np.float32)
+    got = recall_at_k(img2, txt2, [0, 1, 0, 0, 1], ks=(1, 3, 10))
+    # image 0: positives 0, 2, 3 at ranks 0, 2, 3 (caption 1 is image 1's, rank 1)
+    ap0_10 = (1 / 1 + 2 / 3 + 3 / 4) / 3
+    ap0_3 = (1 / 1 + 2 / 3) / 3
+    # image 1: scores [0, 0, 0, 0, 9]: caption 4 first (rank 0), caption 1 ties at 0 with
+    # lower-index captions 0 -> rank 2. AP@10 = (1/1 + 2/3) / 2, AP@1 = 1/min(1, 2) = 1
+    ap1_10 = (1 + 2 / 3) / 2
+    ap1_3 = (1 + 2 / 3) / 2
+    assert got["i2t_mAP@10"] == pytest.approx((ap0_10 + ap1_10) / 2)
+    assert got["i2t_mAP@3"] == pytest.approx((ap0_3 + ap1_3) / 2)
+    assert got["i2t_mAP@1"] == pytest.approx(1.0)
+    assert list(got)[:9] == [
+        "i2t_R@1", "i2t_R@3", "i2t_R@10", "i2t_mAP@1", "i2t_mAP@3", "i2t_mAP@10",
+        "i2t_median_rank", "i2t_mean_rank", "t2i_R@1",
+    ]
+
+
+# --- CLIP_benchmark's retrieval definition, reimplemented from clip_benchmark/metrics/
+# zeroshot_retrieval.py (scores = texts @ images.T, a boolean positive-pair matrix,
+# `recall_at_k` via topk one-hot, `batchify` over query blocks, "recall > 0" per query).
+
+
+def clip_benchmark_recall_at_k(scores, positive_pairs, k, topk_fn):
+    torch = pytest.importorskip("torch")
+    nb_texts, nb_images = scores.shape
+    topk_indices = topk_fn(scores, k)
+    nb_positive = positive_pairs.sum(dim=1)
+    topk_indices_onehot = torch.nn.functional.one_hot(topk_indices, num_classes=nb_images)
+    positive_pairs_reshaped = positive_pairs.view(nb_texts, 1, nb_images)
+    nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1, 2))
+    return nb_true_positive / nb_positive
+
+
+def clip_benchmark_batchify(func, X, Y, batch_size, *args, **kwargs):
+    torch = pytest.importorskip("torch")
+    results = []
+    for start in range(0, len(X), batch_size):
+        results.append(func(X[start : start + batch_size], Y[start : start + batch_size], *args, **kwargs))
+    return torch.cat(results)
+
+
+def clip_benchmark_hits(images_emb, texts_emb, texts_image_index, k, batch_size, topk_fn):
+    """Per-query hits (bool) as CLIP_benchmark computes them: (image_retrieval, text_retrieval)."""
+    torch = pytest.importorskip("torch")
+    scores = texts_emb @ images_emb.t()
+    positive_pairs = torch.zeros_like(scores, dtype=bool)
+    positive_pairs[torch.arange(len(scores)), texts_image_index] = True
+    # (topk needs k <= candidates: a direction where it is not is left out, as None)
+    t2i = i2t = None
+    if k <= scores.shape[1]:
+        t2i = clip_benchmark_batchify(clip_benchmark_recall_at_k, scores, positive_pairs, batch_size, k, topk_fn) > 0
+    if k <= scores.shape[0]:
+        i2t = clip_benchmark_batchify(clip_benchmark_recall_at_k, scores.T, positive_pairs.T, batch_size, k, topk_fn) > 0
+    return t2i, i2t
+
+
+def torch_topk(scores, k):
+    return __import__("torch").topk(scores, k, dim=1)[1]
+
+
+def stable_torch_topk(scores, k):
+    """One of the answers torch.topk may give: equal scores in index order."""
+    return __import__("torch").sort(scores, dim=1, descending=True, stable=True)[1][:, :k]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 15), st.integers(1, 5), st.integers(1, 8), st.sampled_from([1, 2, 5, 40]),
+    st.integers(1, 7), st.integers(0, 2**32 - 1),
+)
+def test_recall_equals_clip_benchmark(n_img, max_caps, dim, levels, batch_size, seed):
+    """Same per-query hits and means as CLIP_benchmark, ties included.
+
+    Integer embeddings make every score exact (torch and ferroclip agree on them bit for bit)
+    and, with few levels, full of ties. torch.topk breaks ties at the K boundary arbitrarily,
+    so CLIP_benchmark's own answer is only defined up to that choice: ferroclip must equal it
+    with topk's choice pinned to index order (a valid topk result), and equal plain
+    torch.topk on every query where no tie crosses the boundary.
+    """
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    caps = rng.integers(1, max_caps + 1, size=n_img)  # every image has captions, as in COCO
+    t2i = np.repeat(np.arange(n_img), caps)
+    rng.shuffle(t2i)
+    img = rng.integers(-levels, levels + 1, size=(n_img, dim)).astype(np.float32)
+    txt = rng.integers(-levels, levels + 1, size=(len(t2i), dim)).astype(np.float32)
+    ks = sorted({1, 2, 5, n_img, len(t2i)})
+    got, i2t_rank, t2i_rank = recall_at_k(img, txt, t2i, ks, return_ranks=True)
+    ti, tt, idx = torch.from_numpy(img), torch.from_numpy(txt), torch.from_numpy(t2i)
+    s_ti = (tt @ ti.t()).numpy()
+    checked = 0
+    for k in ks:
+        ref_t2i, ref_i2t = clip_benchmark_hits(ti, tt, idx, k, batch_size, stable_torch_topk)
+        raw_t2i, raw_i2t = clip_benchmark_hits(ti, tt, idx, k, batch_size, torch_topk)
+        for name, ours, ref, raw, scores in (
+            ("t2i", t2i_rank < k, ref_t2i, raw_t2i, s_ti),
+            ("i2t", i2t_rank < k, ref_i2t, raw_i2t, s_ti.T),
+        ):
+            if ref is None:
+                continue
+            checked += 1
+            np.testing.assert_array_equal(ours, ref.numpy(), err_msg=f"{name} k={k}")
+            assert got[f"{name}_R@{k}"] == pytest.approx(ref.float().mean().item(), abs=1e-6)
+            unambiguous = _no_tie_at_boundary(scores, k)
+            np.testing.assert_array_equal(ours[unambiguous], raw.numpy()[unambiguous], err_msg=f"{name} k={k}")
+    assert checked >= 2
+
+
+def _no_tie_at_boundary(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows whose K-th and (K+1)-th best scores differ: any topk returns the same set."""
+    if k >= scores.shape[1]:
+        return np.ones(len(scores), bool)
+    part = -np.sort(-scores, axis=1)
+    return part[:, k - 1] != part[:, k]
+
+
+def test_clip_benchmark_counts_captionless_images_as_misses():
+    """The one documented difference: CLIP_benchmark divides by 0 positives (NaN > 0 is
+    False), so an image without captions is a miss; ferroclip skips it and says so."""
+    torch = pytest.importorskip("torch")
+    img = np.eye(3, dtype=np.float32)
+    txt = np.eye(3, dtype=np.float32)[:2]
+    got = recall_at_k(img, txt, [0, 1], ks=(1,))
+    _, ref = clip_benchmark_hits(torch.from_numpy(img), torch.from_numpy(txt), torch.tensor([0, 1]), 1, 8, stable_torch_topk)
+    assert ref.float().mean().item() == pytest.approx(2 / 3)
+    assert got["i2t_R@1"] == 1.0 and got["i2t_skipped_images"] == 1
+    assert got["i2t_R@1"] * (3 - got["i2t_skipped_images"]) / 3 == pytest.approx(ref.float().mean().item())
 
 
 def test_recall_multi_caption_any_counts_and_skips():
@@ -283,3 +424,227 @@ def test_index_errors_and_float16(tmp_path):
     (tmp_path / "bad" / "index.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="does not hold"):
         EmbeddingIndex.load(tmp_path / "bad")
+
+
+# --- near duplicates ----------------------------------------------------------------------
+
+
+def brute_pairs(scores: np.ndarray, threshold: float):
+    i, j = np.nonzero(np.triu(scores >= threshold, k=1))  # row-major: sorted by (i, j)
+    return i, j, scores[i, j]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 6), st.integers(1, 3), st.integers(0, 2**32 - 1), st.integers(1, 3))
+def test_near_duplicates_equal_numpy_brute_force(n, dim, levels, seed, threads):
+    """Integer rows: exact scores, many equal ones, exact duplicate rows; threshold taken
+    from the scores themselves so the inclusive edge is exercised."""
+    rng = np.random.default_rng(seed)
+    e = rng.integers(-levels, levels + 1, size=(n, dim)).astype(np.float32)
+    if n > 4:
+        e[n // 2] = e[1]  # an exact duplicate pair
+    s = e @ e.T
+    candidates = np.unique(s) if n else np.array([0.0])
+    for threshold in (candidates[len(candidates) // 2], candidates[-1], candidates[-1] + 1):
+        got = near_duplicates(e, float(threshold), normalize=False, num_threads=threads)
+        want = brute_pairs(s, threshold)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+        assert got[0].dtype == np.int64 and got[2].dtype == np.float32
+        if n > 4 and threshold <= s[1, n // 2]:
+            assert ((got[0] == 1) & (got[1] == n // 2)).any()
+
+
+def test_near_duplicates_cosine_float16_and_limits():
+    rng = np.random.default_rng(5)
+    e = rng.standard_normal((1500, 32)).astype(np.float32)
+    e[1400] = 3.0 * e[7]  # same direction, other norm: cosine 1
+    e[900] = e[12] + 1e-3 * rng.standard_normal(32).astype(np.float32)
+    unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+    i, j, s = near_duplicates(e, 0.99)
+    assert list(zip(i.tolist(), j.tolist())) == [(7, 1400), (12, 900)]
+    # scores equal ferroclip's own similarity of the normalised rows, bit for bit
+    u = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), np.float32(1e-12))).astype(np.float32)
+    np.testing.assert_array_equal(s, similarity(u, u)[i, j])
+    np.testing.assert_allclose(s, (unit @ unit.T)[i, j], atol=1e-5)
+    # threshold between pairs: same answer as numpy on the normalised float16 rows
+    u16 = u.astype(np.float16)
+    got = near_duplicates(u16, 0.3, normalize=False, num_threads=2)
+    want = brute_pairs(similarity(u16.astype(np.float32), u16.astype(np.float32)), 0.3)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(ValueError, match="max_pairs=10"):
+        near_duplicates(e, -1.0, max_pairs=10)
+    with pytest.raises(ValueError, match="threshold must be finite"):
+        near_duplicates(e, float("nan"))
+    with pytest.raises(ShapeError, match="emb must be 2-d"):
+        near_duplicates(e[0], 0.5)
+
+
+def test_index_near_duplicates_returns_ids():
+    index = EmbeddingIndex(3, dtype="float16")
+    index.add(np.array([[1, 0, 0], [0, 1, 0], [2, 0, 0], [0, 1, 0.01]], np.float32), ["a", "b", "c", "d"])
+    ids_a, ids_b, scores = index.near_duplicates(0.99)
+    assert ids_a.tolist() == ["a", "b"] and ids_b.tolist() == ["c", "d"]
+    assert scores.shape == (2,) and (scores >= 0.99).all()
+
+
+# --- single-query (GEMV) path -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("nq", [1, 2, 3, 4])
+def test_few_queries_match_numpy(dtype, nq):
+    """Q <= 3 takes the streaming dot kernel (f16 widened in registers), Q = 4 sgemm; both
+    must agree with numpy on the widened database, and topk with its own similarity."""
+    rng = np.random.default_rng(nq)
+    d = rng.standard_normal((5000, 77)).astype(dtype)  # odd dim: a 16-lane tail
+    q = rng.standard_normal((nq, 77)).astype(np.float32)
+    ref = q.astype(np.float64) @ d.astype(np.float64).T
+    sims = similarity(q, d, num_threads=2)
+    np.testing.assert_allclose(sims, ref, rtol=1e-5, atol=1e-4)
+    for threads in (1, 2):
+        s, i = topk(q, d, 10, num_threads=threads)
+        want_s, want_i = stable_topk(sims, 10)
+        np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_array_equal(s, want_s)
+    exact = rng.integers(-3, 4, size=(700, 77)).astype(dtype)
+    qi = rng.integers(-3, 4, size=(nq, 77)).astype(np.float32)
+    np.testing.assert_array_equal(similarity(qi, exact), qi @ exact.astype(np.float32).T)
+    np.testing.assert_array_equal(topk(qi, exact, 25)[1], stable_topk(qi @ exact.astype(np.float32).T, 25)[1])
+
+
+# --- faiss interop ----------------------------------------------------------------------------
+
+
+def test_faiss_round_trip():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(8)
+    v = rng.standard_normal((500, 24)).astype(np.float32)
+    index = EmbeddingIndex(24)
+    index.add(v, [f"id{i}" for i in range(500)])
+    fx = index.to_faiss()
+    assert isinstance(fx, faiss.IndexFlatIP) and fx.ntotal == 500 and fx.d == 24
+    q = rng.standard_normal((6, 24)).astype(np.float32)
+    fs, fi = fx.search(q, 5)
+    s, ids = index.search(q, 5)
+    np.testing.assert_allclose(s, fs, rtol=1e-5, atol=1e-5)
+    assert ids.tolist() == [[f"id{j}" for j in row] for row in fi]  # continuous data: no ties
+
+    back = EmbeddingIndex.from_faiss(fx)
+    assert back.ids == list(range(500))
+    np.testing.assert_array_equal(back.vectors, v)
+    named = EmbeddingIndex.from_faiss(fx, ids=index.ids, dtype="float16")
+    assert named.ids == index.ids and named.vectors.dtype == np.float16
+    mapped = faiss.IndexIDMap(faiss.IndexFlatIP(24))
+    mapped.add_with_ids(v[:3], np.array([70, 80, 90], dtype=np.int64))
+    assert EmbeddingIndex.from_faiss(mapped).ids == [70, 80, 90]
+    assert EmbeddingIndex.from_faiss(faiss.IndexFlatIP(24)).ids == []
+    assert EmbeddingIndex(4, dtype="float16").to_faiss().ntotal == 0
+    with pytest.raises(TypeError, match="IndexFlatIP"):
+        EmbeddingIndex.from_faiss(faiss.IndexFlatL2(24))
+
+
+def test_faiss_missing_gives_a_clear_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    with pytest.raises(ImportError, match="EmbeddingIndex.to_faiss needs faiss.*pip install faiss-cpu"):
+        EmbeddingIndex(4).to_faiss()
+    with pytest.raises(ImportError, match="from_faiss needs faiss"):
+        EmbeddingIndex.from_faiss(object())
+
+
+# --- a kill during save -------------------------------------------------------------------------
+
+_SAVER = r"""
+import os, sys
+import numpy as np
+from ferroclip import EmbeddingIndex
+
+path, rows, pause_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+real_fsync, calls = os.fsync, [0]
+
+def fsync(fd):  # fault injection: stop at the pause_at-th fsync of the 2nd save, wait to be killed
+    calls[0] += 1
+    if calls[0] == pause_at:
+        print("paused", flush=True)
+        sys.stdin.readline()
+    real_fsync(fd)
+
+os.fsync = fsync
+version = 0
+while True:
+    version += 1
+    index = EmbeddingIndex(64)
+    index.add(np.full((rows, 64), version, np.float32), range(version * rows, (version + 1) * rows))
+    calls[0] = 0 if version == 2 else -10**9  # count only during the 2nd save
+    index.save(path)
+    print("saved", version, calls[0] if version == 2 else "", flush=True)
+"""
+
+
+def _saver(tmp_path: Path, pause_at: int) -> subprocess.Popen:
+    script = tmp_path / "saver.py"
+    script.write_text(_SAVER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ferroclip.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    rows = 20_000
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "idx"), str(rows), str(pause_at)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _kill(proc: subprocess.Popen) -> list[str]:
+    """SIGKILL, reap, and return what it printed but we had not read yet."""
+    proc.kill()
+    proc.wait()
+    rest = proc.stdout.readlines()
+    proc.stdout.close()
+    if not proc.stdin.closed:
+        proc.stdin.close()
+    return rest
+
+
+def _check_consistent(root: Path, rows: int = 20_000) -> int:
+    loaded = EmbeddingIndex.load(root)
+    version = int(loaded.vectors[0, 0])
+    assert loaded.ids == list(range(version * rows, (version + 1) * rows))
+    assert (loaded.vectors == version).all() and len(loaded) == rows
+    return version
+
+
+def test_kill_at_every_fsync_of_a_save_leaves_a_loadable_index(tmp_path):
+    """SIGKILL the saver while it sits in each fsync of its 2nd save (vectors temp file, its
+    directory entry, index.json temp file, its directory entry, final sweep): the index on
+    disk is always version 1 or 2, whole; litter is ignored by load and swept by the next save."""
+    probe = _saver(tmp_path, pause_at=10**9)  # no pause: learn how many fsyncs a save makes
+    lines = [probe.stdout.readline() for _ in range(2)]
+    _kill(probe)
+    n_fsync = int(lines[1].split()[2])
+    assert n_fsync >= 3
+    versions = []
+    for pause_at in range(1, n_fsync + 1):
+        proc = _saver(tmp_path, pause_at)
+        assert proc.stdout.readline().startswith("saved 1")
+        assert proc.stdout.readline().strip() == "paused"
+        assert _kill(proc) == []
+        versions.append(_check_consistent(tmp_path / "idx"))
+        litter = {p.name for p in (tmp_path / "idx").iterdir()} - {"index.json", ".lock"}
+        EmbeddingIndex.load(tmp_path / "idx").save(tmp_path / "idx")  # the next save sweeps
+        assert {p.name for p in (tmp_path / "idx").iterdir() if p.name != ".lock"} == {
+            "index.json", json.loads((tmp_path / "idx" / "index.json").read_text())["vectors"]
+        }, litter
+    assert versions[0] == 1 and set(versions) <= {1, 2}  # killed before the switch: the old one
+
+
+def test_kill_at_random_moments_of_repeated_saves(tmp_path):
+    import time
+
+    rng = np.random.default_rng(0)
+    for delay in rng.uniform(0.0, 0.25, size=3):
+        proc = _saver(tmp_path, pause_at=10**9)
+        first = proc.stdout.readline()
+        assert first.startswith("saved"), first
+        time.sleep(float(delay))
+        reported = max(int(line.split()[1]) for line in [first, *_kill(proc)])
+        version = _check_consistent(tmp_path / "idx")
+        assert reported <= version <= reported + 1

@@ -22,7 +22,7 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .preprocess import PreprocessResult, Preprocessor, decode_image
-from .retrieval import recall_at_k, similarity, topk, zero_shot_classify
+from .retrieval import near_duplicates, recall_at_k, similarity, topk, zero_shot_classify
 from .index import EmbeddingIndex
 from .cache import FolderEmbeddings, embed_folder
 from .fetch import fetch_url
@@ -65,15 +65,16 @@ __all__ = [
     "ShapeError",
     "UnsupportedFormatError",
     "ZeroShotResult",
+    "__version__",
     "decode_image",
     "embed_folder",
     "export_onnx",
     "fetch_url",
     "list_models",
     "load_model",
+    "near_duplicates",
     "recall_at_k",
     "similarity",
     "topk",
     "zero_shot_classify",
-    "__version__",
 ]

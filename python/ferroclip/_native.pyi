@@ -66,3 +66,10 @@ def recall_at_k(
     *,
     num_threads: int | None = None,
 ) -> tuple[dict[str, float], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+def near_duplicates(
+    emb: npt.NDArray[Any],
+    threshold: float,
+    *,
+    max_pairs: int,
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...

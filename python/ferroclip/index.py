@@ -4,24 +4,29 @@ Storage is one row-major float32 or float16 matrix, searched by the Rust top-k (
 training, no approximation). On disk an index is a directory holding ``vectors-<tag>.npy``
 and ``index.json`` (format, dim, dtype, count, ids, and the vectors file's name). The JSON is
 written last and atomically and names its own vectors file, so a crash mid-save leaves the
-previous index intact; ``load`` memory-maps the ``.npy`` (``allow_pickle=False``).
+previous index intact; ``load`` memory-maps the ``.npy`` (``allow_pickle=False``). Saves to
+one directory are serialised by a lock file, so the next save can safely sweep up what a
+killed one left behind (temp files, an unreferenced vectors file).
+
+faiss interop (``to_faiss`` / ``from_faiss``) is optional: faiss is imported only there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
 
-from ._atomic import atomic_write
+from ._atomic import atomic_write, fsync_dir
 from .errors import ShapeError
-from .retrieval import _matrix, _to_numpy, topk
+from .retrieval import _matrix, _to_numpy, _threads, near_duplicates, topk
 
 __all__ = ["EmbeddingIndex"]
 
@@ -136,48 +141,113 @@ class EmbeddingIndex:
         scores, idx = topk(q, db, k, num_threads=num_threads)
         if rows is not None:
             idx = rows[idx]
-        id_arr = np.asarray(self._ids, dtype=np.int64 if self._all_int() else object)
+        id_arr = self._id_array()
         return scores, id_arr[idx] if len(id_arr) else np.empty(idx.shape, dtype=id_arr.dtype)
 
     def _all_int(self) -> bool:
         return all(isinstance(i, int) for i in self._ids)
 
+    def _id_array(self) -> np.ndarray:
+        return np.asarray(self._ids, dtype=np.int64 if self._all_int() else object)
+
+    def near_duplicates(
+        self,
+        threshold: float,
+        *,
+        normalize: bool = True,
+        max_pairs: int = 10_000_000,
+        num_threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, npt.NDArray[np.float32]]:
+        """Pairs of stored rows with cosine similarity ``>= threshold``: ``(ids_a, ids_b, scores)``.
+
+        ``ids_a[p]`` was added before ``ids_b[p]``; pairs come in that insertion order. Runs
+        block by block without an ``N x N`` matrix (see :func:`ferroclip.near_duplicates`,
+        which documents ``normalize`` and ``max_pairs``).
+        """
+        i, j, scores = near_duplicates(
+            self._buf[: self._n], threshold, normalize=normalize, max_pairs=max_pairs, num_threads=_threads(num_threads)
+        )
+        ids = self._id_array()
+        return ids[i], ids[j], scores
+
+    def to_faiss(self) -> Any:
+        """A ``faiss.IndexFlatIP`` holding the same rows; faiss row ``r`` is ``self.ids[r]``.
+
+        Exact inner-product search in faiss gives the same neighbours (up to float rounding on
+        near-ties); float16 rows are widened to float32, faiss' storage type.
+        """
+        faiss = _import_faiss("EmbeddingIndex.to_faiss")
+        out = faiss.IndexFlatIP(self.dim)
+        if self._n:
+            out.add(np.ascontiguousarray(self._buf[: self._n], dtype=np.float32))
+        return out
+
+    @classmethod
+    def from_faiss(cls, index: Any, ids: Sequence[Id] | None = None, *, dtype: str = "float32") -> EmbeddingIndex:
+        """Copy the vectors of a faiss ``IndexFlatIP`` (optionally inside ``IndexIDMap``).
+
+        Ids default to the ``IndexIDMap``'s ids, else to ``0..ntotal-1``. Other faiss
+        indexes are refused: an L2 or compressed index does not answer the same question.
+        """
+        faiss = _import_faiss("EmbeddingIndex.from_faiss")
+        map_ids = None
+        if isinstance(index, faiss.IndexIDMap):
+            map_ids = faiss.vector_to_array(index.id_map).tolist()
+            index = faiss.downcast_index(index.index)
+        if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise TypeError(
+                f"index must be a faiss IndexFlatIP (exact inner product), got {type(index).__name__}"
+                + ("" if not isinstance(index, faiss.IndexFlat) else " with a non-inner-product metric")
+            )
+        n, dim = int(index.ntotal), int(index.d)
+        vectors = index.reconstruct_n(0, n) if n else np.empty((0, dim), np.float32)
+        if ids is None:
+            ids = map_ids if map_ids is not None else list(range(n))
+        out = cls(dim, dtype)
+        out.add(vectors, ids)
+        return out
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to directory ``path``; crash-safe (the old index survives)."""
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
-        name = f"vectors-{secrets.token_hex(8)}.npy"
-        with atomic_write(root / name) as fh:
-            np.save(fh, np.ascontiguousarray(self._buf[: self._n]), allow_pickle=False)
-        meta = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "count": self._n,
-            "vectors": name,
-            "ids": self._ids,
-        }
-        with atomic_write(root / "index.json", "w") as fh:
-            json.dump(meta, fh)
-        for old in root.glob("vectors-*.npy"):  # files of earlier saves, now unreferenced
-            if old.name != name:
+        with _save_lock(root):
+            name = f"vectors-{secrets.token_hex(8)}.npy"
+            with atomic_write(root / name) as fh:
+                np.save(fh, np.ascontiguousarray(self._buf[: self._n]), allow_pickle=False)
+            meta = {
+                "format": _FORMAT,
+                "version": _VERSION,
+                "dim": self.dim,
+                "dtype": self.dtype,
+                "count": self._n,
+                "vectors": name,
+                "ids": self._ids,
+            }
+            with atomic_write(root / "index.json", "w") as fh:
+                json.dump(meta, fh)
+            # Now unreferenced: vectors of earlier saves, and temp files of saves that were
+            # killed (no other save can be running: we hold the lock).
+            stale = [p for p in root.glob("vectors-*.npy") if p.name != name]
+            stale += list(root.glob(".vectors-*.npy.*.tmp")) + list(root.glob(".index.json.*.tmp"))
+            for old in stale:
                 old.unlink(missing_ok=True)
+            fsync_dir(root)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, mmap: bool = True) -> EmbeddingIndex:
         """Open an index saved by :meth:`save`; vectors are memory-mapped read-only by default."""
         root = Path(path)
-        try:
-            meta = json.loads((root / "index.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{root / 'index.json'} is not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise ValueError(f"{root} does not hold a version-{_VERSION} ferroclip EmbeddingIndex")
-        name = meta["vectors"]
-        if not isinstance(name, str) or Path(name).name != name:
-            raise ValueError(f"{root / 'index.json'} names an invalid vectors file {name!r}")
-        vectors = np.load(root / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+        for attempt in range(3):
+            meta, name = _read_meta(root)
+            try:
+                vectors = np.load(root / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+                break
+            except FileNotFoundError:
+                # A concurrent save replaced index.json and removed this file after we read
+                # the JSON: read the new one.
+                if attempt == 2:
+                    raise
         index = cls(meta["dim"], meta["dtype"])
         ids = meta["ids"]
         if vectors.shape != (meta["count"], index.dim) or vectors.dtype != np.dtype(index.dtype):
@@ -191,3 +261,40 @@ class EmbeddingIndex:
         index._ids = ids
         index._pos = {i: r for r, i in enumerate(ids)}
         return index
+
+
+def _read_meta(root: Path) -> tuple[dict[str, Any], str]:
+    try:
+        meta = json.loads((root / "index.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{root / 'index.json'} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+        raise ValueError(f"{root} does not hold a version-{_VERSION} ferroclip EmbeddingIndex")
+    name = meta.get("vectors")
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ValueError(f"{root / 'index.json'} names an invalid vectors file {name!r}")
+    return meta, name
+
+
+@contextlib.contextmanager
+def _save_lock(root: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``root/.lock`` (POSIX); released if the process dies."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: saves are not serialised
+        yield
+        return
+    with open(root / ".lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _import_faiss(what: str) -> Any:
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError(f"{what} needs faiss, which is not installed: pip install faiss-cpu") from e
+    return faiss

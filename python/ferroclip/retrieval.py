@@ -1,4 +1,4 @@
-"""Retrieval maths on embeddings: similarity, exact top-k, Recall@K, zero-shot labels.
+"""Retrieval maths on embeddings: similarity, exact top-k, Recall@K, near duplicates, zero-shot.
 
 The work runs in Rust without the GIL: blocked sgemm tiles, per-query heaps for top-k (the
 full ``Q x N`` score matrix is never built) and a linear-time rank per query for recall.
@@ -23,7 +23,7 @@ import numpy.typing as npt
 from . import _native
 from .errors import ShapeError
 
-__all__ = ["recall_at_k", "similarity", "topk", "zero_shot_classify"]
+__all__ = ["near_duplicates", "recall_at_k", "similarity", "topk", "zero_shot_classify"]
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -133,10 +133,15 @@ def recall_at_k(
 
     ``text_to_image[t]`` is the row of ``image_emb`` that caption ``t`` describes. Keys:
     ``"i2t_R@K"`` / ``"t2i_R@K"`` (fraction of queries whose positive ranks within K; an
-    image counts if ANY of its captions does), ``"{i2t,t2i}_median_rank"`` and
-    ``"_mean_rank"`` (1-based), ``"i2t_skipped_images"`` (images with no caption, left out
-    of i2t). With ``return_ranks`` also the 0-based ranks per image (-1 if skipped) and per
-    caption. Ties are ranked as a stable sort: equal scores with lower index come first.
+    image counts if ANY of its captions does: the CLIP-paper / CLIP_benchmark definition),
+    ``"i2t_mAP@K"`` / ``"t2i_mAP@K"`` (mean over queries of
+    ``AP@K = sum(hits_up_to_r / (r + 1) for each positive at 0-based rank r < K) / min(K, P)``
+    with P the query's number of positives; for t2i, P = 1 and this is MRR@K),
+    ``"{i2t,t2i}_median_rank"`` and ``"_mean_rank"`` (1-based rank of the best positive),
+    ``"i2t_skipped_images"`` (images with no caption, left out of every i2t metric;
+    CLIP_benchmark would count them as misses). With ``return_ranks`` also the 0-based
+    ranks per image (best caption; -1 if skipped) and per caption. Ties are ranked as a
+    stable sort: equal scores with lower index come first.
     """
     img = _matrix(image_emb, "image_emb", allow_f16=True)
     txt = _matrix(text_emb, "text_emb", allow_f16=True)
@@ -156,6 +161,49 @@ def recall_at_k(
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
     metrics, i2t, t2i = _native.recall_at_k(img, txt, mapping, ks_, num_threads=_threads(num_threads))
     return (metrics, i2t, t2i) if return_ranks else metrics
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Float32 rows scaled to unit L2 norm (all-zero rows stay zero)."""
+    x = x.astype(np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
+
+
+def near_duplicates(
+    emb: Any,
+    threshold: float,
+    *,
+    normalize: bool = True,
+    max_pairs: int = 10_000_000,
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Every pair of rows ``i < j`` whose cosine similarity is ``>= threshold``.
+
+    For de-duplicating an image set or a caption set before training or evaluation. The
+    self-join runs in Rust in L2-sized tiles, so the ``N x N`` matrix never exists; only
+    the pairs found are kept, and more than ``max_pairs`` of them is an error (lower
+    thresholds grow the answer quadratically). Returns ``(i, j, scores)``: int64, int64,
+    float32, sorted by ``i`` then ``j``; each score equals ``similarity(e, e)[i, j]`` on the
+    (normalised) rows. ``normalize=True`` scales a float32 copy of the rows to unit norm;
+    pass ``False`` for embeddings that are already unit-norm (no copy; float16 kept), the
+    score is then the plain dot product. Note that a row's cosine with an exact copy of
+    itself may round to just below 1.0, so use a threshold such as 0.99, not 1.0.
+
+    >>> i, j, s = near_duplicates(np.array([[1, 0], [1, 0], [0, 1]], np.float32), 0.99)
+    >>> list(zip(i.tolist(), j.tolist()))
+    [(0, 1)]
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold!r}")
+    if isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer)) or max_pairs < 0:
+        raise ValueError(f"max_pairs must be a non-negative integer, got {max_pairs!r}")
+    e = _matrix(emb, "emb", allow_f16=True)
+    if normalize:
+        e = _unit_rows(e)
+    return _native.near_duplicates(e, float(threshold), max_pairs=int(max_pairs), num_threads=_threads(num_threads))
 
 
 def zero_shot_classify(

@@ -6,6 +6,8 @@
 
 pub mod batch;
 pub mod decode;
+pub mod dedup;
+mod dot;
 pub mod error;
 pub mod geometry;
 pub mod normalize;

@@ -1,16 +1,26 @@
-//! Retrieval metrics for paired image/caption embeddings: Recall@K both ways, median and
-//! mean rank, with any number of captions per image (COCO has five, Flickr30k five).
+//! Retrieval metrics for paired image/caption embeddings: Recall@K and mAP@K both ways,
+//! median and mean rank, with any number of captions per image (COCO has five).
 //!
-//! A query's rank is the number of candidates that a stable descending sort puts before
-//! its best positive: candidates scoring strictly higher, plus those scoring equal with a
-//! lower index. That is one linear pass over the query's scores, no sort, and it matches
+//! A positive's rank is the number of candidates that a stable descending sort puts before
+//! it: candidates scoring strictly higher, plus those scoring equal with a lower index.
+//! That is one linear pass over the query's scores, no sort, and it matches
 //! `argsort(-scores, kind="stable")` on the `similarity` scores exactly (same kernel).
 //! Image-to-text counts an image as found at K if ANY of its captions is within K, i.e.
 //! the rank of its best-placed caption; images without captions are skipped and counted.
+//!
+//! mAP@K averages, over queries, `AP@K = (1 / min(K, P)) * sum over positives ranked
+//! r < K (0-based) of (positives ranked at or before r) / (r + 1)`, P = the query's
+//! positives (the `apk` of ml_metrics). With one positive (text-to-image) it is 1/(r + 1)
+//! within K, i.e. MRR@K. A handful of positives (COCO: 5) take one vectorised counting
+//! pass each; many take one pass with a binary search per candidate, O(N log P).
+//!
+//! `recall_at_k` computes ONE image x text product for both directions (see `one_pass`):
+//! image rows are ranked directly, and each caption's rank among images is counted over
+//! image strips against its positive score.
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};
-use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
 
 /// Scores held per task: queries are processed in strips of at most this many (64 MiB).
 const STRIP_ELEMS: usize = 1 << 24;
@@ -18,8 +28,8 @@ const STRIP_ELEMS: usize = 1 << 24;
 /// Metrics in a fixed order plus the per-query ranks they were computed from.
 #[derive(Debug, Clone)]
 pub struct RecallReport {
-    /// `("i2t_R@1", ..), .., ("i2t_median_rank", ..), ("i2t_mean_rank", ..), then the same
-    /// for "t2i", then ("i2t_skipped_images", count)`. Recall is a fraction in `[0, 1]`;
+    /// `("i2t_R@1", ..), .., ("i2t_mAP@1", ..), .., ("i2t_median_rank", ..),
+    /// ("i2t_mean_rank", ..), then the same for "t2i", then ("i2t_skipped_images", count)`. Recall is a fraction in `[0, 1]`;
     /// ranks are 1-based (1 = the positive came first), the median as `numpy.median`.
     pub metrics: Vec<(String, f64)>,
     /// 0-based rank of each image's best caption; -1 for an image without captions.
@@ -39,6 +49,18 @@ pub fn ranks<'p>(
     names: (&str, &str),
     num_threads: Option<usize>,
 ) -> Result<Vec<i64>> {
+    let all = positive_ranks(queries, candidates, positives, names, num_threads)?;
+    Ok(all.iter().map(|r| r.first().copied().unwrap_or(-1)).collect())
+}
+
+/// The ranks of all of each query's positives, ascending (empty when it has none).
+pub fn positive_ranks<'p>(
+    queries: &Embeddings<'_>,
+    candidates: &Embeddings<'_>,
+    positives: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    names: (&str, &str),
+    num_threads: Option<usize>,
+) -> Result<Vec<Vec<i64>>> {
     check_dims(queries, names.0, candidates, names.1)?;
     let (nq, n) = (queries.rows(), candidates.rows());
     if nq == 0 {
@@ -47,7 +69,7 @@ pub fn ranks<'p>(
     let strip = QUERY_BLOCK.min((STRIP_ELEMS / n.max(1)).max(1));
     let blocks = nq.div_ceil(strip);
     let per_block = run_parallel(num_threads, |parallel| {
-        map_range(parallel, blocks, |b| -> Result<Vec<i64>> {
+        map_range(parallel, blocks, |b| -> Result<Vec<Vec<i64>>> {
             let (q0, q1) = (b * strip, ((b + 1) * strip).min(nq));
             let m = q1 - q0;
             let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
@@ -56,12 +78,11 @@ pub fn ranks<'p>(
             let mut c0 = 0;
             while c0 < n {
                 let c1 = (c0 + DB_BLOCK).min(n);
-                let cb = candidates.block(c0, c1, &mut scratch_c);
-                block_product(Kernel::for_queries(nq), &qb, m, &cb, c1 - c0, queries.dim(), &mut scores[c0..], n);
+                score_block(Kernel::for_queries(nq), &qb, m, candidates, (c0, c1), &mut scores[c0..], n, &mut scratch_c);
                 check_finite_tile(&scores[c0..], m, c1 - c0, n, q0, c0, names)?;
                 c0 = c1;
             }
-            Ok((0..m).map(|i| rank_of(&scores[i * n..(i + 1) * n], positives(q0 + i))).collect())
+            Ok((0..m).map(|i| ranks_of(&scores[i * n..(i + 1) * n], positives(q0 + i))).collect())
         })
     })?;
     let mut out = Vec::with_capacity(nq);
@@ -71,30 +92,87 @@ pub fn ranks<'p>(
     Ok(out)
 }
 
-/// Stable-descending-sort position of the best of `positives` in `row`; -1 if none.
-fn rank_of(row: &[f32], positives: &[usize]) -> i64 {
-    let Some(&first) = positives.first() else { return -1 };
-    // The best positive: highest score, ties to the lowest index (it sorts first).
-    let best = positives[1..].iter().fold(first, |b, &p| {
-        if row[p] > row[b] || (row[p] == row[b] && p < b) {
-            p
-        } else {
-            b
-        }
-    });
-    let s = row[best];
-    let above = row.iter().filter(|&&x| x > s).count();
-    let tied_before = row[..best].iter().filter(|&&x| x == s).count();
-    (above + tied_before) as i64
+/// `a` sorts before `b` in a stable descending sort of `row`.
+#[inline]
+fn precedes(row: &[f32], a: usize, b: usize) -> bool {
+    row[a] > row[b] || (row[a] == row[b] && a < b)
 }
 
-/// Recall@K (fraction), median and mean 1-based rank over `ranks` (negatives skipped).
-fn summarize(prefix: &str, ranks: &[i64], ks: &[usize], out: &mut Vec<(String, f64)>) {
-    let mut valid: Vec<i64> = ranks.iter().copied().filter(|&r| r >= 0).collect();
+/// Stable-descending-sort position of the best of `positives` in `row`; -1 if none.
+#[cfg(test)]
+fn rank_of(row: &[f32], positives: &[usize]) -> i64 {
+    ranks_of(row, positives).first().copied().unwrap_or(-1)
+}
+
+/// Stable-descending-sort positions of all `positives` in `row`, ascending.
+fn ranks_of(row: &[f32], positives: &[usize]) -> Vec<i64> {
+    // One vectorised counting pass per positive is fastest for a handful (COCO: 5); the
+    // binary search below is O(N log P) for the rare query with very many positives.
+    let single = |p: usize| {
+        let s = row[p];
+        let above = row.iter().fold(0usize, |n, &x| n + usize::from(x > s));
+        let tied_before = row[..p].iter().fold(0usize, |n, &x| n + usize::from(x == s));
+        (above + tied_before) as i64
+    };
+    match positives {
+        [] => Vec::new(),
+        _ if positives.len() <= 32 => {
+            let mut sorted = positives.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut r: Vec<i64> = sorted.into_iter().map(single).collect();
+            r.sort_unstable();
+            r
+        }
+        _ => {
+            // Positives in sorted order; candidate j lands before positives first..P, where
+            // `first` is found by binary search, so one pass counts them all (difference
+            // array). A positive before another is counted like any other candidate.
+            let mut sorted = positives.to_vec();
+            sorted.sort_unstable_by(|&a, &b| if precedes(row, a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+            sorted.dedup();
+            let last = *sorted.last().expect("non-empty");
+            let mut starts = vec![0i64; sorted.len() + 1];
+            for (j, &x) in row.iter().enumerate() {
+                if x < row[last] {
+                    continue; // below every positive: precedes none
+                }
+                let first = sorted.partition_point(|&p| !precedes(row, j, p));
+                starts[first] += 1;
+            }
+            let mut acc = 0;
+            sorted.iter().enumerate().map(|(k, _)| {
+                acc += starts[k];
+                acc
+            }).collect()
+        }
+    }
+}
+
+/// AP@K of one query from its positives' ascending 0-based ranks (see the module doc).
+fn average_precision(ranks: &[i64], k: usize) -> f64 {
+    let sum: f64 = ranks
+        .iter()
+        .enumerate()
+        .take_while(|&(_, &r)| (r as u64) < k as u64)
+        .map(|(hit, &r)| (hit + 1) as f64 / (r + 1) as f64)
+        .sum();
+    sum / ranks.len().min(k) as f64
+}
+
+/// Recall@K (fraction), mAP@K, median and mean 1-based rank over the queries that have
+/// positives (`ranks[q]`: all of query q's positive ranks, ascending).
+fn summarize(prefix: &str, ranks: &[Vec<i64>], ks: &[usize], out: &mut Vec<(String, f64)>) {
+    let with_pos: Vec<&Vec<i64>> = ranks.iter().filter(|r| !r.is_empty()).collect();
+    let mut valid: Vec<i64> = with_pos.iter().map(|r| r[0]).collect();
     let count = valid.len() as f64;
     for &k in ks {
         let hits = valid.iter().filter(|&&r| (r as u64) < k as u64).count();
         out.push((format!("{prefix}_R@{k}"), hits as f64 / count));
+    }
+    for &k in ks {
+        let ap: f64 = with_pos.iter().map(|r| average_precision(r, k)).sum();
+        out.push((format!("{prefix}_mAP@{k}"), ap / count));
     }
     valid.sort_unstable();
     let median = match valid.len() {
@@ -105,6 +183,106 @@ fn summarize(prefix: &str, ranks: &[i64], ks: &[usize], out: &mut Vec<(String, f
     let mean = valid.iter().map(|&r| r as f64 + 1.0).sum::<f64>() / count;
     out.push((format!("{prefix}_median_rank"), median));
     out.push((format!("{prefix}_mean_rank"), mean));
+}
+
+/// Both directions from ONE image x text product (half the FLOPs of scoring each way).
+///
+/// Image strips are scored against all texts; each image row is ranked as usual (i2t),
+/// and each text's rank among images (t2i) is accumulated as a count, over strips, of the
+/// images that precede its own: scoring above its positive score, or equal with a lower
+/// index. That needs each text's positive score up front, computed by the same sgemm
+/// kernel on the pair alone. sgemm's value for a pair does not depend on the tile (fixed
+/// k order), and we verify it: every positive score is compared bit for bit with the one
+/// in its strip, and on any difference (or for tiny inputs that use the dot kernel) this
+/// returns `None` and the caller scores each direction separately.
+fn one_pass<'p>(
+    images: &Embeddings<'_>,
+    texts: &Embeddings<'_>,
+    image_of: &[usize],
+    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    num_threads: Option<usize>,
+) -> Result<Option<(Vec<Vec<i64>>, Vec<Vec<i64>>)>> {
+    let (ni, nt, dim) = (images.rows(), texts.rows(), images.dim());
+    if Kernel::for_queries(ni) != Kernel::Gemm || Kernel::for_queries(nt) != Kernel::Gemm || dim == 0 {
+        return Ok(None);
+    }
+    // Each text's score with its image: one sgemm per image over its captions.
+    let mut positive = vec![0.0f32; nt];
+    {
+        let (mut img_scratch, mut txt_rows, mut out) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..ni {
+            let caps = captions_of(i);
+            if caps.is_empty() {
+                continue;
+            }
+            let q = images.block(i, i + 1, &mut img_scratch);
+            txt_rows.clear();
+            let mut one = Vec::new();
+            for &t in caps {
+                txt_rows.extend_from_slice(&texts.block(t, t + 1, &mut one));
+            }
+            out.resize(caps.len(), 0.0);
+            block_product(Kernel::Gemm, &q, 1, &txt_rows, caps.len(), dim, &mut out, caps.len());
+            for (&t, &v) in caps.iter().zip(&out) {
+                positive[t] = v;
+            }
+        }
+    }
+    let strip = QUERY_BLOCK.min((STRIP_ELEMS / nt).max(1));
+    let blocks = ni.div_ceil(strip);
+    let per_block = run_parallel(num_threads, |parallel| {
+        map_range(parallel, blocks, |b| -> Result<(Vec<Vec<i64>>, Vec<u32>, bool)> {
+            let (r0, r1) = (b * strip, ((b + 1) * strip).min(ni));
+            let m = r1 - r0;
+            let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
+            let qb = images.block(r0, r1, &mut scratch_q);
+            let mut scores = vec![0.0f32; m * nt];
+            let mut c0 = 0;
+            while c0 < nt {
+                let c1 = (c0 + DB_BLOCK).min(nt);
+                score_block(Kernel::Gemm, &qb, m, texts, (c0, c1), &mut scores[c0..], nt, &mut scratch_c);
+                check_finite_tile(&scores[c0..], m, c1 - c0, nt, r0, c0, ("image_emb", "text_emb"))?;
+                c0 = c1;
+            }
+            let mut ranks = Vec::with_capacity(m);
+            let mut before = vec![0u32; nt];
+            let mut consistent = true;
+            // Image i precedes text t's image when it scores above it, or equal with i lower:
+            // `x > threshold[t]`, the threshold being one float below the positive score
+            // while i < image_of[t] (so equal counts), the score itself from then on.
+            let mut threshold: Vec<f32> = positive
+                .iter()
+                .zip(image_of)
+                .map(|(&p, &img)| if r0 < img { p.next_down() } else { p })
+                .collect();
+            for (r, row) in scores.chunks(nt).enumerate() {
+                let i = r0 + r;
+                let caps = captions_of(i);
+                ranks.push(ranks_of(row, caps));
+                for &t in caps {
+                    consistent &= row[t].to_bits() == positive[t].to_bits();
+                    threshold[t] = positive[t];
+                }
+                for ((count, &x), &th) in before.iter_mut().zip(row).zip(&threshold) {
+                    *count += u32::from(x > th);
+                }
+            }
+            Ok((ranks, before, consistent))
+        })
+    })?;
+    let mut i2t = Vec::with_capacity(ni);
+    let mut before = vec![0i64; nt];
+    for block in per_block {
+        let (ranks, counts, consistent) = block?;
+        if !consistent {
+            return Ok(None);
+        }
+        i2t.extend(ranks);
+        for (total, c) in before.iter_mut().zip(counts) {
+            *total += i64::from(c);
+        }
+    }
+    Ok(Some((i2t, before.into_iter().map(|r| vec![r]).collect())))
 }
 
 /// Image-to-text and text-to-image retrieval metrics.
@@ -161,14 +339,21 @@ pub fn recall_at_k(
     let captions_of = |i: usize| &captions[start[i]..start[i + 1]];
     let image_of_text = |t: usize| &image_of[t][..];
 
-    let i2t = ranks(images, texts, &captions_of, ("image_emb", "text_emb"), num_threads)?;
-    let t2i = ranks(texts, images, &image_of_text, ("text_emb", "image_emb"), num_threads)?;
-    let skipped = i2t.iter().filter(|&&r| r < 0).count();
+    let image_index: Vec<usize> = image_of.iter().map(|&[i]| i).collect();
+    let (i2t, t2i) = match one_pass(images, texts, &image_index, &captions_of, num_threads)? {
+        Some(both) => both,
+        None => (
+            positive_ranks(images, texts, &captions_of, ("image_emb", "text_emb"), num_threads)?,
+            positive_ranks(texts, images, &image_of_text, ("text_emb", "image_emb"), num_threads)?,
+        ),
+    };
+    let skipped = i2t.iter().filter(|r| r.is_empty()).count();
     let mut metrics = Vec::new();
     summarize("i2t", &i2t, ks, &mut metrics);
     summarize("t2i", &t2i, ks, &mut metrics);
     metrics.push(("i2t_skipped_images".into(), skipped as f64));
-    Ok(RecallReport { metrics, i2t_ranks: i2t, t2i_ranks: t2i, skipped_images: skipped })
+    let best = |r: &Vec<Vec<i64>>| r.iter().map(|p| p.first().copied().unwrap_or(-1)).collect();
+    Ok(RecallReport { metrics, i2t_ranks: best(&i2t), t2i_ranks: best(&t2i), skipped_images: skipped })
 }
 
 #[cfg(test)]
@@ -224,6 +409,76 @@ mod tests {
         assert_eq!(metric(&r, "i2t_skipped_images"), 1.0);
     }
 
+    /// Brute force: every positive's position in a full stable sort.
+    fn brute_all(row: &[f32], positives: &[usize]) -> Vec<i64> {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap());
+        let mut r: Vec<i64> = positives.iter().map(|p| order.iter().position(|j| j == p).unwrap() as i64).collect();
+        r.sort_unstable();
+        r
+    }
+
+    #[test]
+    fn all_positive_ranks_match_a_full_sort_with_ties() {
+        let mut x = 12345u32;
+        for trial in 0..300 {
+            let n = 1 + trial % 40;
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    ((x >> 16) % 4) as f32 - 1.5
+                })
+                .collect();
+            let positives: Vec<usize> = (0..n).filter(|j| (j * 7 + trial) % 3 == 0).collect();
+            assert_eq!(ranks_of(&row, &positives), brute_all(&row, &positives), "{row:?} {positives:?}");
+            let n = n + 60; // more than 32 positives: the binary-search path
+            let row: Vec<f32> = (0..n).map(|j| ((j * 5 + trial) % 4) as f32).collect();
+            let positives: Vec<usize> = (0..n).filter(|j| (j + trial) % 2 == 0).collect();
+            assert_eq!(ranks_of(&row, &positives), brute_all(&row, &positives), "{row:?} {positives:?}");
+        }
+    }
+
+    #[test]
+    fn average_precision_by_hand() {
+        // Positives at 0-based ranks 0, 2, 3 (P = 3): precision 1/1, 2/3, 3/4.
+        assert_eq!(average_precision(&[0, 2, 3], 10), (1.0 + 2.0 / 3.0 + 0.75) / 3.0);
+        assert_eq!(average_precision(&[0, 2, 3], 3), (1.0 + 2.0 / 3.0) / 3.0);
+        assert_eq!(average_precision(&[0, 2, 3], 1), 1.0); // min(K, P) = 1
+        assert_eq!(average_precision(&[4], 5), 0.2);
+        assert_eq!(average_precision(&[5], 5), 0.0);
+    }
+
+    #[test]
+    fn one_pass_equals_scoring_each_direction() {
+        // Strips of images x all texts, ties everywhere (3 levels), images without captions.
+        // Then real values of a long dimension: sgemm must give a pair the same bits alone
+        // (positive scores) as inside a tile, or `one_pass` would return None.
+        for (d, real) in [(5, false), (300, true)] {
+            check_one_pass(2 * QUERY_BLOCK + 9, 600, d, real);
+        }
+    }
+
+    fn check_one_pass(ni: usize, nt: usize, d: usize, real: bool) {
+        let value = |x: usize, a: usize, b: usize| if real { ((x * a + b) as f32 * 0.618).sin() } else { ((x * a + b) % 3) as f32 - 1.0 };
+        let img: Vec<f32> = (0..ni * d).map(|x| value(x, 7, 3)).collect();
+        let txt: Vec<f32> = (0..nt * d).map(|x| value(x, 13, 5)).collect();
+        let t2i: Vec<usize> = (0..nt).map(|t| (t * 31) % (ni - 4)).collect();
+        let ei = Embeddings::f32(&img, ni, d, "image_emb").unwrap();
+        let et = Embeddings::f32(&txt, nt, d, "text_emb").unwrap();
+        let mut caps = vec![Vec::new(); ni];
+        for (t, &i) in t2i.iter().enumerate() {
+            caps[i].push(t);
+        }
+        let captions_of = |i: usize| &caps[i][..];
+        let single: Vec<[usize; 1]> = t2i.iter().map(|&i| [i]).collect();
+        let image_of_text = |t: usize| &single[t][..];
+        for threads in [1, 2] {
+            let (i2t, t2i_r) = one_pass(&ei, &et, &t2i, &captions_of, Some(threads)).unwrap().expect("sgemm is tile-independent");
+            assert_eq!(i2t, positive_ranks(&ei, &et, &captions_of, ("a", "b"), Some(1)).unwrap());
+            assert_eq!(t2i_r, positive_ranks(&et, &ei, &image_of_text, ("b", "a"), Some(1)).unwrap());
+        }
+    }
+
     #[test]
     fn perfect_retrieval_and_median() {
         // Orthogonal one-hot pairs: every query finds its positive first.
@@ -235,8 +490,9 @@ mod tests {
         assert_eq!(metric(&r, "t2i_median_rank"), 1.0);
         assert_eq!(metric(&r, "t2i_mean_rank"), 1.0);
         let mut out = Vec::new();
-        summarize("x", &[0, 3, -1, 1, 5], &[2], &mut out);
-        assert_eq!(out, vec![("x_R@2".into(), 0.5), ("x_median_rank".into(), 3.0), ("x_mean_rank".into(), 3.25)]);
+        summarize("x", &[vec![0], vec![3], vec![], vec![1], vec![5]], &[2], &mut out);
+        let want = [("x_R@2", 0.5), ("x_mAP@2", (1.0 + 0.5) / 4.0), ("x_median_rank", 3.0), ("x_mean_rank", 3.25)];
+        assert_eq!(out, want.map(|(k, v)| (k.to_string(), v)).to_vec());
     }
 
     #[test]

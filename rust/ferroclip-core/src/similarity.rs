@@ -73,6 +73,15 @@ impl<'a> Embeddings<'a> {
         self.dim
     }
 
+    /// Rows `start..end` in their stored dtype.
+    pub(crate) fn rows_slice(&self, start: usize, end: usize) -> Rows<'a> {
+        let (lo, hi) = (start * self.dim, end * self.dim);
+        match self.data {
+            Rows::F32(d) => Rows::F32(&d[lo..hi]),
+            Rows::F16(d) => Rows::F16(&d[lo..hi]),
+        }
+    }
+
     /// Rows `start..end` as f32: borrowed for f32 storage, widened into `scratch` for f16.
     pub(crate) fn block<'s>(&'s self, start: usize, end: usize, scratch: &'s mut Vec<f32>) -> Cow<'s, [f32]> {
         let (lo, hi) = (start * self.dim, end * self.dim);
@@ -122,60 +131,6 @@ impl Kernel {
     }
 }
 
-/// Dot product with 16 independent lanes (vectorised by LLVM; FMA in the AVX2 build).
-#[inline(always)]
-fn dot_lanes<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 16;
-    let mut acc = [0.0f32; L];
-    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..L {
-            acc[l] = if FMA { x[l].mul_add(y[l], acc[l]) } else { acc[l] + x[l] * y[l] };
-        }
-    }
-    let mut tail = 0.0f32;
-    for (x, y) in ar.iter().zip(br) {
-        tail = if FMA { x.mul_add(*y, tail) } else { tail + x * y };
-    }
-    // Fixed pairwise reduction: the result does not depend on anything but the inputs.
-    let mut width = L;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-    }
-    acc[0] + tail
-}
-
-#[inline(always)]
-unsafe fn dots_impl<const FMA: bool>(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    for (j, row) in d.chunks_exact(dim).take(n).enumerate() {
-        for (i, qi) in q.chunks_exact(dim).take(m).enumerate() {
-            out.add(i * ldc + j).write(dot_lanes::<FMA>(qi, row));
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    dots_impl::<true>(q, m, d, n, dim, out, ldc);
-}
-
-/// Small-m product, one pass over `d`; same safety contract as `block_product_raw`.
-unsafe fn dots(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2_FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX2_FMA.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            return dots_avx2(q, m, d, n, dim, out, ldc);
-        }
-    }
-    dots_impl::<false>(q, m, d, n, dim, out, ldc);
-}
-
 /// `out[i * ldc + j] = <q_i, d_j>` for row-major `q` (m x dim) and `d` (n x dim).
 pub(crate) fn block_product(kernel: Kernel, q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: &mut [f32], ldc: usize) {
     assert!(q.len() >= m * dim && d.len() >= n * dim, "block_product: inputs too short");
@@ -215,7 +170,7 @@ pub(crate) unsafe fn block_product_raw(
         return;
     }
     if kernel == Kernel::Dot {
-        return dots(q, m, d, n, dim, out, ldc);
+        return crate::dot::dots(q, m, Rows::F32(d), n, dim, out, ldc, &mut Vec::new());
     }
     // q is m x k row-major; d seen column-major is k x n, i.e. d transposed; out has row
     // stride ldc. matrixmultiply picks the AVX/FMA kernel at run time.
@@ -235,6 +190,35 @@ pub(crate) unsafe fn block_product_raw(
         ldc as isize,
         1,
     );
+}
+
+/// Scores of `m` f32 queries against database rows `c0..c1`: `out[i * ldc + (j - c0)]`.
+///
+/// The dot kernel reads the rows in their stored dtype (f16 widened in registers, one
+/// pass); the sgemm kernel widens an f16 block into `scratch` first.
+pub(crate) fn score_block(
+    kernel: Kernel,
+    q: &[f32],
+    m: usize,
+    db: &Embeddings<'_>,
+    (c0, c1): (usize, usize),
+    out: &mut [f32],
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+) {
+    let (n, dim) = (c1 - c0, db.dim);
+    assert!(q.len() >= m * dim && c1 <= db.rows && c0 <= c1, "score_block: inputs too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && out.len() >= (m - 1) * ldc + n, "score_block: output too short");
+    if kernel == Kernel::Dot && dim > 0 {
+        // SAFETY: bounds asserted above; `out` is a unique borrow.
+        unsafe { crate::dot::dots(q, m, db.rows_slice(c0, c1), n, dim, out.as_mut_ptr(), ldc, scratch) }
+    } else {
+        let block = db.block(c0, c1, scratch);
+        block_product(kernel, q, m, &block, n, dim, out, ldc);
+    }
 }
 
 /// Where the first non-finite score of a tile is, as an error naming both arguments.
@@ -307,9 +291,10 @@ pub fn similarity(a: &Embeddings<'_>, b: &Embeddings<'_>, num_threads: Option<us
             let ptr = ptr;
             let (cb, group) = (t / row_groups, t % row_groups);
             let (c0, c1) = (cb * DB_BLOCK, ((cb + 1) * DB_BLOCK).min(n));
-            let mut scratch_b = Vec::new();
-            let mut scratch_a = Vec::new();
-            let bb = b.block(c0, c1, &mut scratch_b);
+            let (mut scratch_a, mut scratch_b, mut scratch_dot) = (Vec::new(), Vec::new(), Vec::new());
+            // The dot kernel reads `b` in its stored dtype; sgemm needs the block as f32.
+            let use_dot = kernel == Kernel::Dot && a.dim > 0;
+            let bb = if use_dot { Cow::Borrowed(&[][..]) } else { b.block(c0, c1, &mut scratch_b) };
             let first = group * blocks_per_group;
             for rb in first..(first + blocks_per_group).min(row_blocks) {
                 let (r0, r1) = (rb * QUERY_BLOCK, ((rb + 1) * QUERY_BLOCK).min(m));
@@ -320,7 +305,11 @@ pub fn similarity(a: &Embeddings<'_>, b: &Embeddings<'_>, num_threads: Option<us
                 // and nothing else reads or writes it meanwhile.
                 unsafe {
                     let corner = ptr.0.add(r0 * n + c0);
-                    block_product_raw(kernel, &ab, h, &bb, w, a.dim, corner, n);
+                    if use_dot {
+                        crate::dot::dots(&ab, h, b.rows_slice(c0, c1), w, a.dim, corner, n, &mut scratch_dot);
+                    } else {
+                        block_product_raw(kernel, &ab, h, &bb, w, a.dim, corner, n);
+                    }
                     for i in 0..h {
                         let row = std::slice::from_raw_parts(corner.add(i * n), w);
                         check_finite_tile(row, 1, w, w, r0 + i, c0, ("a", "b"))?;

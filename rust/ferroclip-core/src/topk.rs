@@ -11,7 +11,7 @@
 
 use crate::batch::{resolve_num_threads, run_parallel};
 use crate::error::Result;
-use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
 
 /// Heap entries allowed per task before query blocks shrink (large k).
 const MAX_HEAP_ENTRIES: usize = 1 << 22;
@@ -111,8 +111,7 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
     while c0 < d1 {
         let c1 = (c0 + DB_BLOCK).min(d1);
         let w = c1 - c0;
-        let db = database.block(c0, c1, &mut scratch_d);
-        block_product(kernel, &qb, m, &db, w, queries.dim(), &mut tile, w);
+        score_block(kernel, &qb, m, database, (c0, c1), &mut tile, w, &mut scratch_d);
         check_finite_tile(&tile, m, w, w, q0, c0, ("queries", "database"))?;
         for (sel, row) in selectors.iter_mut().zip(tile.chunks(w)) {
             let mut thresh = sel.threshold();

@@ -1,11 +1,12 @@
-//! Retrieval bindings: similarity, exact top-k and Recall@K over 2-d float arrays.
+//! Retrieval bindings: similarity, exact top-k, Recall@K and near-duplicate pairs over 2-d
+//! float arrays.
 //!
 //! The Python layer (`ferroclip/retrieval.py`) validates and converts once; here arrays
 //! must already be C-contiguous float32 (float16 allowed for the database side). Inputs
 //! are borrowed, never copied; outputs are Rust `Vec`s handed to numpy without a copy.
 
 use ferroclip_core::similarity::Embeddings;
-use ferroclip_core::{recall, similarity as core_similarity, topk as core_topk};
+use ferroclip_core::{dedup, recall, similarity as core_similarity, topk as core_topk};
 use half::f16;
 use numpy::ndarray::{Array1, Array2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
@@ -119,9 +120,31 @@ fn recall_at_k<'py>(
     ))
 }
 
+/// Pairs `i < j` with `emb[i] . emb[j] >= threshold`: `(i int64, j int64, scores float32)`,
+/// sorted by (i, j).
+#[pyfunction]
+#[pyo3(signature = (emb, threshold, *, max_pairs, num_threads=None))]
+fn near_duplicates<'py>(
+    py: Python<'py>,
+    emb: Bound<'py, PyAny>,
+    threshold: f32,
+    max_pairs: usize,
+    num_threads: Option<usize>,
+) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f32>>)> {
+    let held = hold(&emb, "emb", true)?;
+    let e = view(&held, "emb")?;
+    let pairs = run_detached(py, || dedup::near_duplicates(&e, threshold, max_pairs, num_threads))?;
+    Ok((
+        Array1::from_vec(pairs.left).into_pyarray(py),
+        Array1::from_vec(pairs.right).into_pyarray(py),
+        Array1::from_vec(pairs.scores).into_pyarray(py),
+    ))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(similarity, m)?)?;
     m.add_function(wrap_pyfunction!(topk, m)?)?;
     m.add_function(wrap_pyfunction!(recall_at_k, m)?)?;
+    m.add_function(wrap_pyfunction!(near_duplicates, m)?)?;
     Ok(())
 }

@@ -5,9 +5,13 @@
 # Usage: bash benches/run.sh [--quick]     (reports go to benches/results/*-<arch>.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ]; then SUDO_CMD=; else SUDO_CMD=sudo; fi
 if ! command -v nasm >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nasm
+    $SUDO_CMD apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO_CMD apt-get install -y -qq nasm
+fi
+# Fashion-MNIST (real labelled pixels, offline) for the probe benchmark; optional.
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    $SUDO_CMD apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || echo "dataset-fashion-mnist not installable: probe benchmark uses synthetic features" >&2
 fi
 python3 -m pip install -q ".[bench]"
 arch=$(uname -m)

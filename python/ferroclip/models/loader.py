@@ -59,7 +59,9 @@ def load_model(
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``; default float16 on CUDA and
             float32 elsewhere.
         preprocess: override the checkpoint's preprocessing (needed for a bare ``.onnx``).
-        num_threads: preprocessing threads (default: all cores).
+        num_threads: preprocessing threads (default: all cores with an accelerator, 1 when
+            the model runs on CPU, where the model needs the cores). On the ONNX backend
+            this also sets ONNX Runtime's intra-op threads.
         fast: DCT-domain JPEG downscaling (faster, not bit-exact; see :class:`Preprocessor`).
         use_safetensors: ``True`` loads safetensors weights only; ``None`` falls back to a
             ``.bin`` checkpoint (read by transformers with ``weights_only=True``).

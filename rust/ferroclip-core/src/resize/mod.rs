@@ -562,6 +562,55 @@ mod tests {
         }
     }
 
+    /// Hand-made tap sets straddling the `maddubs` limit for the high halves (a pair is
+    /// fine up to `255 * (hi_a + hi_b) <= 32767`, i.e. taps a little above 2^22): the AVX2
+    /// horizontal pass must take its byte path only where exact, and match either way.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_horizontal_high_halves_near_the_byte_limit() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = Rng(0x5eed_cafe_f00d_0003);
+        let limit: i32 = 64 * 65536 + 32767; // the largest tap whose high half is 64
+        let picks = [limit, limit + 1, limit - 1, -limit, 65 * 65536, -(65 * 65536), 1 << 22, 0, 1, -1, 32767, 32768];
+        for case in 0..300 {
+            let (w, h) = (rng.between(2, 40), rng.between(1, 9));
+            let n_taps = rng.between(1, 3);
+            let ow = rng.between(1, 12);
+            let mut bounds = Vec::new();
+            let mut k = vec![0i32; ow * n_taps];
+            // Window starts never decrease along the axis, as in every real set.
+            let mut starts: Vec<usize> = (0..ow).map(|_| rng.below(w)).collect();
+            starts.sort_unstable();
+            for (ox, &s0) in starts.iter().enumerate() {
+                let n = rng.between(1, n_taps.min(w - s0));
+                let start = s0;
+                for t in 0..n {
+                    // Keep the scalar sum in i32 range (255 * sum |k| < 2^31).
+                    k[ox * n_taps + t] = if rng.below(2) == 0 {
+                        picks[rng.below(picks.len())]
+                    } else {
+                        rng.below(2 * limit as usize + 1) as i32 - limit
+                    };
+                }
+                bounds.push((start, n));
+            }
+            let coeffs = Coeffs { ksize: n_taps, bounds, k };
+            let src = if case % 3 == 0 {
+                RgbImage { width: w, height: h, data: vec![255; w * h * 3] }
+            } else {
+                random_image(&mut rng, w, h)
+            };
+            let cols = Span { src: 0, dst: 0, len: ow };
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            horizontal(&src, 0..h, &coeffs, cols, &mut a);
+            // SAFETY: checked above that the CPU has AVX2.
+            unsafe { avx2::horizontal(&src, 0..h, &coeffs, cols, &mut b) };
+            assert_eq!(a, b, "case {case}: {w}x{h}, taps {:?}", coeffs.k);
+        }
+    }
+
     #[test]
     fn same_size_is_a_copy() {
         let src = gradient(13, 9);

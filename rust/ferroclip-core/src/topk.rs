@@ -1,8 +1,9 @@
 //! Exact top-k by dot product, fused with the blocked product.
 //!
-//! Each task scores one block of queries against one slice of the database, one
-//! `QUERY_BLOCK x DB_BLOCK` tile at a time (1 MiB, stays in L2), and keeps a k-element heap
-//! per query; the `Q x N` score matrix never exists. Slices are merged at the end. Few
+//! Each task scores one block of up to `TOPK_QUERY_BLOCK` queries against one slice of the
+//! database, one `TOPK_QUERY_BLOCK x DB_BLOCK` tile at a time (4 MiB, in L3; the larger
+//! block amortises sgemm's packing of each database block), and keeps a k-element heap per
+//! query; the `Q x N` score matrix never exists. Slices are merged at the end. Few
 //! queries (one, typically) are split over database slices so every thread has work.
 //!
 //! Order is a stable descending sort: higher score first, equal scores by lower database

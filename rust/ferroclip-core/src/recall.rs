@@ -185,16 +185,152 @@ fn summarize(prefix: &str, ranks: &[Vec<i64>], ks: &[usize], out: &mut Vec<(Stri
     out.push((format!("{prefix}_mean_rank"), mean));
 }
 
+/// Ranks of one query's positives, counted tile by tile from the positives' scores known
+/// up front, with exactly the result of `ranks_of` on the full row when those scores are
+/// the row's (which `one_pass` verifies bit for bit).
+struct RankCounter {
+    /// Few positives (`<= 32`): ascending index, one counting pass per positive and tile.
+    /// Many: in stable-descending-sort order, one pass with a binary search per candidate.
+    positives: Vec<(usize, f32)>,
+    /// Few: the rank so far of each positive. Many: difference array (see `ranks_of`).
+    counts: Vec<i64>,
+    many: bool,
+}
+
+impl RankCounter {
+    fn new(positives: &[usize], score: &[f32]) -> Self {
+        let mut p: Vec<(usize, f32)> = positives.iter().map(|&t| (t, score[t])).collect();
+        let many = p.len() > 32;
+        if many {
+            let precedes = |a: &(usize, f32), b: &(usize, f32)| a.1 > b.1 || (a.1 == b.1 && a.0 < b.0);
+            p.sort_unstable_by(|a, b| if precedes(a, b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+            p.dedup_by_key(|x| x.0);
+        } else {
+            p.sort_unstable_by_key(|x| x.0);
+            p.dedup_by_key(|x| x.0);
+        }
+        let counts = vec![0i64; p.len() + usize::from(many)];
+        Self { positives: p, counts, many }
+    }
+
+    /// Count candidates `c0..c0 + seg.len()` (scores `seg`, all finite).
+    #[inline(always)]
+    fn add(&mut self, seg: &[f32], c0: usize) {
+        if !self.many {
+            for (count, &(p, s)) in self.counts.iter_mut().zip(&self.positives) {
+                // Candidates before p precede it when >= its score, from p on when >.
+                let split = p.saturating_sub(c0).min(seg.len());
+                let ge = seg[..split].iter().fold(0u32, |n, &x| n + u32::from(x >= s));
+                let gt = seg[split..].iter().fold(0u32, |n, &x| n + u32::from(x > s));
+                *count += i64::from(ge + gt);
+            }
+            return;
+        }
+        let worst = self.positives.last().expect("many positives").1;
+        for (jj, &x) in seg.iter().enumerate() {
+            if x < worst {
+                continue; // below every positive: precedes none
+            }
+            let j = c0 + jj;
+            let first = self.positives.partition_point(|&(p, s)| !(x > s || (x == s && j < p)));
+            self.counts[first] += 1;
+        }
+    }
+
+    /// The positives' ranks, ascending.
+    fn finish(self) -> Vec<i64> {
+        let mut counts = self.counts;
+        if self.many {
+            let mut acc = 0;
+            counts.pop();
+            for c in &mut counts {
+                acc += *c;
+                *c = acc;
+            }
+        } else {
+            counts.sort_unstable();
+        }
+        counts
+    }
+}
+
+/// Everything `one_pass` counts on one finished tile (rows `r0..`, texts `c0..c0 + w`).
+#[inline(always)]
+fn count_tile_generic<'p>(
+    tile: &[f32],
+    w: usize,
+    (r0, c0): (usize, usize),
+    counters: &mut [RankCounter],
+    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    positive: &[f32],
+    threshold: &mut [f32],
+    before: &mut [u32],
+) -> bool {
+    let mut consistent = true;
+    for (r, (row, counter)) in tile.chunks_exact(w).zip(counters.iter_mut()).enumerate() {
+        counter.add(row, c0);
+        for &t in captions_of(r0 + r) {
+            if let Some(j) = t.checked_sub(c0).filter(|&j| j < w) {
+                consistent &= row[j].to_bits() == positive[t].to_bits();
+                threshold[j] = positive[t];
+            }
+        }
+        for ((count, &x), &th) in before.iter_mut().zip(row).zip(&*threshold) {
+            *count += u32::from(x > th);
+        }
+    }
+    consistent
+}
+
+/// `count_tile_generic` compiled for AVX2 (the counting loops are most of its time).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn count_tile_avx2<'p>(
+    tile: &[f32],
+    w: usize,
+    at: (usize, usize),
+    counters: &mut [RankCounter],
+    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    positive: &[f32],
+    threshold: &mut [f32],
+    before: &mut [u32],
+) -> bool {
+    count_tile_generic(tile, w, at, counters, captions_of, positive, threshold, before)
+}
+
+fn count_tile<'p>(
+    tile: &[f32],
+    w: usize,
+    at: (usize, usize),
+    counters: &mut [RankCounter],
+    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    positive: &[f32],
+    threshold: &mut [f32],
+    before: &mut [u32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { count_tile_avx2(tile, w, at, counters, captions_of, positive, threshold, before) };
+    }
+    count_tile_generic(tile, w, at, counters, captions_of, positive, threshold, before)
+}
+
 /// Both directions from ONE image x text product (half the FLOPs of scoring each way).
 ///
-/// Image strips are scored against all texts; each image row is ranked as usual (i2t),
-/// and each text's rank among images (t2i) is accumulated as a count, over strips, of the
-/// images that precede its own: scoring above its positive score, or equal with a lower
-/// index. That needs each text's positive score up front, computed by the same sgemm
-/// kernel on the pair alone. sgemm's value for a pair does not depend on the tile (fixed
-/// k order), and we verify it: every positive score is compared bit for bit with the one
-/// in its strip, and on any difference (or for tiny inputs that use the dot kernel) this
-/// returns `None` and the caller scores each direction separately.
+/// Image strips are scored against all texts one `QUERY_BLOCK x DB_BLOCK` tile at a time,
+/// and both directions are counted while the tile is in cache (a strip's scores never
+/// exist as a whole): each image's ranks of its captions (i2t, `RankCounter`), and each
+/// text's count, over strips, of the images that precede its own (t2i): scoring above its
+/// positive score, or equal with a lower index. Both need each text's positive score up
+/// front, computed by the same sgemm kernel on the pair alone. sgemm's value for a pair
+/// does not depend on the tile (fixed k order), and we verify it: every positive score is
+/// compared bit for bit with the one in its tile, and on any difference (or for tiny inputs
+/// that use the dot kernel) this returns `None` and the caller scores each direction
+/// separately.
 fn one_pass<'p>(
     images: &Embeddings<'_>,
     texts: &Embeddings<'_>,
@@ -228,46 +364,45 @@ fn one_pass<'p>(
             }
         }
     }
-    let strip = QUERY_BLOCK.min((STRIP_ELEMS / nt).max(1));
-    let blocks = ni.div_ceil(strip);
+    let blocks = ni.div_ceil(QUERY_BLOCK);
+    let width = DB_BLOCK.min(nt);
     let per_block = run_parallel(num_threads, |parallel| {
         map_range(parallel, blocks, |b| -> Result<(Vec<Vec<i64>>, Vec<u32>, bool)> {
-            let (r0, r1) = (b * strip, ((b + 1) * strip).min(ni));
+            let (r0, r1) = (b * QUERY_BLOCK, ((b + 1) * QUERY_BLOCK).min(ni));
             let m = r1 - r0;
             let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
             let qb = images.block(r0, r1, &mut scratch_q);
-            let mut scores = vec![0.0f32; m * nt];
+            let mut counters: Vec<RankCounter> = (r0..r1).map(|i| RankCounter::new(captions_of(i), &positive)).collect();
+            let mut tile = vec![0.0f32; m * width];
+            let mut threshold = vec![0.0f32; width];
+            let mut before = vec![0u32; nt];
+            let mut consistent = true;
             let mut c0 = 0;
             while c0 < nt {
                 let c1 = (c0 + DB_BLOCK).min(nt);
-                score_block(Kernel::Gemm, &qb, m, texts, (c0, c1), &mut scores[c0..], nt, &mut scratch_c);
-                check_finite_tile(&scores[c0..], m, c1 - c0, nt, r0, c0, ("image_emb", "text_emb"))?;
+                let w = c1 - c0;
+                score_block(Kernel::Gemm, &qb, m, texts, (c0, c1), &mut tile, w, &mut scratch_c);
+                check_finite_tile(&tile, m, w, w, r0, c0, ("image_emb", "text_emb"))?;
+                // Image i precedes text t's image when it scores above it, or equal with i
+                // lower: `x > threshold[t]`, the threshold being one float below the
+                // positive score while i < image_of[t] (so equal counts), the score itself
+                // from then on (set when the tile reaches t's image row).
+                for (th, (&p, &img)) in threshold.iter_mut().zip(positive[c0..c1].iter().zip(&image_of[c0..c1])) {
+                    *th = if r0 < img { p.next_down() } else { p };
+                }
+                consistent &= count_tile(
+                    &tile[..m * w],
+                    w,
+                    (r0, c0),
+                    &mut counters,
+                    captions_of,
+                    &positive,
+                    &mut threshold[..w],
+                    &mut before[c0..c1],
+                );
                 c0 = c1;
             }
-            let mut ranks = Vec::with_capacity(m);
-            let mut before = vec![0u32; nt];
-            let mut consistent = true;
-            // Image i precedes text t's image when it scores above it, or equal with i lower:
-            // `x > threshold[t]`, the threshold being one float below the positive score
-            // while i < image_of[t] (so equal counts), the score itself from then on.
-            let mut threshold: Vec<f32> = positive
-                .iter()
-                .zip(image_of)
-                .map(|(&p, &img)| if r0 < img { p.next_down() } else { p })
-                .collect();
-            for (r, row) in scores.chunks(nt).enumerate() {
-                let i = r0 + r;
-                let caps = captions_of(i);
-                ranks.push(ranks_of(row, caps));
-                for &t in caps {
-                    consistent &= row[t].to_bits() == positive[t].to_bits();
-                    threshold[t] = positive[t];
-                }
-                for ((count, &x), &th) in before.iter_mut().zip(row).zip(&threshold) {
-                    *count += u32::from(x > th);
-                }
-            }
-            Ok((ranks, before, consistent))
+            Ok((counters.into_iter().map(RankCounter::finish).collect(), before, consistent))
         })
     })?;
     let mut i2t = Vec::with_capacity(ni);
@@ -454,15 +589,21 @@ mod tests {
         // Then real values of a long dimension: sgemm must give a pair the same bits alone
         // (positive scores) as inside a tile, or `one_pass` would return None.
         for (d, real) in [(5, false), (300, true)] {
-            check_one_pass(2 * QUERY_BLOCK + 9, 600, d, real);
+            check_one_pass(2 * QUERY_BLOCK + 9, 600, d, real, &|t, ni| (t * 31) % (ni - 4));
+        }
+        // Several text tiles, and images with many captions (over 32: the binary-search
+        // counter) next to images with a few, with and without ties.
+        let many = |t: usize, ni: usize| if t % 3 == 0 { (t / 3) % 7 } else { (t * 31) % (ni - 4) };
+        for (d, real) in [(3, false), (40, true)] {
+            check_one_pass(QUERY_BLOCK + 9, 2 * DB_BLOCK + 50, d, real, &many);
         }
     }
 
-    fn check_one_pass(ni: usize, nt: usize, d: usize, real: bool) {
+    fn check_one_pass(ni: usize, nt: usize, d: usize, real: bool, image_of: &dyn Fn(usize, usize) -> usize) {
         let value = |x: usize, a: usize, b: usize| if real { ((x * a + b) as f32 * 0.618).sin() } else { ((x * a + b) % 3) as f32 - 1.0 };
         let img: Vec<f32> = (0..ni * d).map(|x| value(x, 7, 3)).collect();
         let txt: Vec<f32> = (0..nt * d).map(|x| value(x, 13, 5)).collect();
-        let t2i: Vec<usize> = (0..nt).map(|t| (t * 31) % (ni - 4)).collect();
+        let t2i: Vec<usize> = (0..nt).map(|t| image_of(t, ni)).collect();
         let ei = Embeddings::f32(&img, ni, d, "image_emb").unwrap();
         let et = Embeddings::f32(&txt, nt, d, "text_emb").unwrap();
         let mut caps = vec![Vec::new(); ni];

@@ -173,7 +173,8 @@ pub(crate) unsafe fn block_product_raw(
         return crate::dot::dots(q, m, Rows::F32(d), n, dim, out, ldc, &mut Vec::new());
     }
     // q is m x k row-major; d seen column-major is k x n, i.e. d transposed; out has row
-    // stride ldc. matrixmultiply picks the AVX/FMA kernel at run time.
+    // stride ldc. matrixmultiply picks its kernel at run time (AVX-512 16x16 where present,
+    // else AVX2/FMA 8x8); the packing is a strided gather per element from these layouts.
     matrixmultiply::sgemm(
         m,
         dim,

@@ -1,8 +1,9 @@
 //! Exact top-k by dot product, fused with the blocked product.
 //!
-//! Each task scores one block of queries against one slice of the database, one
-//! `QUERY_BLOCK x DB_BLOCK` tile at a time (1 MiB, stays in L2), and keeps a k-element heap
-//! per query; the `Q x N` score matrix never exists. Slices are merged at the end. Few
+//! Each task scores one block of up to `TOPK_QUERY_BLOCK` queries against one slice of the
+//! database, one `TOPK_QUERY_BLOCK x DB_BLOCK` tile at a time (4 MiB, in L3; the larger
+//! block amortises sgemm's packing of each database block), and keeps a k-element heap per
+//! query; the `Q x N` score matrix never exists. Slices are merged at the end. Few
 //! queries (one, typically) are split over database slices so every thread has work.
 //!
 //! Order is a stable descending sort: higher score first, equal scores by lower database
@@ -12,6 +13,11 @@
 use crate::batch::{resolve_num_threads, run_parallel};
 use crate::error::Result;
 use crate::similarity::{check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+
+/// Queries per task: more than `QUERY_BLOCK`, so each database block is packed for sgemm
+/// (a strided gather, see `similarity::block_product_raw`) fewer times per FLOP; the
+/// larger score tile (4 MiB) is read once by the selection, from L3.
+const TOPK_QUERY_BLOCK: usize = 4 * QUERY_BLOCK;
 
 /// Heap entries allowed per task before query blocks shrink (large k).
 const MAX_HEAP_ENTRIES: usize = 1 << 22;
@@ -100,6 +106,48 @@ impl Selector {
     }
 }
 
+/// Offer every score of a finished tile (`w` candidates from `c0` per row) to its row's
+/// selector, in index order. Most scores fall below the threshold once the heap is full,
+/// so 32 at a time are first tested together (vectorised), and only a chunk holding a
+/// candidate is walked one by one.
+#[inline(always)]
+fn select_tile_generic(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) {
+    const CHUNK: usize = 32;
+    for (sel, row) in selectors.iter_mut().zip(tile.chunks_exact(w)) {
+        let mut thresh = sel.threshold();
+        for (ci, chunk) in row.chunks(CHUNK).enumerate() {
+            if !chunk.iter().fold(false, |hit, &s| hit | (s >= thresh)) {
+                continue;
+            }
+            for (j, &s) in chunk.iter().enumerate() {
+                if s >= thresh {
+                    sel.push(Cand { score: s, index: c0 + ci * CHUNK + j });
+                    thresh = sel.threshold();
+                }
+            }
+        }
+    }
+}
+
+/// `select_tile_generic` compiled for AVX2.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn select_tile_avx2(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) {
+    select_tile_generic(selectors, tile, w, c0);
+}
+
+fn select_tile(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { select_tile_avx2(selectors, tile, w, c0) };
+    }
+    select_tile_generic(selectors, tile, w, c0);
+}
+
 /// Score queries `q0..q1` against database rows `d0..d1`; one sorted list per query.
 fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, (q0, q1): (usize, usize), (d0, d1): (usize, usize)) -> Result<Vec<Vec<Cand>>> {
     let m = q1 - q0;
@@ -113,15 +161,7 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
         let w = c1 - c0;
         score_block(kernel, &qb, m, database, (c0, c1), &mut tile, w, &mut scratch_d);
         check_finite_tile(&tile, m, w, w, q0, c0, ("queries", "database"))?;
-        for (sel, row) in selectors.iter_mut().zip(tile.chunks(w)) {
-            let mut thresh = sel.threshold();
-            for (j, &s) in row.iter().enumerate() {
-                if s >= thresh {
-                    sel.push(Cand { score: s, index: c0 + j });
-                    thresh = sel.threshold();
-                }
-            }
-        }
+        select_tile(&mut selectors, &tile[..m * w], w, c0);
         c0 = c1;
     }
     Ok(selectors.into_iter().map(Selector::into_sorted).collect())
@@ -138,7 +178,7 @@ pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_t
     if nq == 0 || k == 0 {
         return Ok(TopK { k, scores: Vec::new(), indices: Vec::new() });
     }
-    let qb_size = QUERY_BLOCK.min((MAX_HEAP_ENTRIES / k).max(1));
+    let qb_size = TOPK_QUERY_BLOCK.min((MAX_HEAP_ENTRIES / k).max(1));
     let q_blocks = nq.div_ceil(qb_size);
     let threads = resolve_num_threads(num_threads);
     let d_blocks = n.div_ceil(DB_BLOCK);

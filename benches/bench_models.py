@@ -14,6 +14,9 @@ Rows (images/s from 640x480 JPEG files, median of repeats, batch 32):
   * preprocessing only     - ferroclip's Preprocessor vs transformers' processor.
 Text rows: 256 captions through each tokenizer + text tower.
 
+Each thread count is measured in its own fresh process: thread pools spun up for one
+setting (torch's OpenMP, ONNX Runtime's) otherwise linger and distort the next.
+
 It also exports the ViT-B/32 to ONNX and reports ferroclip's export check (max abs diff of
 unnormalised embeddings vs PyTorch on fresh inputs).
 
@@ -23,11 +26,13 @@ Run: python benches/bench_models.py [--quick] [--threads 1 2] [--out benches/res
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import gzip
 import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +90,90 @@ def build_checkpoint(root: Path) -> Path:
     return path
 
 
+def measure(t: int, ckpt: Path, onnx_dir: Path, paths: list[str], repeats: int) -> tuple[list, list]:
+    """All rows for one thread count, in a fresh process (see main): thread pools of one
+    setting must not linger into the next."""
+    import onnxruntime as ort
+    import open_clip
+    import torch
+    from transformers import AutoModel, AutoTokenizer, CLIPImageProcessorPil
+
+    n_images = len(paths)
+    hf_model = AutoModel.from_pretrained(ckpt, attn_implementation="sdpa").eval()
+    hf_proc = CLIPImageProcessorPil.from_pretrained(ckpt)
+    hf_tok = AutoTokenizer.from_pretrained(ckpt)
+    oc_model, _, oc_transform = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    oc_model.eval()
+    oc_tok = open_clip.get_tokenizer("ViT-B-32")
+
+    img_rows, txt_rows = [], []
+    torch.set_num_threads(t)
+    fc_torch = ferroclip.load_model(ckpt, device="cpu")  # preprocessing: 1 thread on CPU (the default)
+    fc_onnx = ferroclip.load_model(onnx_dir)
+    for sess_tower in (fc_onnx.backend.vision, fc_onnx.backend.text):  # same intra-op threads as the peers
+        sess_tower.session = ort.InferenceSession(str(sess_tower.path), _ort_options(t), providers=["CPUExecutionProvider"])
+    x = torch.from_numpy(fc_torch.preprocessor.preprocess(paths[:BATCH]).pixel_values)
+    sess = ort.InferenceSession(str(onnx_dir / "vision.onnx"), _ort_options(t), providers=["CPUExecutionProvider"])
+
+    def hf_e2e() -> None:
+        for s in range(0, n_images, BATCH):
+            imgs = [Image.open(p) for p in paths[s : s + BATCH]]
+            with torch.inference_mode():
+                hf_model.get_image_features(**hf_proc(images=imgs, return_tensors="pt"))
+
+    def oc_e2e() -> None:
+        for s in range(0, n_images, BATCH):
+            batch = torch.stack([oc_transform(Image.open(p)) for p in paths[s : s + BATCH]])
+            with torch.inference_mode():
+                oc_model.encode_image(batch)
+
+    def torch_only() -> None:
+        with torch.inference_mode():
+            hf_model.get_image_features(pixel_values=x)
+
+    def ort_only() -> None:
+        sess.run(None, {"pixel_values": x.numpy()})
+
+    pre = ferroclip.Preprocessor(fc_torch.preprocess_config, num_threads=t)
+    cases = {
+        "ferroclip torch": (lambda: fc_torch.encode_images(paths, batch_size=BATCH, progress=False), n_images),
+        "ferroclip onnx": (lambda: fc_onnx.encode_images(paths, batch_size=BATCH, progress=False), n_images),
+        "transformers (PIL processor + model)": (hf_e2e, n_images),
+        "open_clip (transform + model)": (oc_e2e, n_images),
+        "model only: torch forward": (torch_only, BATCH),
+        "model only: onnxruntime": (ort_only, BATCH),
+        "preprocessing only: ferroclip": (lambda: pre.preprocess(paths), n_images),
+        "preprocessing only: transformers PIL": (lambda: hf_proc(images=[Image.open(p) for p in paths], return_tensors="np"), n_images),
+    }
+    for name, (fn, count) in cases.items():
+        sec = median_time(fn, repeats)
+        img_rows.append([name, str(t), f"{count / sec:.1f}"])
+        print(f"{t} thr  {name:40s} {count / sec:8.1f} img/s", file=sys.stderr)
+
+    texts = CAPTIONS[:256]
+
+    def hf_text() -> None:
+        for s in range(0, len(texts), 64):
+            with torch.inference_mode():
+                hf_model.get_text_features(**hf_tok(texts[s : s + 64], padding=True, truncation=True, return_tensors="pt"))
+
+    def oc_text() -> None:
+        for s in range(0, len(texts), 64):
+            with torch.inference_mode():
+                oc_model.encode_text(oc_tok(texts[s : s + 64]))
+
+    for name, fn in {
+        "ferroclip torch": lambda: fc_torch.encode_texts(texts, batch_size=64),
+        "ferroclip onnx": lambda: fc_onnx.encode_texts(texts, batch_size=64),
+        "transformers (tokenizer + model, longest padding)": hf_text,
+        "open_clip (tokenizer + model, 77 tokens)": oc_text,
+    }.items():
+        sec = median_time(fn, repeats)
+        txt_rows.append([name, str(t), f"{len(texts) / sec:.1f}"])
+        print(f"{t} thr  {name:50s} {len(texts) / sec:8.1f} texts/s", file=sys.stderr)
+    return img_rows, txt_rows
+
+
 def _ort_options(threads: int):
     from ferroclip.models.onnx_backend import session_options
 
@@ -101,11 +190,6 @@ def main() -> None:
     n_images = 64 if args.quick else 128
     repeats = 1 if args.quick else 3
 
-    import onnxruntime as ort
-    import open_clip
-    import torch
-    from transformers import AutoModel, AutoTokenizer, CLIPImageProcessorPil
-
     tmp = Path(tempfile.mkdtemp(prefix="ferroclip-bench-models-"))
     print(f"building a random-weight ViT-B/32 checkpoint and {n_images} JPEGs in {tmp}", file=sys.stderr)
     ckpt = build_checkpoint(tmp)
@@ -121,79 +205,13 @@ def main() -> None:
     export_s = time.perf_counter() - t0
     check = json.loads((onnx_dir / "ferroclip_onnx.json").read_text())["check"]
 
-    hf_model = AutoModel.from_pretrained(ckpt, attn_implementation="sdpa").eval()
-    hf_proc = CLIPImageProcessorPil.from_pretrained(ckpt)
-    hf_tok = AutoTokenizer.from_pretrained(ckpt)
-    oc_model, _, oc_transform = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
-    oc_model.eval()
-    oc_tok = open_clip.get_tokenizer("ViT-B-32")
-
+    ctx = multiprocessing.get_context("spawn")
     img_rows, txt_rows = [], []
     for t in threads:
-        torch.set_num_threads(t)
-        fc_torch = ferroclip.load_model(ckpt, device="cpu")  # preprocessing: 1 thread on CPU (the default)
-        fc_onnx = ferroclip.load_model(onnx_dir)
-        for sess_tower in (fc_onnx.backend.vision, fc_onnx.backend.text):  # same intra-op threads as the peers
-            sess_tower.session = ort.InferenceSession(str(sess_tower.path), _ort_options(t), providers=["CPUExecutionProvider"])
-        x = torch.from_numpy(fc_torch.preprocessor.preprocess(paths[:BATCH]).pixel_values)
-        sess = ort.InferenceSession(str(onnx_dir / "vision.onnx"), _ort_options(t), providers=["CPUExecutionProvider"])
-
-        def hf_e2e() -> None:
-            for s in range(0, n_images, BATCH):
-                imgs = [Image.open(p) for p in paths[s : s + BATCH]]
-                with torch.inference_mode():
-                    hf_model.get_image_features(**hf_proc(images=imgs, return_tensors="pt"))
-
-        def oc_e2e() -> None:
-            for s in range(0, n_images, BATCH):
-                batch = torch.stack([oc_transform(Image.open(p)) for p in paths[s : s + BATCH]])
-                with torch.inference_mode():
-                    oc_model.encode_image(batch)
-
-        def torch_only() -> None:
-            with torch.inference_mode():
-                hf_model.get_image_features(pixel_values=x)
-
-        def ort_only() -> None:
-            sess.run(None, {"pixel_values": x.numpy()})
-
-        pre = ferroclip.Preprocessor(fc_torch.preprocess_config, num_threads=t)
-        cases = {
-            "ferroclip torch": (lambda: fc_torch.encode_images(paths, batch_size=BATCH, progress=False), n_images),
-            "ferroclip onnx": (lambda: fc_onnx.encode_images(paths, batch_size=BATCH, progress=False), n_images),
-            "transformers (PIL processor + model)": (hf_e2e, n_images),
-            "open_clip (transform + model)": (oc_e2e, n_images),
-            "model only: torch forward": (torch_only, BATCH),
-            "model only: onnxruntime": (ort_only, BATCH),
-            "preprocessing only: ferroclip": (lambda: pre.preprocess(paths), n_images),
-            "preprocessing only: transformers PIL": (lambda: hf_proc(images=[Image.open(p) for p in paths], return_tensors="np"), n_images),
-        }
-        for name, (fn, count) in cases.items():
-            sec = median_time(fn, repeats)
-            img_rows.append([name, str(t), f"{count / sec:.1f}"])
-            print(f"{t} thr  {name:40s} {count / sec:8.1f} img/s", file=sys.stderr)
-
-        texts = CAPTIONS[:256]
-
-        def hf_text() -> None:
-            for s in range(0, len(texts), 64):
-                with torch.inference_mode():
-                    hf_model.get_text_features(**hf_tok(texts[s : s + 64], padding=True, truncation=True, return_tensors="pt"))
-
-        def oc_text() -> None:
-            for s in range(0, len(texts), 64):
-                with torch.inference_mode():
-                    oc_model.encode_text(oc_tok(texts[s : s + 64]))
-
-        for name, fn in {
-            "ferroclip torch": lambda: fc_torch.encode_texts(texts, batch_size=64),
-            "ferroclip onnx": lambda: fc_onnx.encode_texts(texts, batch_size=64),
-            "transformers (tokenizer + model, longest padding)": hf_text,
-            "open_clip (tokenizer + model, 77 tokens)": oc_text,
-        }.items():
-            sec = median_time(fn, repeats)
-            txt_rows.append([name, str(t), f"{len(texts) / sec:.1f}"])
-            print(f"{t} thr  {name:50s} {len(texts) / sec:8.1f} texts/s", file=sys.stderr)
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            rows_i, rows_t = pool.submit(measure, t, ckpt, onnx_dir, paths, repeats).result()
+        img_rows += rows_i
+        txt_rows += rows_t
 
     report = [
         "# Embedding throughput (CPU, ViT-B/32-sized CLIP, random weights)\n",

@@ -93,16 +93,7 @@ pub fn near_duplicates(emb: &Embeddings<'_>, threshold: f32, max_pairs: usize, n
 mod tests {
     use super::*;
     use crate::similarity::similarity;
-
-    fn ints(len: usize, seed: u64, levels: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                ((x >> 33) % levels) as f32 - (levels / 2) as f32
-            })
-            .collect()
-    }
+    use crate::test_data::small_ints;
 
     fn brute(emb: &Embeddings<'_>, threshold: f32) -> Pairs {
         let n = emb.rows();
@@ -124,7 +115,7 @@ mod tests {
     fn matches_brute_force_across_blocks() {
         // Rows span several row and column blocks; few levels make many equal scores.
         for (n, dim) in [(QUERY_BLOCK + 37, 3), (2, 5), (DB_BLOCK + QUERY_BLOCK + 1, 4)] {
-            let data = ints(n * dim, n as u64, 3);
+            let data = small_ints(n * dim, n as u64, 3);
             let emb = Embeddings::f32(&data, n, dim, "embeddings").unwrap();
             for threshold in [3.0, 4.0, 100.0] {
                 let want = brute(&emb, threshold);

@@ -16,6 +16,8 @@ pub mod resize;
 pub mod similarity;
 pub mod topk;
 pub mod recall;
+#[cfg(test)]
+mod test_data;
 
 pub use error::{Error, ItemError, Origin, Result};
 pub use pipeline::{PreprocessSpec, Source};

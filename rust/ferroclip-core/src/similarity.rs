@@ -339,17 +339,9 @@ mod tests {
         out
     }
 
-    /// Small integers: every product and sum is exact in f32, so any order gives one answer.
-    fn ints(len: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 7) as f32 - 3.0
-            })
-            .collect()
+    /// Small integers (7 levels): every product and sum is exact in f32, so any order gives one answer.
+    fn ints(len: usize, seed: u64) -> Vec<f32> {
+        crate::test_data::small_ints(len, seed, 7)
     }
 
     #[test]

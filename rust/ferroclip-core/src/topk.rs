@@ -222,16 +222,7 @@ pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_t
 mod tests {
     use super::*;
     use crate::similarity::similarity;
-
-    fn lcg(len: usize, seed: u64, levels: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (0..len)
-            .map(|_| {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                ((x >> 33) % levels) as f32 - (levels / 2) as f32
-            })
-            .collect()
-    }
+    use crate::test_data::small_ints;
 
     /// Reference: full similarity matrix, stable sort by descending score.
     fn reference(q: &Embeddings<'_>, d: &Embeddings<'_>, k: usize) -> (Vec<f32>, Vec<i64>) {
@@ -250,8 +241,8 @@ mod tests {
     }
 
     fn check(nq: usize, n: usize, dim: usize, k: usize, levels: u64, threads: usize) {
-        let q = lcg(nq * dim, 1, levels);
-        let d = lcg(n * dim, 2, levels);
+        let q = small_ints(nq * dim, 1, levels);
+        let d = small_ints(n * dim, 2, levels);
         let eq = Embeddings::f32(&q, nq, dim, "queries").unwrap();
         let ed = Embeddings::f32(&d, n, dim, "database").unwrap();
         let got = topk(&eq, &ed, k, Some(threads)).unwrap();

@@ -58,6 +58,19 @@ def bad_crc(data: bytes) -> bytes:
     return bytes(out)
 
 
+def corrupt_tail(data: bytes) -> bytes:
+    """Stray markers only in the last tenth of the entropy data (rows below a centre crop)."""
+    out = bytearray(data)
+    for i in range(len(out) * 9 // 10, len(out) - 10, 7):
+        if out[i] != 0xFF and out[i - 1] != 0xFF:
+            out[i] = 0xFF
+    return bytes(out)
+
+
+# A tall photo: a centre crop reads only its middle rows, so the decoder skips the rest;
+# damage below the crop must still be reported, as PIL reports it.
+TALL_JPEG = encode(make_image(RNG, 120, 900, "RGB"), "JPEG")
+
 CASES = {
     "empty": (b"", ferroclip.ImageDecodeError),
     "random": (RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes(), ferroclip.UnsupportedFormatError),
@@ -65,6 +78,8 @@ CASES = {
     "jpeg_truncated": (GOOD_JPEG[: len(GOOD_JPEG) // 2], ferroclip.ImageDecodeError),
     "jpeg_progressive_truncated": (PROGRESSIVE[: len(PROGRESSIVE) // 3], ferroclip.ImageDecodeError),
     "jpeg_header_only": (GOOD_JPEG[:200], ferroclip.ImageDecodeError),
+    "jpeg_tall_truncated_below_crop": (TALL_JPEG[: len(TALL_JPEG) * 9 // 10], ferroclip.ImageDecodeError),
+    "jpeg_tall_corrupt_below_crop": (corrupt_tail(TALL_JPEG), ferroclip.ImageDecodeError),
     "jpeg_corrupt_entropy": (corrupt_entropy(GOOD_JPEG), ferroclip.ImageDecodeError),
     "png_truncated": (GOOD_PNG[: len(GOOD_PNG) // 2], ferroclip.ImageDecodeError),
     "png_bad_crc": (bad_crc(GOOD_PNG), ferroclip.ImageDecodeError),

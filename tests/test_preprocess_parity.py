@@ -100,6 +100,59 @@ def test_large_images_match_reference(width, height, fmt):
         assert diff <= TOL
 
 
+JPEG_SHAPES = [(640, 480), (451, 997), (1999, 37), (37, 1999), (230, 226)]
+
+
+@pytest.mark.parametrize("subsampling", ["4:4:4", "4:2:2", "4:2:0"])
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 7])
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpeg_region_decoding_matches_reference(subsampling, progressive, orientation, mode):
+    """The exact path asks libjpeg for only the columns and rows under the resize taps of
+    the centre crop (whole iMCU columns, skipped scanlines); the pixels must still be the
+    reference's, for every chroma layout, scan mode and orientation."""
+    rng = np.random.default_rng(len(subsampling) + orientation + progressive)
+    for width, height in JPEG_SHAPES:
+        img = make_image(rng, width, height, mode)
+        kw = {"progressive": progressive}
+        if mode != "L":
+            kw["subsampling"] = subsampling
+        data = encode(img, "JPEG", orientation=orientation, **kw)
+        for family in ("clip-224", "clip-336"):
+            ref = reference(FAMILIES[family][1], data)
+            got = PREPROCESSORS[family].preprocess([data]).pixel_values
+            diff = float(np.abs(got - ref).max())
+            record_parity(family, mode, "JPEG-region", diff)
+            assert diff <= TOL, f"{family} {width}x{height} {subsampling} prog={progressive} o={orientation}: {diff}"
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+@pytest.mark.parametrize(("width", "height"), [(640, 480), (2000, 1500), (1999, 37), (451, 997), (900, 900)])
+def test_fast_mode_equals_pil_draft_pipeline(width, height, orientation):
+    """Fast mode is exactly: libjpeg DCT-scaled decode (PIL's `draft`) at the largest
+    1/2, 1/4, 1/8 scale that keeps the resized size, then the reference resize from that
+    frame to the size computed from the full image, crop and normalise."""
+    rng = np.random.default_rng(width * height + orientation)
+    data = encode(make_image(rng, width, height, "RGB"), "JPEG", orientation=orientation)
+    dw, dh = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    short, long_ = min(dw, dh), max(dw, dh)
+    resized_long = int(224 * long_ / short)
+    rw, rh = (resized_long, 224) if dw >= dh else (224, resized_long)
+    d = next((d for d in (8, 4, 2) if -(-dw // d) >= rw and -(-dh // d) >= rh), 1)
+    pil = Image.open(io.BytesIO(data))
+    if d > 1:
+        pil.draft("RGB", (width // d, height // d))
+        assert pil.size == (-(-width // d), -(-height // d))
+    frame = ImageOps.exif_transpose(pil).convert("RGB").resize((rw, rh), Image.BICUBIC)
+    left, top = (rw - 224) // 2, (rh - 224) // 2
+    cropped = frame.crop((left, top, left + 224, top + 224))
+    ref = CLIPImageProcessorPil()(images=cropped, do_resize=False, do_center_crop=False, return_tensors="np")["pixel_values"]
+    got = Preprocessor(PreprocessConfig.clip(224), fast=True).preprocess([data]).pixel_values
+    diff = float(np.abs(got - ref).max())
+    record_parity("clip-224", "RGB", "JPEG-fast-vs-draft", diff)
+    assert diff <= TOL, f"{width}x{height} o={orientation} scale 1/{d}: {diff}"
+
+
 @settings(max_examples=80)
 @given(
     fmt_mode=st.sampled_from(FORMAT_MODES),

@@ -3,11 +3,11 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use crate::decode::{self, AlphaMode, DecodeOptions, Decoded, RgbImage};
+use crate::decode::{self, AlphaMode, DecodeOptions, Decoded, Hints, Rect, RgbImage};
 use crate::error::{Error, Result};
 use crate::geometry::{self, CropSpec, ResizeSpec};
 use crate::normalize::{write_chw, Lut, NormalizeSpec, OutElem};
-use crate::resize::{resize_window, Filter};
+use crate::resize::{self, resize_source, Filter};
 
 /// Default byte cap for one file: far above any real photo, far below memory.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
@@ -96,7 +96,8 @@ fn array_to_rgb(data: &[u8], height: usize, width: usize, channels: usize, alpha
     Ok(RgbImage { width, height, data })
 }
 
-/// Decode (or take) one source as the reference would see it.
+/// Decode (or take) one source as the reference would see it, skipping (JPEG only) the
+/// parts of the image that the resize and crop of `spec` never read.
 pub fn load_rgb(source: &Source<'_>, spec: &PreprocessSpec) -> Result<Decoded> {
     let chooser = |w: usize, h: usize| -> u32 {
         let (rw, rh) = geometry::resized_size(w, h, &spec.resize);
@@ -105,17 +106,23 @@ pub fn load_rgb(source: &Source<'_>, spec: &PreprocessSpec) -> Result<Decoded> {
             .find(|&d| w.div_ceil(d as usize) >= rw && h.div_ceil(d as usize) >= rh)
             .unwrap_or(1)
     };
-    let scale: decode::ScaleChooser<'_> =
-        if spec.jpeg_draft && spec.resize != ResizeSpec::None { Some(&chooser) } else { None };
+    let region = |(full_w, full_h): (usize, usize), (frame_w, frame_h): (usize, usize)| -> Rect {
+        let layout = geometry::layout(full_w, full_h, &spec.resize, spec.crop.as_ref());
+        resize::source_window(frame_w, frame_h, layout.resized_w, layout.resized_h, layout.x, layout.y, spec.filter)
+            .unwrap_or(Rect::whole(frame_w, frame_h))
+    };
+    let hints = Hints {
+        scale: if spec.jpeg_draft && spec.resize != ResizeSpec::None { Some(&chooser) } else { None },
+        region: Some(&region),
+    };
     match *source {
         Source::Path(p) => {
             let bytes = decode::read_file(p, spec.max_file_bytes)?;
-            decode::decode(&bytes, &spec.decode, scale)
+            decode::decode(&bytes, &spec.decode, hints)
         }
-        Source::Bytes(b) => decode::decode(b, &spec.decode, scale),
+        Source::Bytes(b) => decode::decode(b, &spec.decode, hints),
         Source::Array { data, height, width, channels } => {
-            let image = array_to_rgb(data, height, width, channels, spec.decode.alpha)?;
-            Ok(Decoded { full_width: image.width, full_height: image.height, image })
+            Ok(Decoded::whole(array_to_rgb(data, height, width, channels, spec.decode.alpha)?))
         }
     }
 }
@@ -134,8 +141,14 @@ pub fn preprocess_one<T: OutElem>(source: &Source<'_>, spec: &PreprocessSpec, ou
     }
     WINDOW.with(|w| -> Result<()> {
         let mut window = w.borrow_mut();
-        resize_window(
-            &decoded.image,
+        let src = resize::Source {
+            image: &decoded.image,
+            placed: decoded.placed,
+            frame_w: decoded.frame_width,
+            frame_h: decoded.frame_height,
+        };
+        resize_source(
+            src,
             layout.resized_w,
             layout.resized_h,
             layout.x,

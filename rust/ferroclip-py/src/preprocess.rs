@@ -243,13 +243,13 @@ fn decode_image<'py>(
         Held::Path(p) => {
             let p2 = p.clone();
             let r = py.detach(|| {
-                decode::read_file(&p2, pipeline::DEFAULT_MAX_FILE_BYTES).and_then(|b| decode::decode(&b, &opts, None))
+                decode::read_file(&p2, pipeline::DEFAULT_MAX_FILE_BYTES).and_then(|b| decode::decode(&b, &opts, decode::Hints::default()))
             });
             (r, Some(p.clone()))
         }
         Held::Bytes(b) => {
             let data = b.as_bytes();
-            (py.detach(|| decode::decode(data, &opts, None)), None)
+            (py.detach(|| decode::decode(data, &opts, decode::Hints::default())), None)
         }
         Held::Array(_) => return Err(PyTypeError::new_err("decode_image takes a path or bytes")),
     };

@@ -15,8 +15,11 @@ use image::metadata::Orientation;
 use mozjpeg_sys as ffi;
 
 use super::color::cmyk_to_rgb;
-use super::{check_pixels, DecodeOptions, RgbImage, ScaleChooser};
+use super::{check_pixels, stored_rect, DecodeOptions, Decoded, Hints, Rect, RgbImage};
 use crate::error::{Error, Result};
+
+/// Pixels kept beyond the requested region on each side (see `run`).
+const EDGE_MARGIN: usize = 2;
 
 /// Payload of the unwind raised by our libjpeg error handler.
 struct JpegFailure(String);
@@ -134,18 +137,18 @@ fn exif_orientation(data: &[u8]) -> Option<Orientation> {
     None
 }
 
+/// Decode in stored orientation; the caller applies the returned EXIF orientation.
 pub(super) fn decode_jpeg(
     data: &[u8],
     opts: &DecodeOptions,
-    scale: ScaleChooser<'_>,
-) -> Result<(RgbImage, Option<Orientation>, (usize, usize))> {
+    hints: Hints<'_>,
+) -> Result<(Decoded, Option<Orientation>)> {
     let orientation = if opts.apply_exif_orientation { exif_orientation(data) } else { None };
-    let swap = orientation.is_some_and(super::swaps_axes);
     let mut dec = Decompress::new(opts.max_scans);
-    let result = catch_unwind(AssertUnwindSafe(|| unsafe { run(&mut dec, data, opts, scale, swap) }));
+    let result = catch_unwind(AssertUnwindSafe(|| unsafe { run(&mut dec, data, opts, hints, orientation) }));
     drop(dec);
     match result {
-        Ok(r) => r.map(|(img, full)| (img, orientation, full)),
+        Ok(r) => r.map(|d| (d, orientation)),
         Err(payload) => match payload.downcast::<JpegFailure>() {
             Ok(f) => Err(Error::Decode(f.0)),
             Err(p) => std::panic::resume_unwind(p),
@@ -157,9 +160,10 @@ unsafe fn run(
     dec: &mut Decompress,
     data: &[u8],
     opts: &DecodeOptions,
-    scale: ScaleChooser<'_>,
-    swap: bool,
-) -> Result<(RgbImage, (usize, usize))> {
+    hints: Hints<'_>,
+    orientation: Option<Orientation>,
+) -> Result<Decoded> {
+    let swap = orientation.is_some_and(super::swaps_axes);
     let cinfo = &mut *dec.cinfo;
     ffi::jpeg_mem_src(cinfo, data.as_ptr(), data.len() as c_ulong);
     ffi::jpeg_read_header(cinfo, 1);
@@ -180,7 +184,7 @@ unsafe fn run(
     };
     cinfo.dct_method = ffi::J_DCT_METHOD::JDCT_ISLOW;
     cinfo.do_fancy_upsampling = 1;
-    if let Some(choose) = scale {
+    if let Some(choose) = hints.scale {
         // The chooser reasons about the displayed (EXIF-oriented) size.
         let denom = if swap { choose(h, w) } else { choose(w, h) };
         if matches!(denom, 2 | 4 | 8) {
@@ -189,12 +193,62 @@ unsafe fn run(
         }
     }
     ffi::jpeg_start_decompress(cinfo);
-    let (ow, oh) = (cinfo.output_width as usize, cinfo.output_height as usize);
+    let (fw, fh) = (cinfo.output_width as usize, cinfo.output_height as usize);
+    let want = match hints.region {
+        Some(region) => {
+            let (full, frame) = if swap { ((h, w), (fh, fw)) } else { ((w, h), (fw, fh)) };
+            let r = region(full, frame);
+            let r = match orientation {
+                Some(o) => stored_rect(o, r, fw, fh),
+                None => r,
+            };
+            if r.is_empty() || r.x1 > fw || r.y1 > fh {
+                Rect::whole(fw, fh)
+            } else {
+                // Fancy upsampling treats the edges of a cropped span like image edges,
+                // so the outermost produced columns differ from a full decode: keep them
+                // out of what the caller reads.
+                Rect {
+                    x0: r.x0.saturating_sub(EDGE_MARGIN),
+                    y0: r.y0.saturating_sub(EDGE_MARGIN),
+                    x1: (r.x1 + EDGE_MARGIN).min(fw),
+                    y1: (r.y1 + EDGE_MARGIN).min(fh),
+                }
+            }
+        }
+        None => Rect::whole(fw, fh),
+    };
+    let mut x0 = 0;
+    if want.x0 > 0 || want.x1 < fw {
+        // libjpeg widens the span to whole iMCU columns; inside the margin the columns
+        // it produces are those of a full decode (checked against PIL in the parity tests).
+        let (mut xoff, mut width) = (want.x0 as ffi::JDIMENSION, (want.x1 - want.x0) as ffi::JDIMENSION);
+        ffi::jpeg_crop_scanline(cinfo, &mut xoff, &mut width);
+        x0 = xoff as usize;
+    }
+    let ow = cinfo.output_width as usize;
     let comps = cinfo.output_components as usize;
-    let mut raw = vec![0u8; ow * oh * comps];
-    while (cinfo.output_scanline as usize) < oh {
-        let y = cinfo.output_scanline as usize;
+    if want.y0 > 0 {
+        ffi::jpeg_skip_scanlines(cinfo, want.y0 as ffi::JDIMENSION);
+    }
+    let rows = want.y1 - want.y0;
+    let mut raw = vec![0u8; ow * rows * comps];
+    while (cinfo.output_scanline as usize) < want.y1 {
+        let y = cinfo.output_scanline as usize - want.y0;
         let mut row = raw[y * ow * comps..].as_mut_ptr();
+        ffi::jpeg_read_scanlines(cinfo, &mut row, 1);
+    }
+    if want.y1 < fh {
+        // Skipping up to the last row still entropy-decodes the skipped rows; reading
+        // that last row makes libjpeg decode to the end of the data (a skip to the end
+        // would stop at once), so corrupt or truncated data below the region is
+        // reported exactly as a full decode reports it.
+        let rest = (fh - want.y1) as ffi::JDIMENSION;
+        if rest > 1 {
+            ffi::jpeg_skip_scanlines(cinfo, rest - 1);
+        }
+        let mut last = vec![0u8; ow * comps];
+        let mut row = last.as_mut_ptr();
         ffi::jpeg_read_scanlines(cinfo, &mut row, 1);
     }
     ffi::jpeg_finish_decompress(cinfo);
@@ -209,7 +263,14 @@ unsafe fn run(
             .collect(),
         n => return Err(Error::Unsupported(format!("JPEG with {n} output components"))),
     };
-    Ok((RgbImage { width: ow, height: oh, data }, (w, h)))
+    Ok(Decoded {
+        image: RgbImage { width: ow, height: rows, data },
+        placed: Rect { x0, y0: want.y0, x1: x0 + ow, y1: want.y1 },
+        frame_width: fw,
+        frame_height: fh,
+        full_width: w,
+        full_height: h,
+    })
 }
 
 #[cfg(test)]

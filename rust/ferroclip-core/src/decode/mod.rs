@@ -84,17 +84,101 @@ pub fn sniff_format(data: &[u8]) -> Option<Format> {
     }
 }
 
-/// Chooses the libjpeg DCT scale denominator (1, 2, 4 or 8) from the full image size.
-/// `None` means decode at full size (the exact path).
-pub type ScaleChooser<'a> = Option<&'a dyn Fn(usize, usize) -> u32>;
+/// A half-open pixel rectangle `[x0, x1) x [y0, y1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
 
-/// A decoded image and the size it has at full resolution (after EXIF orientation), which
-/// differs from `image`'s only when fast mode decoded a JPEG at reduced scale.
+impl Rect {
+    #[must_use]
+    pub fn whole(width: usize, height: usize) -> Self {
+        Self { x0: 0, y0: 0, x1: width, y1: height }
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.x1 <= self.x0 || self.y1 <= self.y0
+    }
+}
+
+/// What the caller will do with the pixels, so the decoder can skip work it would throw
+/// away. Only JPEG uses them; other formats are always decoded whole at full size.
+#[derive(Clone, Copy, Default)]
+pub struct Hints<'a> {
+    /// Fast mode: the libjpeg DCT scale denominator (1, 2, 4 or 8) for an image of this
+    /// displayed (EXIF-oriented) full size. `None` decodes at full size (the exact path).
+    pub scale: Option<&'a dyn Fn(usize, usize) -> u32>,
+    /// The part of the decoded frame the caller reads, given the displayed full size and
+    /// the displayed frame size (smaller in fast mode). Everything the caller computes
+    /// from that part must be the same as from the whole frame: the resize only reads the
+    /// columns and rows under its taps, so a centre crop of a wide photo needs ~75% of
+    /// its columns, and libjpeg can skip the IDCT, upsampling and colour conversion of
+    /// the rest (`jpeg_crop_scanline`, `jpeg_skip_scanlines`) without changing a pixel
+    /// of the part it does produce.
+    pub region: Option<&'a dyn Fn((usize, usize), (usize, usize)) -> Rect>,
+}
+
+/// A decoded image: `image` covers `placed` of a `frame_width` x `frame_height` frame
+/// (the whole frame unless the decoder honoured `Hints::region`), and the image is
+/// `full_width` x `full_height` at full resolution (after EXIF orientation), which differs
+/// from the frame only when fast mode decoded a JPEG at reduced scale.
 #[derive(Debug, Clone)]
 pub struct Decoded {
     pub image: RgbImage,
+    pub placed: Rect,
+    pub frame_width: usize,
+    pub frame_height: usize,
     pub full_width: usize,
     pub full_height: usize,
+}
+
+impl Decoded {
+    /// A whole image at full resolution.
+    #[must_use]
+    pub fn whole(image: RgbImage) -> Self {
+        let (w, h) = (image.width, image.height);
+        Self { image, placed: Rect::whole(w, h), frame_width: w, frame_height: h, full_width: w, full_height: h }
+    }
+}
+
+/// Where the pixels of `r`, a rectangle of a stored `w` x `h` image, land once `o` is
+/// applied (as `apply_orientation` does it).
+#[must_use]
+pub fn oriented_rect(o: Orientation, r: Rect, w: usize, h: usize) -> Rect {
+    let flip_x = |r: Rect, w: usize| Rect { x0: w - r.x1, x1: w - r.x0, ..r };
+    let flip_y = |r: Rect, h: usize| Rect { y0: h - r.y1, y1: h - r.y0, ..r };
+    let transpose = |r: Rect| Rect { x0: r.y0, x1: r.y1, y0: r.x0, y1: r.x1 };
+    match o {
+        Orientation::NoTransforms => r,
+        Orientation::FlipHorizontal => flip_x(r, w),
+        Orientation::FlipVertical => flip_y(r, h),
+        Orientation::Rotate180 => flip_y(flip_x(r, w), h),
+        // Displayed (x, y) = (h - 1 - y_s, x_s): transpose, then mirror the new x (width h).
+        Orientation::Rotate90 => flip_x(transpose(r), h),
+        // Displayed (x, y) = (y_s, w - 1 - x_s).
+        Orientation::Rotate270 => flip_y(transpose(r), w),
+        // EXIF 5, the transpose.
+        Orientation::Rotate90FlipH => transpose(r),
+        // EXIF 7, the transverse.
+        Orientation::Rotate270FlipH => flip_y(flip_x(transpose(r), h), w),
+    }
+}
+
+/// The inverse of `oriented_rect`: the stored rectangle whose pixels display as `r`
+/// (`w` x `h` is the stored size).
+#[must_use]
+pub fn stored_rect(o: Orientation, r: Rect, w: usize, h: usize) -> Rect {
+    let inverse = match o {
+        Orientation::Rotate90 => Orientation::Rotate270,
+        Orientation::Rotate270 => Orientation::Rotate90,
+        other => other,
+    };
+    let (dw, dh) = if swaps_axes(o) { (h, w) } else { (w, h) };
+    oriented_rect(inverse, r, dw, dh)
 }
 
 /// Whether an orientation swaps width and height.
@@ -108,8 +192,8 @@ pub fn swaps_axes(o: Orientation) -> bool {
 
 /// Decode an encoded image to RGB8, honouring `opts`.
 ///
-/// `scale` only affects JPEG: it lets fast mode decode at 1/2, 1/4 or 1/8 size in the DCT domain.
-pub fn decode(data: &[u8], opts: &DecodeOptions, scale: ScaleChooser<'_>) -> Result<Decoded> {
+/// `hints` only affect JPEG (see `Hints`); the pixels produced are the same either way.
+pub fn decode(data: &[u8], opts: &DecodeOptions, hints: Hints<'_>) -> Result<Decoded> {
     if data.is_empty() {
         return Err(Error::Decode("empty input (0 bytes)".into()));
     }
@@ -119,22 +203,23 @@ pub fn decode(data: &[u8], opts: &DecodeOptions, scale: ScaleChooser<'_>) -> Res
             hex_prefix(data)
         ))
     })?;
-    let (image, orientation, (full_w, full_h)) = match format {
-        Format::Jpeg => jpeg::decode_jpeg(data, opts, scale)?,
+    let stored = match format {
+        Format::Jpeg => jpeg::decode_jpeg(data, opts, hints)?,
         other => {
             let (img, o) = color::decode_with_image_rs(data, other, opts)?;
-            let dims = (img.width, img.height);
-            (img, o, dims)
+            (Decoded::whole(img), o)
         }
     };
-    let (image, full_width, full_height) = match orientation {
-        Some(o) if opts.apply_exif_orientation && o != Orientation::NoTransforms => {
-            let (fw, fh) = if swaps_axes(o) { (full_h, full_w) } else { (full_w, full_h) };
-            (apply_orientation(image, o), fw, fh)
+    Ok(match stored {
+        (d, Some(o)) if opts.apply_exif_orientation && o != Orientation::NoTransforms => {
+            let swap = swaps_axes(o);
+            let placed = oriented_rect(o, d.placed, d.frame_width, d.frame_height);
+            let (frame_width, frame_height) = if swap { (d.frame_height, d.frame_width) } else { (d.frame_width, d.frame_height) };
+            let (full_width, full_height) = if swap { (d.full_height, d.full_width) } else { (d.full_width, d.full_height) };
+            Decoded { image: apply_orientation(d.image, o), placed, frame_width, frame_height, full_width, full_height }
         }
-        _ => (image, full_w, full_h),
-    };
-    Ok(Decoded { image, full_width, full_height })
+        (d, _) => d,
+    })
 }
 
 fn hex_prefix(data: &[u8]) -> String {
@@ -179,7 +264,41 @@ mod tests {
     #[test]
     fn empty_and_garbage_are_errors() {
         let o = DecodeOptions::default();
-        assert!(matches!(decode(b"", &o, None), Err(Error::Decode(_))));
-        assert!(matches!(decode(b"not an image", &o, None), Err(Error::Unsupported(_))));
+        assert!(matches!(decode(b"", &o, Hints::default()), Err(Error::Decode(_))));
+        assert!(matches!(decode(b"not an image", &o, Hints::default()), Err(Error::Unsupported(_))));
+    }
+
+    /// `oriented_rect` against `apply_orientation` itself: every pixel of a stored
+    /// rectangle (marked) must land inside the predicted rectangle, which it fills.
+    #[test]
+    fn rects_follow_apply_orientation() {
+        let (w, h) = (7usize, 5usize);
+        let r = Rect { x0: 1, y0: 2, x1: 5, y1: 4 };
+        for o in [
+            Orientation::NoTransforms,
+            Orientation::FlipHorizontal,
+            Orientation::FlipVertical,
+            Orientation::Rotate180,
+            Orientation::Rotate90,
+            Orientation::Rotate270,
+            Orientation::Rotate90FlipH,
+            Orientation::Rotate270FlipH,
+        ] {
+            let mut data = vec![0u8; w * h * 3];
+            for y in r.y0..r.y1 {
+                for x in r.x0..r.x1 {
+                    data[(y * w + x) * 3] = 1;
+                }
+            }
+            let out = apply_orientation(RgbImage { width: w, height: h, data }, o);
+            let got = oriented_rect(o, r, w, h);
+            for y in 0..out.height {
+                for x in 0..out.width {
+                    let inside = (got.x0..got.x1).contains(&x) && (got.y0..got.y1).contains(&y);
+                    assert_eq!(out.data[(y * out.width + x) * 3] == 1, inside, "{o:?} at {x},{y}: {got:?}");
+                }
+            }
+            assert_eq!(stored_rect(o, got, w, h), r, "{o:?}");
+        }
     }
 }

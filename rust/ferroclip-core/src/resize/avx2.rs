@@ -75,6 +75,7 @@ fn push_pairs(k: &[i32], out: &mut Vec<Pair>) {
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn horizontal(
     src: &RgbImage,
+    x0: usize,
     rows: std::ops::Range<usize>,
     coeffs: &Coeffs,
     cols: Span,
@@ -87,13 +88,14 @@ pub(super) unsafe fn horizontal(
     if ow == 0 || n_rows == 0 {
         return;
     }
-    // Pairs start at even pixels from `base` on.
-    let base = (cols.src..cols.src + ow)
+    // Pairs start at even pixels from `base` on (in frame coordinates; `src` starts at
+    // frame column `x0`, so a pixel's bytes are at `(x - x0) * 3`).
+    let first_tap = (cols.src..cols.src + ow)
         .filter(|&i| coeffs.bounds[i].1 > 0)
         .map(|i| coeffs.bounds[i].0)
         .min()
-        .unwrap_or(0)
-        & !1;
+        .unwrap_or(x0);
+    let base = (first_tap & !1).max(x0);
     // Per output column: (first pixel pair, pair count, index of its first tap pair).
     let mut cols_meta = Vec::with_capacity(ow);
     let mut pairs = Vec::with_capacity(ow * (coeffs.ksize / 2 + 2));
@@ -118,7 +120,7 @@ pub(super) unsafe fn horizontal(
         cols_meta.push((m0, np, first));
     }
     // The last 16-byte load starts at pixel base + 2 (n_m - 1).
-    let reach = if n_m > 0 { (base + 2 * (n_m - 1)) * 3 + 16 } else { 0 };
+    let reach = if n_m > 0 { (base - x0 + 2 * (n_m - 1)) * 3 + 16 } else { 0 };
     let stride = src.width * 3;
     let data = &src.data;
     // Rows whose loads would run past the end of the image are read from a padded copy.
@@ -163,7 +165,7 @@ pub(super) unsafe fn horizontal(
         let p = [0, 1, 2, 3].map(|i| row_ptr(rows.start + (r + i).min(last)));
         let valid = (n_rows - r).min(4);
         for m in 0..n_m {
-            let off = (base + 2 * m) * 3;
+            let off = (base - x0 + 2 * m) * 3;
             let v0 = _mm256_shuffle_epi8(load2(p[0].add(off), p[1].add(off)), mask);
             let v1 = _mm256_shuffle_epi8(load2(p[2].add(off), p[3].add(off)), mask);
             if bytes {

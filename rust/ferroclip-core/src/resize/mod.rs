@@ -7,7 +7,7 @@
 //! the very same bytes as resizing the whole image and cropping afterwards, at a fraction
 //! of the cost.
 
-use crate::decode::RgbImage;
+use crate::decode::{Rect, RgbImage};
 use crate::error::{Error, Result};
 use crate::geometry::Span;
 
@@ -135,6 +135,7 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 #[inline(always)]
 fn horizontal(
     src: &RgbImage,
+    x0: usize,
     rows: std::ops::Range<usize>,
     coeffs: &Coeffs,
     cols: Span,
@@ -156,7 +157,7 @@ fn horizontal(
     for b in 0..full_blocks {
         let y0 = rows.start + b * 8;
         for r in 0..8 {
-            let line = &src.row(y0 + r)[x_lo * 3..x_hi * 3];
+            let line = &src.row(y0 + r)[(x_lo - x0) * 3..(x_hi - x0) * 3];
             for (i, &v) in line.iter().enumerate() {
                 block[i * 8 + r] = v;
             }
@@ -187,7 +188,7 @@ fn horizontal(
         let dst = &mut out[oy * ow * 3..(oy + 1) * ow * 3];
         for (ox, px) in dst.chunks_exact_mut(3).enumerate() {
             let (start, k) = coeffs.taps(cols.src + ox);
-            let taps = &line[start * 3..(start + k.len()) * 3];
+            let taps = &line[(start - x0) * 3..(start - x0 + k.len()) * 3];
             let (mut r, mut g, mut b) = (HALF, HALF, HALF);
             for (p, &c) in taps.chunks_exact(3).zip(k) {
                 r = r.wrapping_add(i32::from(p[0]).wrapping_mul(c));
@@ -279,12 +280,21 @@ impl Kernels {
         Kernels::Portable
     }
 
-    fn horizontal(self, src: &RgbImage, rows: std::ops::Range<usize>, coeffs: &Coeffs, cols: Span, out: &mut Vec<u8>) {
+    /// `src` holds columns `x0..` of the frame; `rows` index `src`.
+    fn horizontal(
+        self,
+        src: &RgbImage,
+        x0: usize,
+        rows: std::ops::Range<usize>,
+        coeffs: &Coeffs,
+        cols: Span,
+        out: &mut Vec<u8>,
+    ) {
         match self {
-            Kernels::Portable => horizontal(src, rows, coeffs, cols, out),
+            Kernels::Portable => horizontal(src, x0, rows, coeffs, cols, out),
             // SAFETY: `Avx2` exists only when the CPU has AVX2 (`detect`).
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { avx2::horizontal(src, rows, coeffs, cols, out) },
+            Kernels::Avx2 => unsafe { avx2::horizontal(src, x0, rows, coeffs, cols, out) },
         }
     }
 
@@ -296,6 +306,47 @@ impl Kernels {
             Kernels::Avx2 => unsafe { avx2::vertical(src, src_w, row0, coeffs, rows, out) },
         }
     }
+}
+
+/// A decoded image that may hold only part of its frame: `image` is the rectangle
+/// `placed` of a `frame_w` x `frame_h` image (see `decode::Hints::region`).
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub image: &'a RgbImage,
+    pub placed: Rect,
+    pub frame_w: usize,
+    pub frame_h: usize,
+}
+
+impl<'a> Source<'a> {
+    /// The whole of `image`.
+    #[must_use]
+    pub fn whole(image: &'a RgbImage) -> Self {
+        Self { image, placed: Rect::whole(image.width, image.height), frame_w: image.width, frame_h: image.height }
+    }
+}
+
+/// The rectangle of a `frame_w` x `frame_h` source that producing the window `xs` x `ys`
+/// of its `out_w` x `out_h` resize reads: the union of the taps of the window's columns
+/// and rows. `None` when the window is empty.
+#[must_use]
+pub fn source_window(frame_w: usize, frame_h: usize, out_w: usize, out_h: usize, xs: Span, ys: Span, filter: Filter) -> Option<Rect> {
+    if xs.len == 0 || ys.len == 0 || xs.src + xs.len > out_w || ys.src + ys.len > out_h {
+        return None;
+    }
+    let span = |in_size: usize, out_size: usize, w: Span| -> (usize, usize) {
+        if in_size == out_size {
+            return (w.src, w.src + w.len);
+        }
+        let c = cached_coeffs(in_size, out_size, filter);
+        let taps = (w.src..w.src + w.len).map(|i| c.bounds[i]).filter(|&(_, n)| n > 0);
+        let lo = taps.clone().map(|(s, _)| s).min().unwrap_or(0);
+        let hi = taps.map(|(s, n)| s + n).max().unwrap_or(in_size);
+        (lo, hi.max(lo))
+    };
+    let (x0, x1) = span(frame_w, out_w, xs);
+    let (y0, y1) = span(frame_h, out_h, ys);
+    Some(Rect { x0, y0, x1, y1 })
 }
 
 /// Resize `src` to `out_w` x `out_h` as Pillow would, but produce only the window
@@ -312,7 +363,21 @@ pub fn resize_window(
     filter: Filter,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    resize_window_impl(src, out_w, out_h, xs, ys, filter, out, Kernels::detect())
+    resize_impl(Source::whole(src), out_w, out_h, xs, ys, filter, out, Kernels::detect())
+}
+
+/// `resize_window` over a source that may hold only part of its frame; the window's
+/// `source_window` must lie inside `src.placed`.
+pub fn resize_source(
+    src: Source<'_>,
+    out_w: usize,
+    out_h: usize,
+    xs: Span,
+    ys: Span,
+    filter: Filter,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    resize_impl(src, out_w, out_h, xs, ys, filter, out, Kernels::detect())
 }
 
 /// The same computation with the portable kernels only (kept callable for tests).
@@ -325,12 +390,12 @@ pub fn resize_window_portable(
     filter: Filter,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    resize_window_impl(src, out_w, out_h, xs, ys, filter, out, Kernels::Portable)
+    resize_impl(Source::whole(src), out_w, out_h, xs, ys, filter, out, Kernels::Portable)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn resize_window_impl(
-    src: &RgbImage,
+fn resize_impl(
+    src: Source<'_>,
     out_w: usize,
     out_h: usize,
     xs: Span,
@@ -344,29 +409,38 @@ fn resize_window_impl(
             "window {xs:?} x {ys:?} is outside the {out_w}x{out_h} output"
         )));
     }
+    let Source { image, placed, frame_w, frame_h } = src;
+    if image.width != placed.x1 - placed.x0 || image.height != placed.y1 - placed.y0 {
+        return Err(Error::InvalidArgument(format!("image {}x{} does not fill {placed:?}", image.width, image.height)));
+    }
     // Every byte of the window is written below; resizing without clearing skips a memset
     // when the buffer is reused for an image of the same size.
     out.resize(xs.len * ys.len * 3, 0);
     if xs.len == 0 || ys.len == 0 {
         return Ok(());
     }
-    let need_h = out_w != src.width;
-    let need_v = out_h != src.height;
+    let need = source_window(frame_w, frame_h, out_w, out_h, xs, ys, filter).unwrap_or(placed);
+    if need.x0 < placed.x0 || need.x1 > placed.x1 || need.y0 < placed.y0 || need.y1 > placed.y1 {
+        return Err(Error::InvalidArgument(format!("the window reads {need:?}, the source holds only {placed:?}")));
+    }
+    let (x0, y0) = (placed.x0, placed.y0);
+    let need_h = out_w != frame_w;
+    let need_v = out_h != frame_h;
     // PIL's `Image.resize` resamples very tall images (height > 100 x width) that shrink
     // vertically in the other order: vertical pass first, then horizontal.
-    if need_h && need_v && src.height > src.width * 100 && out_h < src.height {
-        let vcoeffs = cached_coeffs(src.height, out_h, filter);
+    if need_h && need_v && frame_h > frame_w * 100 && out_h < frame_h {
+        let vcoeffs = cached_coeffs(frame_h, out_h, filter);
         let mut rows = INTER.take();
-        rows.resize(src.width * ys.len * 3, 0);
-        kernels.vertical(&src.data, src.width, 0, &vcoeffs, ys, &mut rows);
-        let tall = RgbImage { width: src.width, height: ys.len, data: rows };
-        let hcoeffs = cached_coeffs(src.width, out_w, filter);
-        kernels.horizontal(&tall, 0..ys.len, &hcoeffs, xs, out);
+        rows.resize(image.width * ys.len * 3, 0);
+        kernels.vertical(&image.data, image.width, y0, &vcoeffs, ys, &mut rows);
+        let tall = RgbImage { width: image.width, height: ys.len, data: rows };
+        let hcoeffs = cached_coeffs(frame_w, out_w, filter);
+        kernels.horizontal(&tall, x0, 0..ys.len, &hcoeffs, xs, out);
         INTER.set(tall.data);
         return Ok(());
     }
-    let vcoeffs = need_v.then(|| cached_coeffs(src.height, out_h, filter));
-    // Source rows the window needs.
+    let vcoeffs = need_v.then(|| cached_coeffs(frame_h, out_h, filter));
+    // Source rows (of the frame) the window needs.
     let (row0, row1) = match &vcoeffs {
         Some(c) => {
             let first = c.bounds[ys.src].0;
@@ -377,15 +451,15 @@ fn resize_window_impl(
     };
     let mut tmp = INTER.take();
     let (inter, inter_w): (&[u8], usize) = if need_h {
-        let hcoeffs = cached_coeffs(src.width, out_w, filter);
-        kernels.horizontal(src, row0..row1, &hcoeffs, xs, &mut tmp);
+        let hcoeffs = cached_coeffs(frame_w, out_w, filter);
+        kernels.horizontal(image, x0, row0 - y0..row1 - y0, &hcoeffs, xs, &mut tmp);
         (&tmp, xs.len)
     } else {
         // No horizontal pass: the window's columns come straight from the source.
         tmp.clear();
         tmp.reserve((row1 - row0) * xs.len * 3);
         for y in row0..row1 {
-            tmp.extend_from_slice(&src.row(y)[xs.src * 3..(xs.src + xs.len) * 3]);
+            tmp.extend_from_slice(&image.row(y - y0)[(xs.src - x0) * 3..(xs.src - x0 + xs.len) * 3]);
         }
         (&tmp, xs.len)
     };
@@ -607,9 +681,9 @@ mod tests {
             };
             let cols = Span { src: 0, dst: 0, len: ow };
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            horizontal(&src, 0..h, &coeffs, cols, &mut a);
+            horizontal(&src, 0, 0..h, &coeffs, cols, &mut a);
             // SAFETY: checked above that the CPU has AVX2.
-            unsafe { avx2::horizontal(&src, 0..h, &coeffs, cols, &mut b) };
+            unsafe { avx2::horizontal(&src, 0, 0..h, &coeffs, cols, &mut b) };
             assert_eq!(a, b, "case {case}: {w}x{h}, taps {:?}", coeffs.k);
         }
     }
@@ -622,5 +696,51 @@ mod tests {
         let ys = Span { src: 0, dst: 0, len: 9 };
         resize_window(&src, 13, 9, xs, ys, Filter::Bicubic, &mut out).unwrap();
         assert_eq!(out, src.data);
+    }
+
+    /// A source holding only the part of its frame that `source_window` names (plus some
+    /// slack, at odd and even offsets) resizes to the same bytes as the whole frame, with
+    /// either kernel set; one column or row less is refused.
+    #[test]
+    fn partial_sources_resize_like_the_whole_frame() {
+        let cases = [(640, 480, 298, 224, 37, 224, 0, 224), (480, 640, 224, 298, 0, 224, 37, 224), (1920, 1080, 398, 224, 87, 224, 0, 224), (300, 200, 150, 100, 10, 50, 20, 60), (40, 30, 80, 60, 5, 60, 7, 40)];
+        for (fw, fh, ow, oh, xsrc, xlen, ysrc, ylen) in cases {
+            let frame = gradient(fw, fh);
+            let xs = Span { src: xsrc, dst: 0, len: xlen };
+            let ys = Span { src: ysrc, dst: 0, len: ylen };
+            let mut want = Vec::new();
+            resize_window(&frame, ow, oh, xs, ys, Filter::Bicubic, &mut want).unwrap();
+            let need = source_window(fw, fh, ow, oh, xs, ys, Filter::Bicubic).unwrap();
+            assert!(need.x1 <= fw && need.y1 <= fh);
+            for slack in [0usize, 1, 8] {
+                let placed = Rect {
+                    x0: need.x0.saturating_sub(slack),
+                    y0: need.y0.saturating_sub(slack),
+                    x1: (need.x1 + slack).min(fw),
+                    y1: (need.y1 + slack).min(fh),
+                };
+                let mut data = Vec::new();
+                for y in placed.y0..placed.y1 {
+                    data.extend_from_slice(&frame.row(y)[placed.x0 * 3..placed.x1 * 3]);
+                }
+                let image = RgbImage { width: placed.x1 - placed.x0, height: placed.y1 - placed.y0, data };
+                let src = Source { image: &image, placed, frame_w: fw, frame_h: fh };
+                for kernels in [Kernels::Portable, Kernels::detect()] {
+                    let mut got = Vec::new();
+                    resize_impl(src, ow, oh, xs, ys, Filter::Bicubic, &mut got, kernels).unwrap();
+                    assert_eq!(got, want, "{fw}x{fh} -> {ow}x{oh}, slack {slack}, {kernels:?}");
+                }
+            }
+            if need.x0 + 1 < need.x1 && need.x1 < fw {
+                let placed = Rect { x1: need.x1 - 1, ..need };
+                let mut data = Vec::new();
+                for y in placed.y0..placed.y1 {
+                    data.extend_from_slice(&frame.row(y)[placed.x0 * 3..placed.x1 * 3]);
+                }
+                let image = RgbImage { width: placed.x1 - placed.x0, height: placed.y1 - placed.y0, data };
+                let src = Source { image: &image, placed, frame_w: fw, frame_h: fh };
+                assert!(resize_source(src, ow, oh, xs, ys, Filter::Bicubic, &mut Vec::new()).is_err());
+            }
+        }
     }
 }

@@ -380,19 +380,6 @@ pub fn resize_source(
     resize_impl(src, out_w, out_h, xs, ys, filter, out, Kernels::detect())
 }
 
-/// The same computation with the portable kernels only (kept callable for tests).
-pub fn resize_window_portable(
-    src: &RgbImage,
-    out_w: usize,
-    out_h: usize,
-    xs: Span,
-    ys: Span,
-    filter: Filter,
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    resize_impl(Source::whole(src), out_w, out_h, xs, ys, filter, out, Kernels::Portable)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn resize_impl(
     src: Source<'_>,
@@ -532,7 +519,7 @@ mod tests {
             let all = |n| Span { src: 0, dst: 0, len: n };
             let (mut a, mut b) = (Vec::new(), Vec::new());
             resize_window(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, &mut a).unwrap();
-            resize_window_portable(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, &mut b).unwrap();
+            resize_impl(Source::whole(&src), ow, oh, all(ow), all(oh), Filter::Bicubic, &mut b, Kernels::Portable).unwrap();
             assert_eq!(a, b, "{w}x{h} -> {ow}x{oh}");
         }
     }
@@ -579,7 +566,7 @@ mod tests {
     fn assert_same(src: &RgbImage, ow: usize, oh: usize, xs: Span, ys: Span, filter: Filter) {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         resize_window(src, ow, oh, xs, ys, filter, &mut a).unwrap();
-        resize_window_portable(src, ow, oh, xs, ys, filter, &mut b).unwrap();
+        resize_impl(Source::whole(src), ow, oh, xs, ys, filter, &mut b, Kernels::Portable).unwrap();
         if a != b {
             let at = a.iter().zip(&b).position(|(x, y)| x != y);
             panic!(

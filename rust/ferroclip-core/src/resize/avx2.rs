@@ -23,14 +23,14 @@ use crate::geometry::Span;
 
 /// One tap pair `(k[2j], k[2j+1])` as two packed `(i16, i16)` words: low and high halves.
 #[derive(Clone, Copy, Default)]
-struct Pair {
-    lo: i32,
-    hi: i32,
+pub(super) struct Pair {
+    pub(super) lo: i32,
+    pub(super) hi: i32,
     /// The two high halves as `i8` bytes, twice (for `maddubs`); valid when `hi_bytes_ok`.
-    hb: i32,
+    pub(super) hb: i32,
     /// Whether `maddubs(pixels, hb)` is exact for this pair: both high halves fit `i8` and
     /// no pixel pair can saturate the `i16` pair sum (`255 * (|a| + |b|)` within range).
-    hi_bytes_ok: bool,
+    pub(super) hi_bytes_ok: bool,
 }
 
 fn split(k: i32) -> (u16, u16) {
@@ -57,9 +57,98 @@ fn pair(a: i32, b: i32) -> Pair {
 }
 
 /// Append the taps `k` as pairs (an odd count gets a zero partner).
-fn push_pairs(k: &[i32], out: &mut Vec<Pair>) {
+pub(super) fn push_pairs(k: &[i32], out: &mut Vec<Pair>) {
     for c in k.chunks(2) {
         out.push(pair(c[0], c.get(1).copied().unwrap_or(0)));
+    }
+}
+
+/// Per-call setup shared by the horizontal kernels: output columns as runs of tap pairs
+/// over pixel pairs counted from `base`.
+pub(super) struct HPlan {
+    /// First pixel (frame coordinates) of pixel pair 0.
+    pub base: usize,
+    /// Pixel pairs touched.
+    pub n_m: usize,
+    /// Per output column: (first pixel pair, pair count, index of its first tap pair).
+    pub cols_meta: Vec<(usize, usize, usize)>,
+    pub pairs: Vec<Pair>,
+    /// The high halves of the taps can go through one `maddubs` on the packed pixel bytes
+    /// instead of two `madd`s: exact for every pair (see `column_bytes`).
+    pub bytes: bool,
+}
+
+impl HPlan {
+    /// `x0` is the frame column where the source's pixels start.
+    pub fn new(coeffs: &Coeffs, cols: Span, x0: usize) -> Self {
+        let ow = cols.len;
+        // Pairs start at even pixels from `base` on (in frame coordinates; the source
+        // starts at frame column `x0`, so a pixel's bytes are at `(x - x0) * 3`).
+        let first_tap = (cols.src..cols.src + ow)
+            .filter(|&i| coeffs.bounds[i].1 > 0)
+            .map(|i| coeffs.bounds[i].0)
+            .min()
+            .unwrap_or(x0);
+        let base = (first_tap & !1).max(x0);
+        let mut cols_meta = Vec::with_capacity(ow);
+        let mut pairs = Vec::with_capacity(ow * (coeffs.ksize / 2 + 2));
+        let mut padded = Vec::with_capacity(coeffs.ksize + 2);
+        let mut n_m = 0usize;
+        for ox in 0..ow {
+            let (start, k) = coeffs.taps(cols.src + ox);
+            let first = pairs.len();
+            if k.is_empty() {
+                cols_meta.push((0, 0, first));
+                continue;
+            }
+            padded.clear();
+            if (start - base) % 2 == 1 {
+                padded.push(0);
+            }
+            padded.extend_from_slice(k);
+            push_pairs(&padded, &mut pairs);
+            let np = pairs.len() - first;
+            let m0 = (start - base) / 2;
+            n_m = n_m.max(m0 + np);
+            cols_meta.push((m0, np, first));
+        }
+        let bytes = pairs.iter().all(|p| p.hi_bytes_ok);
+        Self { base, n_m, cols_meta, pairs, bytes }
+    }
+}
+
+/// Source rows for 16-byte loads at byte offsets up to `(start + 2 (n_m - 1)) * 3`: rows
+/// whose loads would run past the end of the image are read from a padded copy.
+pub(super) struct RowSource<'a> {
+    data: &'a [u8],
+    stride: usize,
+    tail_from: usize,
+    tail: Vec<u8>,
+}
+
+impl<'a> RowSource<'a> {
+    pub fn new(src: &'a RgbImage, rows: std::ops::Range<usize>, start: usize, n_m: usize) -> Self {
+        // The last 16-byte load starts at pixel start + 2 (n_m - 1).
+        let reach = if n_m > 0 { (start + 2 * (n_m - 1)) * 3 + 16 } else { 0 };
+        let stride = src.width * 3;
+        let data = &src.data[..];
+        let safe_rows = if data.len() >= reach { (data.len() - reach) / stride + 1 } else { 0 }.min(src.height);
+        let tail_from = safe_rows.min(rows.end).max(rows.start);
+        let mut tail = Vec::new();
+        if tail_from < rows.end {
+            tail.extend_from_slice(&data[tail_from * stride..rows.end * stride]);
+            tail.resize(tail.len() + reach + 32, 0);
+        }
+        Self { data, stride, tail_from, tail }
+    }
+
+    #[inline]
+    pub fn ptr(&self, y: usize) -> *const u8 {
+        if y < self.tail_from {
+            self.data[y * self.stride..].as_ptr()
+        } else {
+            self.tail[(y - self.tail_from) * self.stride..].as_ptr()
+        }
     }
 }
 
@@ -88,56 +177,9 @@ pub(super) unsafe fn horizontal(
     if ow == 0 || n_rows == 0 {
         return;
     }
-    // Pairs start at even pixels from `base` on (in frame coordinates; `src` starts at
-    // frame column `x0`, so a pixel's bytes are at `(x - x0) * 3`).
-    let first_tap = (cols.src..cols.src + ow)
-        .filter(|&i| coeffs.bounds[i].1 > 0)
-        .map(|i| coeffs.bounds[i].0)
-        .min()
-        .unwrap_or(x0);
-    let base = (first_tap & !1).max(x0);
-    // Per output column: (first pixel pair, pair count, index of its first tap pair).
-    let mut cols_meta = Vec::with_capacity(ow);
-    let mut pairs = Vec::with_capacity(ow * (coeffs.ksize / 2 + 2));
-    let mut padded = Vec::with_capacity(coeffs.ksize + 2);
-    let mut n_m = 0usize;
-    for ox in 0..ow {
-        let (start, k) = coeffs.taps(cols.src + ox);
-        let first = pairs.len();
-        if k.is_empty() {
-            cols_meta.push((0, 0, first));
-            continue;
-        }
-        padded.clear();
-        if (start - base) % 2 == 1 {
-            padded.push(0);
-        }
-        padded.extend_from_slice(k);
-        push_pairs(&padded, &mut pairs);
-        let np = pairs.len() - first;
-        let m0 = (start - base) / 2;
-        n_m = n_m.max(m0 + np);
-        cols_meta.push((m0, np, first));
-    }
-    // The last 16-byte load starts at pixel base + 2 (n_m - 1).
-    let reach = if n_m > 0 { (base - x0 + 2 * (n_m - 1)) * 3 + 16 } else { 0 };
-    let stride = src.width * 3;
-    let data = &src.data;
-    // Rows whose loads would run past the end of the image are read from a padded copy.
-    let safe_rows = if data.len() >= reach { (data.len() - reach) / stride + 1 } else { 0 }.min(src.height);
-    let tail_from = safe_rows.min(rows.end).max(rows.start);
-    let mut tail = Vec::new();
-    if tail_from < rows.end {
-        tail.extend_from_slice(&data[tail_from * stride..rows.end * stride]);
-        tail.resize(tail.len() + reach + 32, 0);
-    }
-    let row_ptr = |y: usize| -> *const u8 {
-        if y < tail_from {
-            data.as_ptr().add(y * stride)
-        } else {
-            tail.as_ptr().add((y - tail_from) * stride)
-        }
-    };
+    let HPlan { base, n_m, cols_meta, pairs, bytes } = HPlan::new(coeffs, cols, x0);
+    let rows_src = RowSource::new(src, rows.clone(), base - x0, n_m);
+    let row_ptr = |y: usize| rows_src.ptr(y);
     let mask = _mm256_setr_epi8(
         0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1, //
         0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1,
@@ -148,9 +190,6 @@ pub(super) unsafe fn horizontal(
         0, 1, 2, 4, 5, 6, -1, -1, 8, 9, 10, 12, 13, 14, -1, -1,
     );
     let zero = _mm256_setzero_si256();
-    // The high halves of the taps go through one `maddubs` on the packed pixel bytes
-    // instead of two `madd`s when that is exact for every pair (see `column_bytes`).
-    let bytes = pairs.iter().all(|p| p.hi_bytes_ok);
     let per = if bytes { 1 } else { 2 };
     // Shuffled operands per pixel pair: rows 0 and 1, rows 2 and 3 (16-bit), or with
     // `bytes` the same four rows packed to bytes (lane 0: rows 0, 2; lane 1: rows 1, 3),

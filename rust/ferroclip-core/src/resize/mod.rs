@@ -13,6 +13,8 @@ use crate::geometry::Span;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Resampling filters, with Pillow's kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,13 +269,20 @@ enum Kernels {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512 horizontal pass, AVX2 vertical pass.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernels {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("avx512f") && has!("avx512bw") {
+                return Kernels::Avx512;
+            }
+            if has!("avx2") {
                 return Kernels::Avx2;
             }
         }
@@ -295,6 +304,9 @@ impl Kernels {
             // SAFETY: `Avx2` exists only when the CPU has AVX2 (`detect`).
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx2 => unsafe { avx2::horizontal(src, x0, rows, coeffs, cols, out) },
+            // SAFETY: `Avx512` exists only when the CPU has AVX-512F/BW and AVX2 (`detect`).
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::horizontal(src, x0, rows, coeffs, cols, out) },
         }
     }
 
@@ -303,7 +315,7 @@ impl Kernels {
             Kernels::Portable => vertical(src, src_w, row0, coeffs, rows, out),
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { avx2::vertical(src, src_w, row0, coeffs, rows, out) },
+            Kernels::Avx2 | Kernels::Avx512 => unsafe { avx2::vertical(src, src_w, row0, coeffs, rows, out) },
         }
     }
 }
@@ -672,6 +684,12 @@ mod tests {
             // SAFETY: checked above that the CPU has AVX2.
             unsafe { avx2::horizontal(&src, 0, 0..h, &coeffs, cols, &mut b) };
             assert_eq!(a, b, "case {case}: {w}x{h}, taps {:?}", coeffs.k);
+            if Kernels::detect() == Kernels::Avx512 {
+                let mut c = Vec::new();
+                // SAFETY: `detect` saw AVX-512F/BW.
+                unsafe { avx512::horizontal(&src, 0, 0..h, &coeffs, cols, &mut c) };
+                assert_eq!(a, c, "avx512 case {case}: {w}x{h}, taps {:?}", coeffs.k);
+            }
         }
     }
 

@@ -336,6 +336,31 @@ unsafe fn column_bytes(ops: *const __m256i, pairs: *const Pair, np: usize) -> (_
 /// bytes; the four results pack back to 32 bytes in order.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn vertical(src: &[u8], src_w: usize, row0: usize, coeffs: &Coeffs, rows: Span, out: &mut [u8]) {
+    // SAFETY: this function only runs with AVX2 (its own target feature).
+    vertical_rows(src, src_w, row0, coeffs, rows, out, 32, &|ptrs, pairs, at, dst| unsafe {
+        vertical_chunk(ptrs, pairs, at, dst)
+    });
+}
+
+/// A vertical kernel's work on `width` bytes of one output row: the source row pairs,
+/// their tap pairs, the byte offset in the row and where the result goes.
+pub(super) type VerticalChunk<'a> = &'a dyn Fn(&[(*const u8, *const u8)], &[Pair], usize, *mut u8);
+
+/// The row loop shared by the vertical kernels: per output row, its tap pairs and source
+/// row pairs, then `chunk` over the row `width` bytes at a time (rows narrower than that
+/// go through the scalar sum).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn vertical_rows(
+    src: &[u8],
+    src_w: usize,
+    row0: usize,
+    coeffs: &Coeffs,
+    rows: Span,
+    out: &mut [u8],
+    width: usize,
+    chunk: VerticalChunk<'_>,
+) {
     let stride = src_w * 3;
     assert!(out.len() >= rows.len * stride);
     let mut pairs = Vec::with_capacity(coeffs.ksize.div_ceil(2));
@@ -343,11 +368,11 @@ pub(super) unsafe fn vertical(src: &[u8], src_w: usize, row0: usize, coeffs: &Co
     for oy in 0..rows.len {
         let (start, k) = coeffs.taps(rows.src + oy);
         let dst = &mut out[oy * stride..(oy + 1) * stride];
-        if stride < 32 {
+        if stride < width {
             for (x, o) in dst.iter_mut().enumerate() {
                 let mut acc = HALF;
                 for (t, &c) in k.iter().enumerate() {
-                    acc = acc.wrapping_add(i32::from(src[(start + t - row0) * stride + x]) * c);
+                    acc = acc.wrapping_add(i32::from(src[(start + t - row0) * stride + x]).wrapping_mul(c));
                 }
                 *o = clip8(acc);
             }
@@ -367,16 +392,16 @@ pub(super) unsafe fn vertical(src: &[u8], src_w: usize, row0: usize, coeffs: &Co
         let mut x = 0;
         while x < stride {
             // The last chunk overlaps the previous one rather than running past the row.
-            let at = x.min(stride - 32);
-            vertical_chunk(&ptrs, &pairs, at, dst.as_mut_ptr().add(at));
-            x += 32;
+            let at = x.min(stride - width);
+            chunk(&ptrs, &pairs, at, dst.as_mut_ptr().add(at));
+            x += width;
         }
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn vertical_chunk(ptrs: &[(*const u8, *const u8)], pairs: &[Pair], at: usize, dst: *mut u8) {
+pub(super) unsafe fn vertical_chunk(ptrs: &[(*const u8, *const u8)], pairs: &[Pair], at: usize, dst: *mut u8) {
     let zero = _mm256_setzero_si256();
     let half = _mm256_set1_epi32(HALF);
     let (mut l0, mut l1, mut l2, mut l3) = (half, half, half, half);

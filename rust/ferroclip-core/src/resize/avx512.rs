@@ -1,18 +1,20 @@
-//! AVX-512 horizontal pass: the AVX2 byte-path kernel (`avx2::horizontal`) on eight rows
-//! at a time, one 128-bit lane per row pair, so every instruction does twice the work.
-//! Same integer operations in the same ring, so the bytes are identical (tested against
-//! the portable kernel). Tap sets that need the 16-bit high-half path (strong upscales)
-//! go to the AVX2 kernel.
+//! AVX-512 kernels: the AVX2 byte-path horizontal kernel (`avx2::horizontal`) on eight
+//! rows at a time, one 128-bit lane per row pair, and a vertical kernel on 64 bytes at a
+//! time whose tap high halves go through `maddubs` on the interleaved row bytes (as the
+//! horizontal byte path does) instead of a second `madd`. Same integer operations in the
+//! same ring, so the bytes are identical (tested against the portable kernels). Tap sets
+//! that need the 16-bit high-half path (strong upscales) go to the AVX2 kernels.
 
 use std::arch::x86_64::{
     __m128i, __m512i, _mm512_add_epi16, _mm512_add_epi32, _mm512_broadcast_i32x4, _mm512_castsi128_si512,
     _mm512_extracti32x4_epi32, _mm512_inserti32x4, _mm512_madd_epi16, _mm512_maddubs_epi16, _mm512_packs_epi32,
     _mm512_packus_epi16, _mm512_set1_epi32, _mm512_setzero_si512, _mm512_shuffle_epi8, _mm512_srai_epi32,
     _mm512_unpackhi_epi16, _mm512_unpackhi_epi8, _mm512_unpacklo_epi16, _mm512_unpacklo_epi8, _mm_cvtsi128_si32,
+    _mm512_loadu_si512, _mm512_storeu_si512,
     _mm_cvtsi128_si64, _mm_extract_epi32, _mm_extract_epi64, _mm_loadu_si128, _mm_setr_epi8,
 };
 
-use super::avx2::{HPlan, Pair, RowSource};
+use super::avx2::{self, HPlan, Pair, RowSource};
 use super::{Coeffs, HALF, PRECISION_BITS};
 use crate::decode::RgbImage;
 use crate::geometry::Span;
@@ -145,4 +147,55 @@ unsafe fn column(ops: *const __m512i, pairs: *const Pair, np: usize) -> (__m512i
     let t0 = _mm512_add_epi32(_mm512_unpacklo_epi16(zero, h), l0);
     let t1 = _mm512_add_epi32(_mm512_unpackhi_epi16(zero, h), l1);
     (_mm512_srai_epi32::<{ PRECISION_BITS }>(t0), _mm512_srai_epi32::<{ PRECISION_BITS }>(t1))
+}
+
+/// Vertical pass (see `avx2::vertical`), 64 bytes at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512BW and AVX2.
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+pub(super) unsafe fn vertical(src: &[u8], src_w: usize, row0: usize, coeffs: &Coeffs, rows: Span, out: &mut [u8]) {
+    // SAFETY (closure): this function only runs with AVX-512F/BW and AVX2.
+    avx2::vertical_rows(src, src_w, row0, coeffs, rows, out, 64, &|ptrs, pairs, at, dst| unsafe {
+        if pairs.iter().all(|p| p.hi_bytes_ok) {
+            vertical_chunk(ptrs, pairs, at, dst);
+        } else {
+            avx2::vertical_chunk(ptrs, pairs, at, dst);
+            avx2::vertical_chunk(ptrs, pairs, at + 32, dst.add(32));
+        }
+    });
+}
+
+/// 64 output bytes of one row: `madd` on the widened `(row_a, row_b)` byte pairs for the
+/// low tap halves, one `maddubs` per 32 interleaved bytes for the high halves (wrapping
+/// `i16` sums: only their value mod 2^16 reaches the total, as in `avx2::column_bytes`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn vertical_chunk(ptrs: &[(*const u8, *const u8)], pairs: &[Pair], at: usize, dst: *mut u8) {
+    let zero = _mm512_setzero_si512();
+    let half = _mm512_set1_epi32(HALF);
+    let (mut l0, mut l1, mut l2, mut l3) = (half, half, half, half);
+    let (mut hl, mut hh) = (zero, zero);
+    for (&(ra, rb), pr) in ptrs.iter().zip(pairs) {
+        let a = _mm512_loadu_si512(ra.add(at).cast());
+        let b = _mm512_loadu_si512(rb.add(at).cast());
+        let kl = _mm512_set1_epi32(pr.lo);
+        let kb = _mm512_set1_epi32(pr.hb);
+        let lo = _mm512_unpacklo_epi8(a, b);
+        let hi = _mm512_unpackhi_epi8(a, b);
+        l0 = _mm512_add_epi32(l0, _mm512_madd_epi16(_mm512_unpacklo_epi8(lo, zero), kl));
+        l1 = _mm512_add_epi32(l1, _mm512_madd_epi16(_mm512_unpackhi_epi8(lo, zero), kl));
+        l2 = _mm512_add_epi32(l2, _mm512_madd_epi16(_mm512_unpacklo_epi8(hi, zero), kl));
+        l3 = _mm512_add_epi32(l3, _mm512_madd_epi16(_mm512_unpackhi_epi8(hi, zero), kl));
+        hl = _mm512_add_epi16(hl, _mm512_maddubs_epi16(lo, kb));
+        hh = _mm512_add_epi16(hh, _mm512_maddubs_epi16(hi, kb));
+    }
+    let fin = |h: __m512i, l: __m512i| _mm512_srai_epi32::<{ PRECISION_BITS }>(_mm512_add_epi32(h, l));
+    let t0 = fin(_mm512_unpacklo_epi16(zero, hl), l0);
+    let t1 = fin(_mm512_unpackhi_epi16(zero, hl), l1);
+    let t2 = fin(_mm512_unpacklo_epi16(zero, hh), l2);
+    let t3 = fin(_mm512_unpackhi_epi16(zero, hh), l3);
+    // Per lane: bytes 0-3 | 4-7 and 8-11 | 12-15 pack back in order.
+    let packed = _mm512_packus_epi16(_mm512_packs_epi32(t0, t1), _mm512_packs_epi32(t2, t3));
+    _mm512_storeu_si512(dst.cast(), packed);
 }

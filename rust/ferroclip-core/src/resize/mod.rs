@@ -269,7 +269,7 @@ enum Kernels {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX-512 horizontal pass, AVX2 vertical pass.
+    /// AVX-512 kernels (falling back to AVX2 per call or row where the taps need it).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
@@ -315,7 +315,10 @@ impl Kernels {
             Kernels::Portable => vertical(src, src_w, row0, coeffs, rows, out),
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 | Kernels::Avx512 => unsafe { avx2::vertical(src, src_w, row0, coeffs, rows, out) },
+            Kernels::Avx2 => unsafe { avx2::vertical(src, src_w, row0, coeffs, rows, out) },
+            // SAFETY: `Avx512` exists only when the CPU has AVX-512F/BW and AVX2 (`detect`).
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::vertical(src, src_w, row0, coeffs, rows, out) },
         }
     }
 }

@@ -62,6 +62,7 @@ pub fn positive_ranks<'p>(
     num_threads: Option<usize>,
 ) -> Result<Vec<Vec<i64>>> {
     check_dims(queries, names.0, candidates, names.1)?;
+    let _blas = crate::blas::SingleThreaded::new();
     let (nq, n) = (queries.rows(), candidates.rows());
     if nq == 0 {
         return Ok(Vec::new());
@@ -339,7 +340,10 @@ fn one_pass<'p>(
     num_threads: Option<usize>,
 ) -> Result<Option<(Vec<Vec<i64>>, Vec<Vec<i64>>)>> {
     let (ni, nt, dim) = (images.rows(), texts.rows(), images.dim());
-    if Kernel::for_queries(ni) != Kernel::Gemm || Kernel::for_queries(nt) != Kernel::Gemm || dim == 0 {
+    // Always matrixmultiply here, even when a BLAS serves the other products: the positive
+    // scores below must equal their values inside the tiles bit for bit, and a BLAS sgemm
+    // does not promise that (OpenBLAS's edge kernels sum in another order, see `blas`).
+    if Kernel::for_queries(ni) == Kernel::Dot || Kernel::for_queries(nt) == Kernel::Dot || dim == 0 {
         return Ok(None);
     }
     // Each text's score with its image: one sgemm per image over its captions.
@@ -433,6 +437,7 @@ pub fn recall_at_k(
     num_threads: Option<usize>,
 ) -> Result<RecallReport> {
     check_dims(images, "image_emb", texts, "text_emb")?;
+    let _blas = crate::blas::SingleThreaded::new();
     let (ni, nt) = (images.rows(), texts.rows());
     if nt == 0 {
         return Err(Error::Shape("text_emb holds no captions: recall is undefined".into()));

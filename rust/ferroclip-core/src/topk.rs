@@ -173,6 +173,7 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
 /// non-finite scores (NaN/Inf in either input, or float32 overflow), naming the pair.
 pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_threads: Option<usize>) -> Result<TopK> {
     check_dims(queries, "queries", database, "database")?;
+    let _blas = crate::blas::SingleThreaded::new();
     let (nq, n) = (queries.rows(), database.rows());
     let k = k.min(n);
     if nq == 0 || k == 0 {

@@ -256,6 +256,10 @@ impl RankCounter {
 }
 
 /// Everything `one_pass` counts on one finished tile (rows `r0..`, texts `c0..c0 + w`).
+///
+/// Returns (every positive score equals its value in the tile, every score is finite).
+/// The finiteness test rides on the counting pass over each row (in L1 then) instead of a
+/// separate pass over the tile; the caller locates a non-finite score only when there is one.
 #[inline(always)]
 fn count_tile_generic<'p>(
     tile: &[f32],
@@ -266,8 +270,8 @@ fn count_tile_generic<'p>(
     positive: &[f32],
     threshold: &mut [f32],
     before: &mut [u32],
-) -> bool {
-    let mut consistent = true;
+) -> (bool, bool) {
+    let (mut consistent, mut finite) = (true, true);
     for (r, (row, counter)) in tile.chunks_exact(w).zip(counters.iter_mut()).enumerate() {
         counter.add(row, c0);
         for &t in captions_of(r0 + r) {
@@ -279,8 +283,9 @@ fn count_tile_generic<'p>(
         for ((count, &x), &th) in before.iter_mut().zip(row).zip(&*threshold) {
             *count += u32::from(x > th);
         }
+        finite &= row.iter().fold(true, |ok, x| ok & x.is_finite());
     }
-    consistent
+    (consistent, finite)
 }
 
 /// `count_tile_generic` compiled for AVX2 (the counting loops are most of its time).
@@ -298,7 +303,7 @@ unsafe fn count_tile_avx2<'p>(
     positive: &[f32],
     threshold: &mut [f32],
     before: &mut [u32],
-) -> bool {
+) -> (bool, bool) {
     count_tile_generic(tile, w, at, counters, captions_of, positive, threshold, before)
 }
 
@@ -311,7 +316,7 @@ fn count_tile<'p>(
     positive: &[f32],
     threshold: &mut [f32],
     before: &mut [u32],
-) -> bool {
+) -> (bool, bool) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected.
@@ -386,7 +391,6 @@ fn one_pass<'p>(
                 let c1 = (c0 + DB_BLOCK).min(nt);
                 let w = c1 - c0;
                 score_block(Kernel::Gemm, &qb, m, texts, (c0, c1), &mut tile, w, &mut scratch_c);
-                check_finite_tile(&tile, m, w, w, r0, c0, ("image_emb", "text_emb"))?;
                 // Image i precedes text t's image when it scores above it, or equal with i
                 // lower: `x > threshold[t]`, the threshold being one float below the
                 // positive score while i < image_of[t] (so equal counts), the score itself
@@ -394,7 +398,7 @@ fn one_pass<'p>(
                 for (th, (&p, &img)) in threshold.iter_mut().zip(positive[c0..c1].iter().zip(&image_of[c0..c1])) {
                     *th = if r0 < img { p.next_down() } else { p };
                 }
-                consistent &= count_tile(
+                let (same, finite) = count_tile(
                     &tile[..m * w],
                     w,
                     (r0, c0),
@@ -404,6 +408,10 @@ fn one_pass<'p>(
                     &mut threshold[..w],
                     &mut before[c0..c1],
                 );
+                if !finite {
+                    check_finite_tile(&tile, m, w, w, r0, c0, ("image_emb", "text_emb"))?;
+                }
+                consistent &= same;
                 c0 = c1;
             }
             Ok((counters.into_iter().map(RankCounter::finish).collect(), before, consistent))
@@ -639,6 +647,22 @@ mod tests {
         summarize("x", &[vec![0], vec![3], vec![], vec![1], vec![5]], &[2], &mut out);
         let want = [("x_R@2", 0.5), ("x_mAP@2", (1.0 + 0.5) / 4.0), ("x_median_rank", 3.0), ("x_mean_rank", 3.25)];
         assert_eq!(out, want.map(|(k, v)| (k.to_string(), v)).to_vec());
+    }
+
+    #[test]
+    fn inf_in_a_text_is_reported_with_its_pair() {
+        // Found by the counting pass (one_pass), reported as the first bad pair of its tile.
+        let (ni, nt, d) = (QUERY_BLOCK + 5, DB_BLOCK + 20, 4);
+        let img: Vec<f32> = (0..ni * d).map(|x| (x % 3) as f32 - 1.0).collect();
+        let mut txt: Vec<f32> = (0..nt * d).map(|x| (x % 5) as f32 - 2.0).collect();
+        txt[(DB_BLOCK + 3) * d + 2] = f32::INFINITY;
+        let t2i: Vec<i64> = (0..nt as i64).map(|t| t % ni as i64).collect();
+        let ei = Embeddings::f32(&img, ni, d, "image_emb").unwrap();
+        let et = Embeddings::f32(&txt, nt, d, "text_emb").unwrap();
+        for threads in [1, 2] {
+            let err = recall_at_k(&ei, &et, &t2i, &[1], Some(threads)).unwrap_err().to_string();
+            assert!(err.contains("image_emb[0]") && err.contains(&format!("text_emb[{}]", DB_BLOCK + 3)), "{err}");
+        }
     }
 
     #[test]

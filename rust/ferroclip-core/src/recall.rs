@@ -325,6 +325,20 @@ fn count_tile<'p>(
     count_tile_generic(tile, w, at, counters, captions_of, positive, threshold, before)
 }
 
+/// Images per strip in `one_pass`: two `QUERY_BLOCK`s when that still leaves every thread
+/// four strips, one otherwise. The taller tile (512 x 1024, 2 MiB, in L3 for the counting)
+/// halves how often matrixmultiply packs each text block (a strided gather, ~20% of the
+/// product at 256 rows): recall 5k x 25k, 1 thread, 0.75 -> 0.72-0.73 s (interleaved).
+/// Any height gives the same scores (matrixmultiply is tile-independent).
+fn one_pass_strip(ni: usize, num_threads: Option<usize>) -> usize {
+    let tall = 2 * QUERY_BLOCK;
+    if ni >= 4 * tall * crate::batch::resolve_num_threads(num_threads) {
+        tall
+    } else {
+        QUERY_BLOCK
+    }
+}
+
 /// Both directions from ONE image x text product (half the FLOPs of scoring each way).
 ///
 /// Image strips are scored against all texts one `QUERY_BLOCK x DB_BLOCK` tile at a time,
@@ -373,11 +387,12 @@ fn one_pass<'p>(
             }
         }
     }
-    let blocks = ni.div_ceil(QUERY_BLOCK);
+    let strip = one_pass_strip(ni, num_threads);
+    let blocks = ni.div_ceil(strip);
     let width = DB_BLOCK.min(nt);
     let per_block = run_parallel(num_threads, |parallel| {
         map_range(parallel, blocks, |b| -> Result<(Vec<Vec<i64>>, Vec<u32>, bool)> {
-            let (r0, r1) = (b * QUERY_BLOCK, ((b + 1) * QUERY_BLOCK).min(ni));
+            let (r0, r1) = (b * strip, ((b + 1) * strip).min(ni));
             let m = r1 - r0;
             let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
             let qb = images.block(r0, r1, &mut scratch_q);
@@ -609,6 +624,10 @@ mod tests {
         let many = |t: usize, ni: usize| if t % 3 == 0 { (t / 3) % 7 } else { (t * 31) % (ni - 4) };
         for (d, real) in [(3, false), (40, true)] {
             check_one_pass(QUERY_BLOCK + 9, 2 * DB_BLOCK + 50, d, real, &many);
+        }
+        // Enough images for the tall strips on one thread (two threads keep short ones).
+        for (d, real) in [(3, false), (24, true)] {
+            check_one_pass(8 * QUERY_BLOCK + 9, 700, d, real, &|t, ni| (t * 7) % ni);
         }
     }
 

@@ -1,7 +1,8 @@
 //! Tile-product micro-benchmark: `matrixmultiply::sgemm` on the tile shapes ferroclip uses
 //! (row-major queries m x k times database rows n x k, transposed), against the product the
-//! library uses in this process (`blas::backend`). (Measured earlier and dropped: the `gemm`
-//! crate, at 0.55-0.7x of matrixmultiply on these shapes, and pre-transposed operands.)
+//! library uses in this process (`blas::backend`). (Measured and dropped: the `gemm` crate,
+//! at 0.55-0.7x of matrixmultiply on these shapes; pre-transposed operands, same bits and
+//! +5-15% here on repeated calls, but 3-10% slower inside top-k and recall.)
 //!
 //! Also times the product through the process's BLAS (`ferroclip_core::blas`) when one is
 //! loaded: a plain Rust process has none, so `FERROCLIP_BENCH_BLAS=/path/to/libopenblas.so`

@@ -5,11 +5,11 @@
 //! +5-15% here on repeated calls, but 3-10% slower inside top-k and recall.)
 //!
 //! Also times the product through the process's BLAS (`ferroclip_core::blas`) when one is
-//! loaded: a plain Rust process has none, so `FERROCLIP_BENCH_BLAS=/path/to/libopenblas.so`
-//! loads one first (numpy's: `python -c "import numpy, glob, os; print(glob.glob(os.path.join(
+//! loaded and `FERROCLIP_BLAS=1`: a plain Rust process has none, so
+//! `FERROCLIP_BENCH_BLAS=/path/to/libopenblas.so` loads one first (numpy's: `python -c "import numpy, glob, os; print(glob.glob(os.path.join(
 //! os.path.dirname(numpy.__file__) + '.libs', '*openblas*'))[0])"`).
 //!
-//! `cargo run -p ferroclip-core --release --example tile_bench -- [reps]`
+//! `env -u OPENBLAS_CORETYPE FERROCLIP_BLAS=1 FERROCLIP_BENCH_BLAS=... cargo run -p ferroclip-core --release --example tile_bench -- [reps]`
 
 use std::time::Instant;
 

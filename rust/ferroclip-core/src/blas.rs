@@ -173,15 +173,25 @@ fn discover() -> Option<Blas> {
             (!handle.is_null()).then_some((path, handle))
         })
         .collect();
-    for candidate in &CANDIDATES {
-        for (path, handle) in &libraries {
+    let mut found = None;
+    'search: for candidate in &CANDIDATES {
+        for (k, (path, handle)) in libraries.iter().enumerate() {
             // SAFETY: a valid handle from dlopen above.
             if let Some(blas) = unsafe { try_candidate(*handle, path, candidate) } {
-                return Some(blas);
+                found = Some((k, blas));
+                break 'search;
             }
         }
     }
-    None
+    // Give back the references taken on the libraries not used; the one in use keeps its
+    // reference for the life of the process (its function pointers are stored).
+    for (k, (_, handle)) in libraries.iter().enumerate() {
+        if found.as_ref().is_none_or(|(used, _)| *used != k) {
+            // SAFETY: a handle from dlopen above, closed once.
+            unsafe { libc::dlclose(*handle) };
+        }
+    }
+    found.map(|(_, blas)| blas)
 }
 
 #[cfg(not(target_os = "linux"))]

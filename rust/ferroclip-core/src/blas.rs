@@ -21,7 +21,9 @@
 //!
 //! A library is used only with its thread control (OpenBLAS's `set_num_threads`, MKL's
 //! `MKL_Set_Num_Threads`), and an OpenMP build of OpenBLAS is skipped: see
-//! [`SingleThreaded`]. A candidate that fails a small self-check is skipped too.
+//! [`SingleThreaded`]. A candidate that fails a small self-check is skipped too, and so is
+//! one below 9/10 of matrixmultiply's speed on a test tile (an old OpenBLAS that does not
+//! know the CPU can run at a third of it).
 
 use std::ffi::{c_int, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
@@ -111,27 +113,37 @@ pub(crate) struct Blas {
 unsafe impl Send for Blas {}
 unsafe impl Sync for Blas {}
 
-static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+/// The BLAS in use (if any) and the backend in words, decided once per process.
+static BLAS: OnceLock<(Option<Blas>, String)> = OnceLock::new();
 
-/// `FERROCLIP_BLAS=1` (or `on`, `true`, `yes`) asks for a loaded BLAS; read once.
-fn enabled_by_env() -> bool {
-    std::env::var("FERROCLIP_BLAS").is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "on" | "true" | "yes"))
+/// `FERROCLIP_BLAS=1` (or `on`, `true`, `yes`) asks for a loaded BLAS that is not far
+/// slower than matrixmultiply; `force` skips that timing (tests, benchmarks). Read once.
+fn env_setting() -> Option<bool> {
+    let v = std::env::var("FERROCLIP_BLAS").ok()?.trim().to_ascii_lowercase();
+    match v.as_str() {
+        "1" | "on" | "true" | "yes" => Some(false),
+        "force" => Some(true),
+        _ => None,
+    }
+}
+
+fn decide() -> &'static (Option<Blas>, String) {
+    BLAS.get_or_init(|| match env_setting() {
+        Some(force) => discover(force),
+        None => (None, "matrixmultiply".into()),
+    })
 }
 
 /// The BLAS in use, looked up on first use.
 pub(crate) fn get() -> Option<&'static Blas> {
-    BLAS.get_or_init(|| if enabled_by_env() { discover() } else { None }).as_ref()
+    decide().0.as_ref()
 }
 
 /// Which product backend this process uses, in words: the library, symbol and integer
 /// width when a BLAS sgemm is in use, else `matrixmultiply` and why.
 #[must_use]
 pub fn backend() -> String {
-    match get() {
-        Some(b) => b.description.clone(),
-        None if enabled_by_env() => "matrixmultiply (FERROCLIP_BLAS=1, but no usable CBLAS sgemm is loaded)".into(),
-        None => "matrixmultiply".into(),
-    }
+    decide().1.clone()
 }
 
 #[cfg(target_os = "linux")]
@@ -155,9 +167,10 @@ fn loaded_libraries() -> Vec<CString> {
     out
 }
 
-/// Look for a usable sgemm among loaded libraries whose file name says BLAS or MKL.
+/// Look for a usable sgemm among loaded libraries whose file name says BLAS or MKL: the
+/// first that passes its self-check and is not far slower than matrixmultiply on a tile.
 #[cfg(target_os = "linux")]
-fn discover() -> Option<Blas> {
+fn discover(force: bool) -> (Option<Blas>, String) {
     let libraries: Vec<(CString, *mut c_void)> = loaded_libraries()
         .into_iter()
         .filter(|path| {
@@ -174,12 +187,22 @@ fn discover() -> Option<Blas> {
         })
         .collect();
     let mut found = None;
+    let mut why_not = "no usable CBLAS sgemm is loaded".to_string();
     'search: for candidate in &CANDIDATES {
         for (k, (path, handle)) in libraries.iter().enumerate() {
             // SAFETY: a valid handle from dlopen above.
             if let Some(blas) = unsafe { try_candidate(*handle, path, candidate) } {
-                found = Some((k, blas));
-                break 'search;
+                // An old or mis-detected build can be far slower than matrixmultiply (the
+                // OpenBLAS 0.3.15 that opencv bundles ran 54 GFLOP/s here, against 180).
+                // The margin keeps a noisy timing (another process busy) from turning away
+                // a good library: numpy's is ~1.08x matrixmultiply on this tile, ~0.6x with
+                // OPENBLAS_CORETYPE=Haswell on an AVX-512 machine.
+                let (blas_gflops, mm_gflops) = if force { (1.0, 0.0) } else { blas.race() };
+                if blas_gflops >= 0.9 * mm_gflops {
+                    found = Some((k, blas));
+                    break 'search;
+                }
+                why_not = format!("{} is too slow here: {blas_gflops:.0} vs {mm_gflops:.0} GFLOP/s", blas.description);
             }
         }
     }
@@ -191,12 +214,18 @@ fn discover() -> Option<Blas> {
             unsafe { libc::dlclose(*handle) };
         }
     }
-    found.map(|(_, blas)| blas)
+    match found {
+        Some((_, blas)) => {
+            let text = blas.description.clone();
+            (Some(blas), text)
+        }
+        None => (None, format!("matrixmultiply (FERROCLIP_BLAS set, but {why_not})")),
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn discover() -> Option<Blas> {
-    None
+fn discover(_force: bool) -> (Option<Blas>, String) {
+    (None, "matrixmultiply (FERROCLIP_BLAS set, but only Linux looks for a loaded BLAS)".into())
 }
 
 /// # Safety
@@ -261,6 +290,36 @@ impl Blas {
             }
         }
         Some(())
+    }
+
+    /// GFLOP/s of this sgemm and of matrixmultiply on one 256 x 1024 x 256 tile, best of
+    /// three each after a warm-up, interleaved (a few ms, once per process).
+    fn race(&self) -> (f64, f64) {
+        let (m, n, k) = (256usize, 1024usize, 256usize);
+        let q: Vec<f32> = (0..m * k).map(|x| ((x * 7) % 13) as f32 * 0.1).collect();
+        let d: Vec<f32> = (0..n * k).map(|x| ((x * 5) % 11) as f32 * 0.1).collect();
+        let mut out = vec![0.0f32; m * n];
+        let mut best = [f64::INFINITY; 2];
+        SingleThreaded::hold(self);
+        for round in 0..4 {
+            for (which, slot) in best.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                // SAFETY: sizes as declared above; `out` is m x n.
+                unsafe {
+                    if which == 0 {
+                        let _ = self.product(q.as_ptr(), m, d.as_ptr(), n, k, out.as_mut_ptr(), n);
+                    } else {
+                        matrixmultiply::sgemm(m, k, n, 1.0, q.as_ptr(), k as isize, 1, d.as_ptr(), 1, k as isize, 0.0, out.as_mut_ptr(), n as isize, 1);
+                    }
+                }
+                if round > 0 {
+                    *slot = slot.min(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        SingleThreaded::release(self);
+        let flop = 2.0 * (m * n * k) as f64;
+        (flop / best[0] / 1e9, flop / best[1] / 1e9)
     }
 
     /// A small exact product (with a row stride wider than the tile) must come out right:

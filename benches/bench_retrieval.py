@@ -201,6 +201,7 @@ def main() -> None:
 
     report = ["# Retrieval benchmark", "", _harness.machine_header(["numpy", "torch", "faiss-cpu", "threadpoolctl"])]
     report.append(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; command: `{' '.join(sys.argv)}`")
+    report.append(f"ferroclip product backend: {ferroclip._native.gemm_backend()}")
     report.append(f"Load average (1/5/15 min) at start: {load_average()} on {os.cpu_count()} logical cores\n")
     peak = {t: sgemm_peak(t) for t in args.threads}
     bw = copy_bandwidth()

@@ -648,3 +648,88 @@ def test_kill_at_random_moments_of_repeated_saves(tmp_path):
         reported = max(int(line.split()[1]) for line in [first, *_kill(proc)])
         version = _check_consistent(tmp_path / "idx")
         assert reported <= version <= reported + 1
+
+
+# --- Product backend: matrixmultiply by default, the process's BLAS with FERROCLIP_BLAS=1 ---
+
+_BACKEND_SCRIPT = r"""
+import ctypes, glob, os, sys
+import numpy as np
+import ferroclip
+from ferroclip import _native
+
+print(_native.gemm_backend(), flush=True)
+# numpy's OpenBLAS thread count, to check that a retrieval call leaves it as it was.
+libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "libscipy_openblas64_*.so"))
+get_threads = ctypes.CDLL(libs[0]).scipy_openblas_get_num_threads64_ if libs else (lambda: -1)
+threads_before = get_threads()
+
+rng = np.random.default_rng(0)
+ints = lambda *shape: rng.integers(-3, 4, size=shape).astype(np.float32)  # exact products
+# More than one 256 x 1024 tile each way, ragged edges, over 3 queries (the sgemm kernels).
+a, b = ints(300, 40), ints(2100, 40)
+s = a @ b.T
+assert np.array_equal(ferroclip.similarity(a, b, num_threads=2), s)
+ref = np.argsort(-s, axis=1, kind="stable")[:, :7]
+for th in (1, 2):
+    scores, idx = ferroclip.topk(a, b, 7, num_threads=th)
+    assert np.array_equal(idx, ref) and np.array_equal(scores, np.take_along_axis(s, ref, axis=1))
+
+e = ints(700, 12)
+se = e @ e.T
+i, j, v = ferroclip.near_duplicates(e, 20.0, normalize=False, num_threads=2)
+wi, wj = np.nonzero(np.triu(se >= 20.0, k=1))
+assert np.array_equal(i, wi) and np.array_equal(j, wj) and np.array_equal(v, se[wi, wj])
+
+img, txt = ints(300, 24), ints(1100, 24)
+t2i = rng.integers(0, 300, size=1100)
+_, i2t_rank, t2i_rank = ferroclip.recall_at_k(img, txt, t2i, (1, 5), num_threads=2, return_ranks=True)
+st = img @ txt.T
+def rank(row, p):  # stable descending sort position of candidate p
+    return int((row > row[p]).sum() + (row[:p] == row[p]).sum())
+want_i2t = [min((rank(st[q], p) for p in np.flatnonzero(t2i == q)), default=-1) for q in range(300)]
+want_t2i = [rank(st[:, t], t2i[t]) for t in range(1100)]
+assert list(i2t_rank) == want_i2t and list(t2i_rank) == want_t2i
+
+assert get_threads() == threads_before, (get_threads(), threads_before)
+print("ok", flush=True)
+"""
+
+
+def _run_backend_script(blas: str) -> list[str]:
+    env = {**os.environ, "FERROCLIP_BLAS": blas, "PYTHONPATH": str(Path(ferroclip.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", _BACKEND_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "ok", out.stdout
+    return lines
+
+
+def _numpy_has_scipy_openblas() -> bool:
+    import platform
+
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    deps = np.show_config(mode="dicts").get("Build Dependencies", {})
+    return deps.get("blas", {}).get("name") == "scipy-openblas"
+
+
+def test_default_backend_is_matrixmultiply():
+    if os.environ.get("FERROCLIP_BLAS"):
+        pytest.skip("FERROCLIP_BLAS is set for this run")
+    assert ferroclip._native.gemm_backend() == "matrixmultiply"
+
+
+@pytest.mark.parametrize("blas", ["0", "1", "force"])
+def test_both_product_backends_equal_numpy_on_exact_data(blas):
+    """Each backend in a fresh process (the choice is made once per process): exact scores,
+    top-k, pairs and ranks, and numpy's OpenBLAS thread count unchanged after the calls.
+    "1" times the BLAS against matrixmultiply first (OPENBLAS_CORETYPE=Haswell can make it too
+    slow on AVX-512 machines), "force" takes it regardless."""
+    backend = _run_backend_script(blas)[0]
+    if blas == "0":
+        assert backend == "matrixmultiply"
+    elif _numpy_has_scipy_openblas():  # pip numpy on Linux x86_64: its OpenBLAS is found
+        assert "scipy_cblas_sgemm64_ (ILP64)" in backend, backend
+        if blas == "force":
+            assert backend.startswith("OpenBLAS scipy_cblas_sgemm64_ (ILP64)"), backend

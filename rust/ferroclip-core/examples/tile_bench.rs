@@ -1,9 +1,15 @@
 //! Tile-product micro-benchmark: `matrixmultiply::sgemm` on the tile shapes ferroclip uses
-//! (row-major queries m x k times database rows n x k, transposed), from row-major and from
-//! pre-transposed operands. (The `gemm` crate was measured here too, at 0.55-0.7x of
-//! matrixmultiply on these shapes; it was dropped as a dependency.)
+//! (row-major queries m x k times database rows n x k, transposed), against the product the
+//! library uses in this process (`blas::backend`). (Measured and dropped: the `gemm` crate,
+//! at 0.55-0.7x of matrixmultiply on these shapes; pre-transposed operands, same bits and
+//! +5-15% here on repeated calls, but 3-10% slower inside top-k and recall.)
 //!
-//! `cargo run -p ferroclip-core --release --example tile_bench -- [reps]`
+//! Also times the product through the process's BLAS (`ferroclip_core::blas`) when one is
+//! loaded and `FERROCLIP_BLAS=1`: a plain Rust process has none, so
+//! `FERROCLIP_BENCH_BLAS=/path/to/libopenblas.so` loads one first (numpy's: `python -c "import numpy, glob, os; print(glob.glob(os.path.join(
+//! os.path.dirname(numpy.__file__) + '.libs', '*openblas*'))[0])"`).
+//!
+//! `env -u OPENBLAS_CORETYPE FERROCLIP_BLAS=1 FERROCLIP_BENCH_BLAS=... cargo run -p ferroclip-core --release --example tile_bench -- [reps]`
 
 use std::time::Instant;
 
@@ -23,22 +29,6 @@ unsafe fn mm(m: usize, n: usize, k: usize, q: &[f32], d: &[f32], out: &mut [f32]
     matrixmultiply::sgemm(m, k, n, 1.0, q.as_ptr(), k as isize, 1, d.as_ptr(), 1, k as isize, 0.0, out.as_mut_ptr(), ldc as isize, 1);
 }
 
-/// Same product from pre-transposed inputs (qt: k x m, dt: k x n, row-major): matrixmultiply
-/// then packs by contiguous copies instead of element gathers.
-unsafe fn mm_t(m: usize, n: usize, k: usize, qt: &[f32], dt: &[f32], out: &mut [f32], ldc: usize) {
-    matrixmultiply::sgemm(m, k, n, 1.0, qt.as_ptr(), 1, m as isize, dt.as_ptr(), n as isize, 1, 0.0, out.as_mut_ptr(), ldc as isize, 1);
-}
-
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = x[r * cols + c];
-        }
-    }
-    t
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -46,28 +36,36 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let reps: usize = std::env::args().nth(1).map_or(15, |s| s.parse().unwrap());
+    if let Ok(path) = std::env::var("FERROCLIP_BENCH_BLAS") {
+        let c = std::ffi::CString::new(path.clone()).unwrap();
+        // SAFETY: loading a shared library by path; kept loaded for the whole run.
+        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        assert!(!handle.is_null(), "cannot load {path}");
+    }
+    println!("backend: {}", ferroclip_core::blas::backend());
     let k = 512;
     // (m queries, n db rows, ldc, label)
     let shapes = [
-        (256, 1024, 1024, "topk tile 256x1024"),
+        (256, 1024, 1024, "256x1024 (similarity, dedup tile)"),
         (256, 1024, 25_000, "recall tile 256x1024, ldc 25000"),
+        (1024, 1024, 1024, "1024x1024 (topk tile)"),
         (256, 2048, 2048, "256x2048"),
         (512, 1024, 1024, "512x1024"),
+        (512, 2048, 2048, "512x2048"),
+        (1024, 2048, 2048, "1024x2048"),
+        (1024, 4096, 4096, "1024x4096"),
         (128, 1024, 1024, "128x1024"),
-        (256, 512, 512, "256x512"),
-        (1000, 4096, 4096, "1000x4096 (bigger call)"),
     ];
     for &(m, n, ldc, label) in &shapes {
         let q = data(m * k, 1);
         let d = data(n * k, 2);
         let mut o1 = vec![0.0f32; (m - 1) * ldc + n];
+        let mut o2 = o1.clone();
         let flop = 2.0 * (m * n * k) as f64;
         // Calls per timing so each sample is ~20 ms.
         let calls = ((2e-2 * 1.3e11) / flop).ceil() as usize;
-        let mut t_mm = Vec::new();
-        let mut t_mt = Vec::new();
-        let (qt, dt) = (transpose(&q, m, k), transpose(&d, n, k));
-        let mut o3 = o1.clone();
+        let (mut t_mm, mut t_backend) = (Vec::new(), Vec::new());
+        // Interleaved, so a neighbour's load hits both alike.
         for _ in 0..reps {
             let t = Instant::now();
             for _ in 0..calls {
@@ -76,12 +74,17 @@ fn main() {
             t_mm.push(t.elapsed().as_secs_f64() / calls as f64);
             let t = Instant::now();
             for _ in 0..calls {
-                unsafe { mm_t(m, n, k, &qt, &dt, &mut o3, ldc) };
+                ferroclip_core::similarity::bench_block_product(&q, m, &d, n, k, &mut o2, ldc);
             }
-            t_mt.push(t.elapsed().as_secs_f64() / calls as f64);
+            t_backend.push(t.elapsed().as_secs_f64() / calls as f64);
         }
-        assert!(o1 == o3, "pre-transposed inputs changed the bits");
-        let (a, c) = (median(t_mm), median(t_mt));
-        println!("{label:34} matrixmultiply {:6.1}  pre-transposed {:6.1} GFLOP/s", flop / a / 1e9, flop / c / 1e9);
+        let max_diff = o1.iter().zip(&o2).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let (a, b) = (median(t_mm), median(t_backend));
+        println!(
+            "{label:36} matrixmultiply {:6.1}  backend {:6.1} GFLOP/s  ({:.2}x, max |diff| {max_diff:.1e})",
+            flop / a / 1e9,
+            flop / b / 1e9,
+            a / b
+        );
     }
 }

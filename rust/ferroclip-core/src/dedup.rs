@@ -32,6 +32,7 @@ pub fn near_duplicates(emb: &Embeddings<'_>, threshold: f32, max_pairs: usize, n
         return Err(Error::InvalidArgument(format!("threshold must be a finite number, got {threshold}")));
     }
     let n = emb.rows();
+    let _blas = crate::blas::SingleThreaded::new();
     let kernel = Kernel::for_queries(n); // what `similarity(emb, emb)` uses: same bits
     let found = AtomicUsize::new(0);
     let too_many = || {

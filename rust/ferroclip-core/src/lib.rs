@@ -5,6 +5,7 @@
 //! bit for bit, computing only the pixels that survive the crop.
 
 pub mod batch;
+pub mod blas;
 pub mod decode;
 pub mod dedup;
 mod dot;

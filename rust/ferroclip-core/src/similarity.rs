@@ -4,7 +4,8 @@
 //! `block_product`, one `matrixmultiply::sgemm` call per tile. The value of one score
 //! depends only on its two vectors, not on the tile it was computed in (the kernel and its
 //! k-blocking are fixed per machine), so `topk` and `recall` agree bit for bit with the
-//! materialised `similarity` matrix: sorting that matrix gives the same order.
+//! materialised `similarity` matrix: sorting that matrix gives the same order. (Opt-in
+//! `FERROCLIP_BLAS=1` trades that for the process's BLAS sgemm; see `blas` and `Kernel`.)
 //!
 //! A float16 matrix is widened to f32 one block at a time (F16C when the CPU has it), so
 //! an f16 database costs half the memory and no full-size f32 copy.
@@ -115,9 +116,16 @@ pub(crate) const SMALL_QUERY_COUNT: usize = 3;
 /// one call never mixes kernels: `similarity` and `topk` on the same queries agree bit for
 /// bit, but a query scored alone (dot kernel) may differ in the last bit from the same
 /// query scored in a large batch (sgemm), as with any BLAS.
+///
+/// `Blas` (opt-in, `FERROCLIP_BLAS=1`, see `blas`) gives up that agreement: OpenBLAS's
+/// value for a pair depends on the shape of the call and the pair's place in it, so with
+/// it `topk` and `near_duplicates` scores may differ from `similarity` in the last bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// `matrixmultiply::sgemm`: a pair's value does not depend on the tile.
     Gemm,
+    /// The process's CBLAS sgemm (falls back to `Gemm` for a call it cannot take).
+    Blas,
     Dot,
 }
 
@@ -125,6 +133,8 @@ impl Kernel {
     pub(crate) fn for_queries(rows: usize) -> Self {
         if rows <= SMALL_QUERY_COUNT {
             Kernel::Dot
+        } else if crate::blas::get().is_some() {
+            Kernel::Blas
         } else {
             Kernel::Gemm
         }
@@ -172,6 +182,13 @@ pub(crate) unsafe fn block_product_raw(
     if kernel == Kernel::Dot {
         return crate::dot::dots(q, m, Rows::F32(d), n, dim, out, ldc, &mut Vec::new());
     }
+    if let (Kernel::Blas, Some(blas)) = (kernel, crate::blas::get()) {
+        debug_assert!(crate::blas::is_single_threaded(), "BLAS product outside a SingleThreaded scope");
+        // `None` only for an LP64 library and a dimension beyond 2^31.
+        if blas.product(q.as_ptr(), m, d.as_ptr(), n, dim, out, ldc).is_some() {
+            return;
+        }
+    }
     // q is m x k row-major; d seen column-major is k x n, i.e. d transposed; out has row
     // stride ldc. matrixmultiply picks its kernel at run time (AVX-512 16x16 where present,
     // else AVX2/FMA 8x8); the packing is a strided gather per element from these layouts.
@@ -191,6 +208,15 @@ pub(crate) unsafe fn block_product_raw(
         ldc as isize,
         1,
     );
+}
+
+/// `block_product` with the sgemm of this process (BLAS or `matrixmultiply`, see
+/// `blas::backend`), for the tile micro-benchmark (`examples/tile_bench.rs`) only.
+#[doc(hidden)]
+pub fn bench_block_product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: &mut [f32], ldc: usize) {
+    let _blas = crate::blas::SingleThreaded::new();
+    let kernel = if crate::blas::get().is_some() { Kernel::Blas } else { Kernel::Gemm };
+    block_product(kernel, q, m, d, n, dim, out, ldc);
 }
 
 /// Scores of `m` f32 queries against database rows `c0..c1`: `out[i * ldc + (j - c0)]`.
@@ -273,6 +299,7 @@ unsafe impl Sync for OutPtr {}
 /// Tiles of `QUERY_BLOCK x DB_BLOCK` run in parallel; each checks its scores for NaN/Inf.
 pub fn similarity(a: &Embeddings<'_>, b: &Embeddings<'_>, num_threads: Option<usize>) -> Result<Vec<f32>> {
     check_dims(a, "a", b, "b")?;
+    let _blas = crate::blas::SingleThreaded::new();
     let (m, n) = (a.rows, b.rows);
     let len = m.checked_mul(n).ok_or_else(|| Error::Shape(format!("a {m} x {n} similarity matrix is too large")))?;
     let mut out = vec![0.0f32; len];

@@ -109,13 +109,17 @@ impl Selector {
 /// Offer every score of a finished tile (`w` candidates from `c0` per row) to its row's
 /// selector, in index order. Most scores fall below the threshold once the heap is full,
 /// so 32 at a time are first tested together (vectorised), and only a chunk holding a
-/// candidate is walked one by one.
+/// candidate is walked one by one. Returns whether every score is finite: tested on the
+/// same chunks while they are in L1, instead of a separate pass over the tile (a NaN never
+/// enters a heap, an Inf may, and the caller reports the error either way).
 #[inline(always)]
-fn select_tile_generic(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) {
+fn select_tile_generic(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) -> bool {
     const CHUNK: usize = 32;
+    let mut finite = true;
     for (sel, row) in selectors.iter_mut().zip(tile.chunks_exact(w)) {
         let mut thresh = sel.threshold();
         for (ci, chunk) in row.chunks(CHUNK).enumerate() {
+            finite &= chunk.iter().fold(true, |ok, s| ok & s.is_finite());
             if !chunk.iter().fold(false, |hit, &s| hit | (s >= thresh)) {
                 continue;
             }
@@ -127,6 +131,7 @@ fn select_tile_generic(selectors: &mut [Selector], tile: &[f32], w: usize, c0: u
             }
         }
     }
+    finite
 }
 
 /// `select_tile_generic` compiled for AVX2.
@@ -135,17 +140,17 @@ fn select_tile_generic(selectors: &mut [Selector], tile: &[f32], w: usize, c0: u
 /// The CPU supports AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn select_tile_avx2(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) {
-    select_tile_generic(selectors, tile, w, c0);
+unsafe fn select_tile_avx2(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) -> bool {
+    select_tile_generic(selectors, tile, w, c0)
 }
 
-fn select_tile(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) {
+fn select_tile(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected.
         return unsafe { select_tile_avx2(selectors, tile, w, c0) };
     }
-    select_tile_generic(selectors, tile, w, c0);
+    select_tile_generic(selectors, tile, w, c0)
 }
 
 /// Score queries `q0..q1` against database rows `d0..d1`; one sorted list per query.
@@ -160,8 +165,9 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
         let c1 = (c0 + DB_BLOCK).min(d1);
         let w = c1 - c0;
         score_block(kernel, &qb, m, database, (c0, c1), &mut tile, w, &mut scratch_d);
-        check_finite_tile(&tile, m, w, w, q0, c0, ("queries", "database"))?;
-        select_tile(&mut selectors, &tile[..m * w], w, c0);
+        if !select_tile(&mut selectors, &tile[..m * w], w, c0) {
+            check_finite_tile(&tile, m, w, w, q0, c0, ("queries", "database"))?;
+        }
         c0 = c1;
     }
     Ok(selectors.into_iter().map(Selector::into_sorted).collect())
@@ -173,6 +179,7 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
 /// non-finite scores (NaN/Inf in either input, or float32 overflow), naming the pair.
 pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_threads: Option<usize>) -> Result<TopK> {
     check_dims(queries, "queries", database, "database")?;
+    let _blas = crate::blas::SingleThreaded::new();
     let (nq, n) = (queries.rows(), database.rows());
     let k = k.min(n);
     if nq == 0 || k == 0 {
@@ -290,6 +297,22 @@ mod tests {
         s.push(Cand { score: -0.0, index: 0 });
         let got: Vec<usize> = s.into_sorted().iter().map(|c| c.index).collect();
         assert_eq!(got, vec![0, 1]);
+    }
+
+    #[test]
+    fn nan_in_a_later_block_is_reported_with_its_pair() {
+        // The finiteness test rides on the selection pass: a NaN never enters a heap, but
+        // the call must still fail and name the first bad pair (query 0 meets it first).
+        let (n, dim) = (2 * DB_BLOCK + 10, 3);
+        let q = small_ints(5 * dim, 1, 3);
+        let mut d = small_ints(n * dim, 2, 3);
+        d[(DB_BLOCK + 7) * dim + 1] = f32::NAN;
+        let eq = Embeddings::f32(&q, 5, dim, "queries").unwrap();
+        let ed = Embeddings::f32(&d, n, dim, "database").unwrap();
+        for threads in [1, 2] {
+            let err = topk(&eq, &ed, 3, Some(threads)).unwrap_err().to_string();
+            assert!(err.contains("queries[0]") && err.contains(&format!("database[{}]", DB_BLOCK + 7)), "{err}");
+        }
     }
 
     #[test]

@@ -141,7 +141,15 @@ fn near_duplicates<'py>(
     ))
 }
 
+/// The product backend of this process: the CBLAS sgemm in use (library, symbol, integer
+/// width), or `matrixmultiply` and why. Looked up on first use, then fixed.
+#[pyfunction]
+fn gemm_backend(py: Python<'_>) -> String {
+    py.detach(ferroclip_core::blas::backend)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(gemm_backend, m)?)?;
     m.add_function(wrap_pyfunction!(similarity, m)?)?;
     m.add_function(wrap_pyfunction!(topk, m)?)?;
     m.add_function(wrap_pyfunction!(recall_at_k, m)?)?;

@@ -650,7 +650,7 @@ def test_kill_at_random_moments_of_repeated_saves(tmp_path):
         assert reported <= version <= reported + 1
 
 
-# --- Product backend: matrixmultiply by default, the process's BLAS with FERROCLIP_BLAS=1 ---
+# --- Product backend: built-in by default, the process's BLAS with FERROCLIP_BLAS=1 ---
 
 _BACKEND_SCRIPT = r"""
 import ctypes, glob, os, sys
@@ -714,21 +714,43 @@ def _numpy_has_scipy_openblas() -> bool:
     return deps.get("blas", {}).get("name") == "scipy-openblas"
 
 
-def test_default_backend_is_matrixmultiply():
+def _cpu_flags() -> set[str] | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
+    return set(line.split(":", 1)[1].split()) if line else None
+
+
+def _builtin_backend() -> str:
+    """What the built-in product should be on this CPU: ferroclip's AVX2 kernel on x86-64
+    with AVX2 + FMA and no AVX-512, matrixmultiply elsewhere."""
+    import platform
+
+    flags = _cpu_flags()
+    if platform.machine() != "x86_64" or flags is None:
+        return "matrixmultiply"
+    return "ferroclip-avx2" if {"avx2", "fma"} <= flags and "avx512f" not in flags else "matrixmultiply"
+
+
+def test_default_backend_is_the_builtin_product_for_this_cpu():
     if os.environ.get("FERROCLIP_BLAS"):
         pytest.skip("FERROCLIP_BLAS is set for this run")
-    assert ferroclip._native.gemm_backend() == "matrixmultiply"
+    if sys.platform != "linux":
+        pytest.skip("CPU flags are read from /proc/cpuinfo")
+    assert ferroclip._native.gemm_backend() == _builtin_backend()
 
 
 @pytest.mark.parametrize("blas", ["0", "1", "force"])
 def test_both_product_backends_equal_numpy_on_exact_data(blas):
     """Each backend in a fresh process (the choice is made once per process): exact scores,
     top-k, pairs and ranks, and numpy's OpenBLAS thread count unchanged after the calls.
-    "1" times the BLAS against matrixmultiply first (OPENBLAS_CORETYPE=Haswell can make it too
+    "1" times the BLAS against the built-in product first (OPENBLAS_CORETYPE=Haswell can make it too
     slow on AVX-512 machines), "force" takes it regardless."""
     backend = _run_backend_script(blas)[0]
     if blas == "0":
-        assert backend == "matrixmultiply"
+        assert backend in ("ferroclip-avx2", "matrixmultiply"), backend
     elif _numpy_has_scipy_openblas():  # pip numpy on Linux x86_64: its OpenBLAS is found
         assert "scipy_cblas_sgemm64_ (ILP64)" in backend, backend
         if blas == "force":

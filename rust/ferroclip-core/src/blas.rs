@@ -2,27 +2,28 @@
 //!
 //! Under Python, numpy has loaded its OpenBLAS (`libscipy_openblas64_*.so`, symbols
 //! prefixed `scipy_` and suffixed `64_`, 64-bit integers) before any retrieval call runs.
-//! On the tile shapes its sgemm runs 1.06-1.11x faster than `matrixmultiply` (1 thread,
-//! AVX-512; `examples/tile_bench.rs`). Nothing is linked at build time and nothing is
+//! On the tile shapes its sgemm ran 1.06-1.11x faster than `matrixmultiply` (1 thread,
+//! AVX-512; `examples/tile_bench.rs`); on AVX2-only CPUs ferroclip's own kernel (`gemm`)
+//! matches OpenBLAS, so there this option buys nothing. Nothing is linked at build time and nothing is
 //! loaded: we only look among the libraries already in the process (`RTLD_NOLOAD`), once.
-//! Linux only (`dl_iterate_phdr`); elsewhere the backend is `matrixmultiply`.
+//! Linux only (`dl_iterate_phdr`); elsewhere the backend is the built-in product.
 //!
 //! Why opt-in: ferroclip promises that `topk`, `recall_at_k` and `near_duplicates` see the
-//! very scores `similarity` returns, bit for bit, because `matrixmultiply` computes a pair
-//! the same way in every tile. OpenBLAS does not: its value for a pair depends on the call
+//! very scores `similarity` returns, bit for bit, because the built-in product computes a
+//! pair the same way in every tile. OpenBLAS does not: its value for a pair depends on the call
 //! shape and on where the pair falls in it (edge micro-tiles and small-matrix kernels sum
 //! in another order). Measured with numpy's OpenBLAS 0.3.31 (SkylakeX kernels), D = 512:
 //! a 200 x 1000 call differs from the same pairs inside 256 x 1024 tiles in 2% of the
 //! scores, a 64 x 64 call in 10%, by an ulp or two; aligned 256 x 1024, 512 x 1024 and
 //! 1024 x 1024 calls agree. So with `FERROCLIP_BLAS=1` the selections stay exact on the
 //! scores each call computes, but those scores may differ in the last bit from
-//! `similarity`'s; `recall_at_k`'s one-pass counting keeps `matrixmultiply` (it checks
+//! `similarity`'s; `recall_at_k`'s one-pass counting keeps the built-in product (it checks
 //! exactly that agreement). Exact data (small integers) gives the same results either way.
 //!
 //! A library is used only with its thread control (OpenBLAS's `set_num_threads`, MKL's
 //! `MKL_Set_Num_Threads`), and an OpenMP build of OpenBLAS is skipped: see
 //! [`SingleThreaded`]. A candidate that fails a small self-check is skipped too, and so is
-//! one below 9/10 of matrixmultiply's speed on a test tile (an old OpenBLAS that does not
+//! one below 9/10 of the built-in product's speed on a test tile (an old OpenBLAS that does not
 //! know the CPU can run at a third of it).
 
 use std::ffi::{c_int, c_void, CStr, CString};
@@ -117,7 +118,7 @@ unsafe impl Sync for Blas {}
 static BLAS: OnceLock<(Option<Blas>, String)> = OnceLock::new();
 
 /// `FERROCLIP_BLAS=1` (or `on`, `true`, `yes`) asks for a loaded BLAS that is not far
-/// slower than matrixmultiply; `force` skips that timing (tests, benchmarks). Read once.
+/// slower than the built-in product; `force` skips that timing (tests, benchmarks). Read once.
 fn env_setting() -> Option<bool> {
     let v = std::env::var("FERROCLIP_BLAS").ok()?.trim().to_ascii_lowercase();
     match v.as_str() {
@@ -130,7 +131,7 @@ fn env_setting() -> Option<bool> {
 fn decide() -> &'static (Option<Blas>, String) {
     BLAS.get_or_init(|| match env_setting() {
         Some(force) => discover(force),
-        None => (None, "matrixmultiply".into()),
+        None => (None, crate::similarity::builtin_backend().into()),
     })
 }
 
@@ -140,7 +141,8 @@ pub(crate) fn get() -> Option<&'static Blas> {
 }
 
 /// Which product backend this process uses, in words: the library, symbol and integer
-/// width when a BLAS sgemm is in use, else `matrixmultiply` and why.
+/// width when a BLAS sgemm is in use, else the built-in product (`ferroclip-avx2` or
+/// `matrixmultiply`) and why.
 #[must_use]
 pub fn backend() -> String {
     decide().1.clone()
@@ -168,7 +170,7 @@ fn loaded_libraries() -> Vec<CString> {
 }
 
 /// Look for a usable sgemm among loaded libraries whose file name says BLAS or MKL: the
-/// first that passes its self-check and is not far slower than matrixmultiply on a tile.
+/// first that passes its self-check and is not far slower than the built-in product on a tile.
 #[cfg(target_os = "linux")]
 fn discover(force: bool) -> (Option<Blas>, String) {
     let libraries: Vec<(CString, *mut c_void)> = loaded_libraries()
@@ -192,7 +194,7 @@ fn discover(force: bool) -> (Option<Blas>, String) {
         for (k, (path, handle)) in libraries.iter().enumerate() {
             // SAFETY: a valid handle from dlopen above.
             if let Some(blas) = unsafe { try_candidate(*handle, path, candidate) } {
-                // An old or mis-detected build can be far slower than matrixmultiply (the
+                // An old or mis-detected build can be far slower than the built-in product (the
                 // OpenBLAS 0.3.15 that opencv bundles ran 54 GFLOP/s here, against 180).
                 // The margin keeps a noisy timing (another process busy) from turning away
                 // a good library: numpy's is ~1.08x matrixmultiply on this tile, ~0.6x with
@@ -219,13 +221,13 @@ fn discover(force: bool) -> (Option<Blas>, String) {
             let text = blas.description.clone();
             (Some(blas), text)
         }
-        None => (None, format!("matrixmultiply (FERROCLIP_BLAS set, but {why_not})")),
+        None => (None, format!("{} (FERROCLIP_BLAS set, but {why_not})", crate::similarity::builtin_backend())),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 fn discover(_force: bool) -> (Option<Blas>, String) {
-    (None, "matrixmultiply (FERROCLIP_BLAS set, but only Linux looks for a loaded BLAS)".into())
+    (None, format!("{} (FERROCLIP_BLAS set, but only Linux looks for a loaded BLAS)", crate::similarity::builtin_backend()))
 }
 
 /// # Safety
@@ -292,7 +294,7 @@ impl Blas {
         Some(())
     }
 
-    /// GFLOP/s of this sgemm and of matrixmultiply on one 256 x 1024 x 256 tile, best of
+    /// GFLOP/s of this sgemm and of the built-in product on one 256 x 1024 x 256 tile, best of
     /// three each after a warm-up, interleaved (a few ms, once per process).
     fn race(&self) -> (f64, f64) {
         let (m, n, k) = (256usize, 1024usize, 256usize);
@@ -309,7 +311,7 @@ impl Blas {
                     if which == 0 {
                         let _ = self.product(q.as_ptr(), m, d.as_ptr(), n, k, out.as_mut_ptr(), n);
                     } else {
-                        matrixmultiply::sgemm(m, k, n, 1.0, q.as_ptr(), k as isize, 1, d.as_ptr(), 1, k as isize, 0.0, out.as_mut_ptr(), n as isize, 1);
+                        crate::similarity::builtin_product(&q, m, &d, n, k, out.as_mut_ptr(), n);
                     }
                 }
                 if round > 0 {

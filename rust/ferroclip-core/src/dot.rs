@@ -198,18 +198,6 @@ mod tests {
     use super::*;
     use half::f16;
 
-    fn noise(len: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     /// The SIMD kernels give exactly the bits of the portable FMA evaluation order, for
     /// every row-group remainder and dimension tail, f32 and f16 storage.
     #[test]
@@ -220,11 +208,11 @@ mod tests {
         }
         for dim in [1, 7, 16, 33, 512] {
             for n in [1, 3, 4, 5, 11] {
-                let d32 = noise(n * dim, dim as u64 * 31 + n as u64);
+                let d32 = crate::test_data::noise(n * dim, dim as u64 * 31 + n as u64);
                 let d16: Vec<f16> = d32.iter().map(|&x| f16::from_f32(x)).collect();
                 let widened: Vec<f32> = d16.iter().map(|x| x.to_f32()).collect();
                 for m in [1, 3] {
-                    let q = noise(m * dim, 99 + m as u64);
+                    let q = crate::test_data::noise(m * dim, 99 + m as u64);
                     for (rows, reference) in [(Rows::F32(&d32), &d32), (Rows::F16(&d16), &widened)] {
                         let mut got = vec![f32::NAN; m * n];
                         let mut want = vec![f32::NAN; m * n];

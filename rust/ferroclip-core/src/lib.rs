@@ -9,6 +9,7 @@ pub mod blas;
 pub mod decode;
 pub mod dedup;
 mod dot;
+mod gemm;
 pub mod error;
 pub mod geometry;
 pub mod normalize;

@@ -390,9 +390,10 @@ fn positive_scores<'p>(
 
 /// Images per strip in `one_pass`: two `QUERY_BLOCK`s when that still leaves every thread
 /// four strips, one otherwise. The taller tile (512 x 1024, 2 MiB, in L3 for the counting)
-/// halves how often matrixmultiply packs each text block (a strided gather, ~20% of the
-/// product at 256 rows): recall 5k x 25k, 1 thread, 0.75 -> 0.72-0.73 s (interleaved).
-/// Any height gives the same scores (matrixmultiply is tile-independent).
+/// halves how often the product packs each text block (measured with matrixmultiply, whose
+/// strided gather was ~20% of the product at 256 rows: recall 5k x 25k, 1 thread, AVX-512,
+/// 0.75 -> 0.72-0.73 s). Any height gives the same scores (the built-in product is
+/// tile-independent).
 fn one_pass_strip(ni: usize, num_threads: Option<usize>) -> usize {
     let tall = 2 * QUERY_BLOCK;
     if ni >= 4 * tall * crate::batch::resolve_num_threads(num_threads) {
@@ -422,7 +423,7 @@ fn one_pass<'p>(
     num_threads: Option<usize>,
 ) -> Result<Option<(Vec<Vec<i64>>, Vec<Vec<i64>>)>> {
     let (ni, nt, dim) = (images.rows(), texts.rows(), images.dim());
-    // Always matrixmultiply here, even when a BLAS serves the other products: the positive
+    // Always the built-in product here, even when a BLAS serves the other products: the positive
     // scores below must equal their values inside the tiles bit for bit, and a BLAS sgemm
     // does not promise that (OpenBLAS's edge kernels sum in another order, see `blas`).
     if Kernel::for_queries(ni) == Kernel::Dot || Kernel::for_queries(nt) == Kernel::Dot || dim == 0 {

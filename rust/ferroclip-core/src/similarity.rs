@@ -1,10 +1,12 @@
 //! Dot-product similarity between two sets of embeddings, block by block.
 //!
 //! Every score in ferroclip (here, in `topk` and in `recall`) comes out of the same
-//! `block_product`, one `matrixmultiply::sgemm` call per tile. The value of one score
-//! depends only on its two vectors, not on the tile it was computed in (the kernel and its
-//! k-blocking are fixed per machine), so `topk` and `recall` agree bit for bit with the
-//! materialised `similarity` matrix: sorting that matrix gives the same order. (Opt-in
+//! `block_product`, one built-in product call per tile (`builtin_product`: ferroclip's own
+//! AVX2 kernel in `gemm`, or `matrixmultiply` on CPUs with AVX-512 or without AVX2). The
+//! value of one score depends only on its two vectors, not on the tile it was computed in
+//! (the kernel and its k order are fixed per machine), so `topk` and `recall` agree bit
+//! for bit with the materialised `similarity` matrix: sorting that matrix gives the same
+//! order. (Opt-in
 //! `FERROCLIP_BLAS=1` trades that for the process's BLAS sgemm; see `blas` and `Kernel`.)
 //!
 //! A float16 matrix is widened to f32 one block at a time (F16C when the CPU has it), so
@@ -114,15 +116,15 @@ pub(crate) const SMALL_QUERY_COUNT: usize = 3;
 
 /// How a call computes its scores. Chosen once per call from the total query count, so
 /// one call never mixes kernels: `similarity` and `topk` on the same queries agree bit for
-/// bit, but a query scored alone (dot kernel) may differ in the last bit from the same
-/// query scored in a large batch (sgemm), as with any BLAS.
+/// bit, but a query scored alone (dot kernel: 16 lanes) may differ in the last bit from
+/// the same query scored in a large batch (one FMA chain per score), as with any BLAS.
 ///
 /// `Blas` (opt-in, `FERROCLIP_BLAS=1`, see `blas`) gives up that agreement: OpenBLAS's
 /// value for a pair depends on the shape of the call and the pair's place in it, so with
 /// it `topk` and `near_duplicates` scores may differ from `similarity` in the last bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
-    /// `matrixmultiply::sgemm`: a pair's value does not depend on the tile.
+    /// `builtin_product`: a pair's value does not depend on the tile.
     Gemm,
     /// The process's CBLAS sgemm (falls back to `Gemm` for a call it cannot take).
     Blas,
@@ -189,6 +191,20 @@ pub(crate) unsafe fn block_product_raw(
             return;
         }
     }
+    builtin_product(q, m, d, n, dim, out, ldc);
+}
+
+/// The built-in product (no BLAS): ferroclip's own AVX2 kernel (`gemm`) where it is the
+/// fastest choice, else `matrixmultiply`.
+///
+/// # Safety
+/// As `block_product_raw`; `dim > 0`.
+pub(crate) unsafe fn builtin_product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::preferred() {
+        return crate::gemm::product(q, m, d, n, dim, out, ldc);
+    }
+    // Elsewhere: matrixmultiply (its AVX-512 kernel outruns our AVX2 one where present).
     // q is m x k row-major; d seen column-major is k x n, i.e. d transposed; out has row
     // stride ldc. matrixmultiply picks its kernel at run time (AVX-512 16x16 where present,
     // else AVX2/FMA 8x8); the packing is a strided gather per element from these layouts.
@@ -208,6 +224,15 @@ pub(crate) unsafe fn block_product_raw(
         ldc as isize,
         1,
     );
+}
+
+/// The built-in product in words (see `builtin_product`).
+pub(crate) fn builtin_backend() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::preferred() {
+        return "ferroclip-avx2";
+    }
+    "matrixmultiply"
 }
 
 /// `block_product` with the sgemm of this process (BLAS or `matrixmultiply`, see

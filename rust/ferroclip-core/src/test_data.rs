@@ -14,3 +14,17 @@ pub(crate) fn small_ints(len: usize, seed: u64, levels: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `len` values in `[-1, 1)` from xorshift64: products and sums round, so a change of
+/// summation order shows in the bits.
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}

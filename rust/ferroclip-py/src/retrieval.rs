@@ -142,7 +142,8 @@ fn near_duplicates<'py>(
 }
 
 /// The product backend of this process: the CBLAS sgemm in use (library, symbol, integer
-/// width), or `matrixmultiply` and why. Looked up on first use, then fixed.
+/// width), or the built-in product (`ferroclip-avx2` or `matrixmultiply`) and why.
+/// Looked up on first use, then fixed.
 #[pyfunction]
 fn gemm_backend(py: Python<'_>) -> String {
     py.detach(ferroclip_core::blas::backend)

@@ -185,6 +185,66 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / t / 1e9
 
 
+def recall_section(args, rng, peak, torch) -> list[str]:
+    """The Recall@K table (5 captions per image), as report lines."""
+    ni = args.recall_images
+    img = rng.standard_normal((ni, args.dim), dtype=np.float32)
+    txt = np.repeat(img, 5, axis=0) + 8.0 * rng.standard_normal((5 * ni, args.dim), dtype=np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    t2i = np.repeat(np.arange(ni), 5)
+    ks = (1, 5, 10)
+    keys = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks]
+    recall_peers = {
+        "ferroclip": lambda th: ferroclip.recall_at_k(img, txt, t2i, ks, num_threads=th),
+        "numpy vectorised": lambda th: numpy_recall(img, txt, t2i, ks),
+    }
+    if torch is not None:
+        ti, tt, tidx = torch.from_numpy(img), torch.from_numpy(txt), torch.from_numpy(t2i)
+        recall_peers["CLIP_benchmark (torch)"] = lambda th: clip_benchmark_recall(torch, ti, tt, tidx, ks)
+    recall_peers["bare matmul (numpy, 1 direction)"] = lambda th: img @ txt.T
+    results = {}
+    for name, fn in recall_peers.items():
+        if name.startswith("bare"):
+            continue
+        with blas_threads(max(args.threads)):
+            results[name] = fn(max(args.threads))
+    ref = results["numpy vectorised"]
+    recall_rows = []
+    for th in args.threads:
+        if torch is not None:
+            torch.set_num_threads(th)
+        with blas_threads(th):
+            times = interleaved({name: (lambda fn=fn: fn(th)) for name, fn in recall_peers.items()}, 3)
+        for name, t in times.items():
+            flops = 2 * ni * 5 * ni * args.dim / t / 1e9
+            if name in results:
+                diff = max(abs(results[name][k] - ref[k]) for k in keys)
+                agree = "same R@K" if diff == 0 else ("same R@K (float32 mean)" if diff <= 1e-6 else f"max diff {diff:.1e}")
+            else:
+                agree = "-"
+            recall_rows.append([
+                str(th), name, f"{t:.2f}", f"{flops:.0f} ({100 * flops / peak[th]:.0f}%)",
+                f"{times['numpy vectorised'] / t:.2f}x", f"{t / times['bare matmul (numpy, 1 direction)']:.2f}", agree,
+            ])
+        print(f"recall threads={th}: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()), flush=True)
+    return [
+        f"## Recall@K, {ni:,} images x {5 * ni:,} captions (5 each), D = {args.dim}, K = 1, 5, 10, both directions",
+        "",
+        "GFLOP/s counts one 2·I·T·D product, the work of the bare matmul row; ferroclip and the numpy",
+        "implementation compute that product once for both directions, CLIP_benchmark once (then topk",
+        "and one-hot per K and direction).",
+        "",
+        _harness.markdown_table(
+            ["threads", "implementation", "seconds", "GFLOP/s (% sgemm peak)", "speed-up vs numpy", "time / bare matmul", "agreement"],
+            recall_rows,
+        ),
+        "",
+        "Recall values (ferroclip): " + ", ".join(f"{k} {results['ferroclip'][k]:.4f}" for k in keys),
+        "",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000], help="database rows")
@@ -194,7 +254,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, nargs="+", default=[1, 1000])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--recall-images", type=int, default=5000)
+    ap.add_argument("--recall-images", type=int, default=5000, help="images in the Recall@K section (0 skips it)")
     ap.add_argument("--out", type=Path, help="also write the report (markdown) here")
     args = ap.parse_args()
     sizes = [n for n in args.n if not (args.quick and n > 100_000)]
@@ -296,63 +356,8 @@ def main() -> None:
             "speed-up vs faiss", "vs numpy", "vs torch", "indices"]
     report += [f"## Exact top-k, D = {args.dim}, k = {args.k}", "", _harness.markdown_table(head, table), ""]
 
-    # --- Recall@K ---
-    ni = args.recall_images
-    img = rng.standard_normal((ni, args.dim), dtype=np.float32)
-    txt = np.repeat(img, 5, axis=0) + 8.0 * rng.standard_normal((5 * ni, args.dim), dtype=np.float32)
-    img /= np.linalg.norm(img, axis=1, keepdims=True)
-    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-    t2i = np.repeat(np.arange(ni), 5)
-    ks = (1, 5, 10)
-    keys = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks]
-    recall_peers = {
-        "ferroclip": lambda th: ferroclip.recall_at_k(img, txt, t2i, ks, num_threads=th),
-        "numpy vectorised": lambda th: numpy_recall(img, txt, t2i, ks),
-    }
-    if torch is not None:
-        ti, tt, tidx = torch.from_numpy(img), torch.from_numpy(txt), torch.from_numpy(t2i)
-        recall_peers["CLIP_benchmark (torch)"] = lambda th: clip_benchmark_recall(torch, ti, tt, tidx, ks)
-    recall_peers["bare matmul (numpy, 1 direction)"] = lambda th: img @ txt.T
-    results = {}
-    for name, fn in recall_peers.items():
-        if name.startswith("bare"):
-            continue
-        with blas_threads(max(args.threads)):
-            results[name] = fn(max(args.threads))
-    ref = results["numpy vectorised"]
-    recall_rows = []
-    for th in args.threads:
-        if torch is not None:
-            torch.set_num_threads(th)
-        with blas_threads(th):
-            times = interleaved({name: (lambda fn=fn: fn(th)) for name, fn in recall_peers.items()}, 3)
-        for name, t in times.items():
-            flops = 2 * ni * 5 * ni * args.dim / t / 1e9
-            if name in results:
-                diff = max(abs(results[name][k] - ref[k]) for k in keys)
-                agree = "same R@K" if diff == 0 else ("same R@K (float32 mean)" if diff <= 1e-6 else f"max diff {diff:.1e}")
-            else:
-                agree = "-"
-            recall_rows.append([
-                str(th), name, f"{t:.2f}", f"{flops:.0f} ({100 * flops / peak[th]:.0f}%)",
-                f"{times['numpy vectorised'] / t:.2f}x", f"{t / times['bare matmul (numpy, 1 direction)']:.2f}", agree,
-            ])
-        print(f"recall threads={th}: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()), flush=True)
-    report += [
-        f"## Recall@K, {ni:,} images x {5 * ni:,} captions (5 each), D = {args.dim}, K = 1, 5, 10, both directions",
-        "",
-        "GFLOP/s counts one 2·I·T·D product, the work of the bare matmul row; ferroclip and the numpy",
-        "implementation compute that product once for both directions, CLIP_benchmark once (then topk",
-        "and one-hot per K and direction).",
-        "",
-        _harness.markdown_table(
-            ["threads", "implementation", "seconds", "GFLOP/s (% sgemm peak)", "speed-up vs numpy", "time / bare matmul", "agreement"],
-            recall_rows,
-        ),
-        "",
-        "Recall values (ferroclip): " + ", ".join(f"{k} {results['ferroclip'][k]:.4f}" for k in keys),
-        "",
-    ]
+    if args.recall_images > 0:
+        report += recall_section(args, rng, peak, torch)
     report.append(f"Load average at end: {load_average()}")
     text = "\n".join(report)
     print("\n" + text)

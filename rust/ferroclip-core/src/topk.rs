@@ -19,6 +19,9 @@ use crate::similarity::{check_dims, check_finite_tile, map_range, score_block, E
 /// larger score tile (4 MiB) is read once by the selection, from L3.
 const TOPK_QUERY_BLOCK: usize = 4 * QUERY_BLOCK;
 
+/// Database rows per block for the few-query dot kernel (a 64 KiB score row per query).
+const DOT_BLOCK: usize = 16 * DB_BLOCK;
+
 /// Heap entries allowed per task before query blocks shrink (large k).
 const MAX_HEAP_ENTRIES: usize = 1 << 22;
 
@@ -159,10 +162,12 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
     let mut selectors: Vec<Selector> = (0..m).map(|_| Selector::new(k)).collect();
     let (mut scratch_q, mut scratch_d) = (Vec::new(), Vec::new());
     let qb = queries.block(q0, q1, &mut scratch_q);
-    let mut tile = vec![0.0f32; m * DB_BLOCK.min(d1 - d0)];
+    // The dot kernel reads each block as four streams; longer blocks keep them going.
+    let block = if kernel == Kernel::Dot { DOT_BLOCK } else { DB_BLOCK };
+    let mut tile = vec![0.0f32; m * block.min(d1 - d0)];
     let mut c0 = d0;
     while c0 < d1 {
-        let c1 = (c0 + DB_BLOCK).min(d1);
+        let c1 = (c0 + block).min(d1);
         let w = c1 - c0;
         score_block(kernel, &qb, m, database, (c0, c1), &mut tile, w, &mut scratch_d);
         if !select_tile(&mut selectors, &tile[..m * w], w, c0) {

@@ -1,6 +1,8 @@
 //! Tile-product micro-benchmark: `matrixmultiply::sgemm` on the tile shapes ferroclip uses
 //! (row-major queries m x k times database rows n x k, transposed), against the product the
-//! library uses in this process (`blas::backend`). (Measured and dropped: the `gemm` crate,
+//! library uses in this process (`blas::backend`: ferroclip's own AVX2 kernel on AVX2 CPUs
+//! without AVX-512). Medians and best-of-N (the best is steadier on a shared host);
+//! `TILE_BENCH_K` sets k (default 512). (Measured and dropped: the `gemm` crate,
 //! at 0.55-0.7x of matrixmultiply on these shapes; pre-transposed operands, same bits and
 //! +5-15% here on repeated calls, but 3-10% slower inside top-k and recall.)
 //!

@@ -4,14 +4,15 @@
 //! prefixed `scipy_` and suffixed `64_`, 64-bit integers) before any retrieval call runs.
 //! On the tile shapes its sgemm ran 1.06-1.11x faster than `matrixmultiply` (1 thread,
 //! AVX-512; `examples/tile_bench.rs`); on AVX2-only CPUs ferroclip's own kernel (`gemm`)
-//! matches OpenBLAS, so there this option buys nothing. Nothing is linked at build time and nothing is
-//! loaded: we only look among the libraries already in the process (`RTLD_NOLOAD`), once.
+//! matches OpenBLAS, so there this option buys nothing. Nothing is linked at build time
+//! and nothing is loaded: we only look among the libraries already in the process
+//! (`RTLD_NOLOAD`), once.
 //! Linux only (`dl_iterate_phdr`); elsewhere the backend is the built-in product.
 //!
 //! Why opt-in: ferroclip promises that `topk`, `recall_at_k` and `near_duplicates` see the
 //! very scores `similarity` returns, bit for bit, because the built-in product computes a
-//! pair the same way in every tile. OpenBLAS does not: its value for a pair depends on the call
-//! shape and on where the pair falls in it (edge micro-tiles and small-matrix kernels sum
+//! pair the same way in every tile. OpenBLAS does not: its value for a pair depends on the
+//! call shape and on where the pair falls in it (edge micro-tiles and small-matrix kernels sum
 //! in another order). Measured with numpy's OpenBLAS 0.3.31 (SkylakeX kernels), D = 512:
 //! a 200 x 1000 call differs from the same pairs inside 256 x 1024 tiles in 2% of the
 //! scores, a 64 x 64 call in 10%, by an ulp or two; aligned 256 x 1024, 512 x 1024 and

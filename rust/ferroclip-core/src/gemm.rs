@@ -286,8 +286,9 @@ mod tests {
             return;
         }
         for dim in [1, 5, 8, 33, 512, 520] {
-            // dim 520: three k passes (256 + 256 + 8); n = 150 crosses a packed-block boundary.
-            for (m, n) in [(1, 1), (6, 16), (7, 17), (13, 40), (5, 150)] {
+            // dim 520: three k passes (256 + 256 + 8); at dim >= 256 a packed block holds
+            // 16 panels (256 rows), so n = 300 spans two blocks.
+            for (m, n) in [(1, 1), (6, 16), (7, 17), (13, 40), (5, 150), (7, 300)] {
                 let q = crate::test_data::noise(m * dim, dim as u64 * 7 + m as u64);
                 let d = crate::test_data::noise(n * dim, dim as u64 * 13 + n as u64);
                 let ldc = n + 3;

@@ -6,8 +6,8 @@
 //! value of one score depends only on its two vectors, not on the tile it was computed in
 //! (the kernel and its k order are fixed per machine), so `topk` and `recall` agree bit
 //! for bit with the materialised `similarity` matrix: sorting that matrix gives the same
-//! order. (Opt-in
-//! `FERROCLIP_BLAS=1` trades that for the process's BLAS sgemm; see `blas` and `Kernel`.)
+//! order. (Opt-in `FERROCLIP_BLAS=1` trades that for the process's BLAS sgemm; see `blas`
+//! and `Kernel`.)
 //!
 //! A float16 matrix is widened to f32 one block at a time (F16C when the CPU has it), so
 //! an f16 database costs half the memory and no full-size f32 copy.

@@ -8,6 +8,27 @@
 use std::arch::x86_64::*;
 use std::time::Instant;
 
+/// Prefetch the four cache lines from `a` with hint `H`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn prefetch4<const H: i32>(a: *const i8) {
+    for l in 0..4 {
+        _mm_prefetch::<H>(a.wrapping_add(64 * l));
+    }
+}
+
+/// Sum of eight accumulators (the result only keeps the loads from being optimised away).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(acc: [__m256; 8]) -> f32 {
+    let s = acc
+        .iter()
+        .fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
+    let mut o = [0f32; 8];
+    _mm256_storeu_ps(o.as_mut_ptr(), s);
+    o.iter().sum()
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sum_plain(p: *const f32, n: usize, dist: usize, hint: i32) -> f32 {
@@ -17,9 +38,9 @@ unsafe fn sum_plain(p: *const f32, n: usize, dist: usize, hint: i32) -> f32 {
         if dist > 0 {
             let a = (p.add(i) as *const i8).wrapping_add(dist);
             match hint {
-                0 => { _mm_prefetch::<_MM_HINT_T0>(a); _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(64)); _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(128)); _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(192)); }
-                1 => { _mm_prefetch::<_MM_HINT_T1>(a); _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(64)); _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(128)); _mm_prefetch::<_MM_HINT_T1>(a.wrapping_add(192)); }
-                _ => { _mm_prefetch::<_MM_HINT_NTA>(a); _mm_prefetch::<_MM_HINT_NTA>(a.wrapping_add(64)); _mm_prefetch::<_MM_HINT_NTA>(a.wrapping_add(128)); _mm_prefetch::<_MM_HINT_NTA>(a.wrapping_add(192)); }
+                0 => prefetch4::<_MM_HINT_T0>(a),
+                1 => prefetch4::<_MM_HINT_T1>(a),
+                _ => prefetch4::<_MM_HINT_NTA>(a),
             }
         }
         for t in 0..8 {
@@ -27,11 +48,7 @@ unsafe fn sum_plain(p: *const f32, n: usize, dist: usize, hint: i32) -> f32 {
         }
         i += 64;
     }
-    let mut s = _mm256_setzero_ps();
-    for t in 0..8 { s = _mm256_add_ps(s, acc[t]); }
-    let mut o = [0f32; 8];
-    _mm256_storeu_ps(o.as_mut_ptr(), s);
-    o.iter().sum()
+    hsum(acc)
 }
 
 /// Stream in K separate regions concurrently (K streams), each 1/K of the buffer.
@@ -49,11 +66,7 @@ unsafe fn sum_split(p: *const f32, n: usize, k: usize) -> f32 {
         }
         i += 16;
     }
-    let mut s = _mm256_setzero_ps();
-    for t in 0..8 { s = _mm256_add_ps(s, acc[t]); }
-    let mut o = [0f32; 8];
-    _mm256_storeu_ps(o.as_mut_ptr(), s);
-    o.iter().sum()
+    hsum(acc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -64,19 +77,41 @@ fn main() {
     let p = unsafe { std::alloc::alloc(layout) as *mut f32 };
     unsafe { libc::madvise(p as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE) };
     let thp = std::env::args().nth(1).map_or(true, |s| s != "nothp");
-    if !thp { unsafe { libc::madvise(p as *mut libc::c_void, bytes, libc::MADV_NOHUGEPAGE) }; }
-    for i in 0..n { unsafe { *p.add(i) = (i % 7) as f32 }; }
+    if !thp {
+        unsafe { libc::madvise(p as *mut libc::c_void, bytes, libc::MADV_NOHUGEPAGE) };
+    }
+    for i in 0..n {
+        unsafe { *p.add(i) = (i % 7) as f32 };
+    }
     let run = |name: &str, f: &dyn Fn() -> f32| {
-        let mut best = f64::INFINITY; let mut v = Vec::new();
-        for _ in 0..5 { let t = Instant::now(); std::hint::black_box(f()); let e = t.elapsed().as_secs_f64(); best = best.min(e); v.push(e); }
-        v.sort_by(|a,b| a.partial_cmp(b).unwrap());
-        println!("{name:28} best {:6.1} ms ({:5.1} GB/s) median {:6.1} ms", best*1e3, bytes as f64/best/1e9, v[2]*1e3);
+        let mut best = f64::INFINITY;
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            let e = t.elapsed().as_secs_f64();
+            best = best.min(e);
+            v.push(e);
+        }
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{name:28} best {:6.1} ms ({:5.1} GB/s) median {:6.1} ms",
+            best * 1e3,
+            bytes as f64 / best / 1e9,
+            v[2] * 1e3
+        );
     };
     run("plain", &|| unsafe { sum_plain(p, n, 0, 0) });
     for d in [1024, 2048, 4096, 8192] {
-        for h in [0, 1, 2] { run(&format!("prefetch d={d} hint={h}"), &|| unsafe { sum_plain(p, n, d, h) }); }
+        for h in [0, 1, 2] {
+            run(&format!("prefetch d={d} hint={h}"), &|| unsafe {
+                sum_plain(p, n, d, h)
+            });
+        }
     }
-    for k in [2, 4, 8] { run(&format!("split {k}"), &|| unsafe { sum_split(p, n, k) }); }
+    for k in [2, 4, 8] {
+        run(&format!("split {k}"), &|| unsafe { sum_split(p, n, k) });
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -16,7 +16,7 @@
 //! 89-92 vs 80-84 GFLOP/s; numpy's OpenBLAS does 90-92 on 2048^3), `examples/tile_bench.rs`.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use avx2::supported;
+pub(crate) use avx2::{product, supported};
 
 /// Whether this kernel is the built-in product here: AVX2 + FMA without AVX-512 (where
 /// `matrixmultiply`'s AVX-512 kernel has twice the width).
@@ -30,24 +30,6 @@ pub(crate) fn preferred() -> bool {
 #[cfg(test)]
 pub(crate) fn dot_sequential(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0.0f32, |s, (x, y)| x.mul_add(*y, s))
-}
-
-/// `out[i * ldc + j] = <q_i, d_j>` for `i < m`, `j < n`, with `dot_sequential`'s bits.
-///
-/// # Safety
-/// `supported()`; `q` holds m rows and `d` n rows of `dim`; `out` is valid for writes at
-/// `i * ldc + j` for `i < m`, `j < n`, and nothing else accesses those elements meanwhile.
-#[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn product(
-    q: &[f32],
-    m: usize,
-    d: &[f32],
-    n: usize,
-    dim: usize,
-    out: *mut f32,
-    ldc: usize,
-) {
-    avx2::product(q, m, d, n, dim, out, ldc);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -206,10 +188,14 @@ mod avx2 {
         }
     }
 
+    /// `out[i * ldc + j] = <q_i, d_j>` for `i < m`, `j < n`, with `dot_sequential`'s bits.
+    ///
     /// # Safety
-    /// See `super::product`.
+    /// `supported()`; `q` holds m rows and `d` n rows of `dim`; `out` is valid for writes
+    /// at `i * ldc + j` for `i < m`, `j < n`, and nothing else accesses those elements
+    /// meanwhile.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn product(
+    pub(crate) unsafe fn product(
         q: &[f32],
         m: usize,
         d: &[f32],

@@ -116,8 +116,8 @@ pub(crate) const SMALL_QUERY_COUNT: usize = 3;
 
 /// How a call computes its scores. Chosen once per call from the total query count, so
 /// one call never mixes kernels: `similarity` and `topk` on the same queries agree bit for
-/// bit, but a query scored alone (dot kernel: 16 lanes) may differ in the last bit from
-/// the same query scored in a large batch (one FMA chain per score), as with any BLAS.
+/// bit, but a query scored alone (dot kernel: 16 lanes) may differ by a few ulps from the
+/// same query scored in a large batch (one FMA chain per score), as with any BLAS.
 ///
 /// `Blas` (opt-in, `FERROCLIP_BLAS=1`, see `blas`) gives up that agreement: OpenBLAS's
 /// value for a pair depends on the shape of the call and the pair's place in it, so with

@@ -45,14 +45,28 @@ mod avx2 {
     const MR: usize = 6;
     /// Database rows per packed panel (two ymm).
     const NR: usize = 16;
-    /// Elements of k per pass: a group's 6 query rows (6 KiB) stay in L1 while the
-    /// block's packed panels (16 KiB each) stream past them from L2, one sequential read
+    /// Most elements of k per pass. A dimension up to this is one pass, longer ones are split
+    /// into equal passes (768 = 2 x 384): a group's 6 query rows (at most 12 KiB) stay in
+    /// L1 while the block's packed panels stream past them from L2, one sequential read
     /// each. (The BLIS order, a panel in L1 and query groups streamed from L2 as six row
-    /// streams, ran ~8% slower on Zen 3.) Partial sums are stored and reloaded between
-    /// passes, which leaves each FMA chain's bits unchanged.
-    const KC: usize = 256;
-    /// Packed database bytes per block (L2).
-    const BLOCK_BYTES: usize = 256 * 1024;
+    /// streams, ran ~8% slower on Zen 3.) Between passes, partial sums are stored and
+    /// reloaded, which leaves each FMA chain's bits unchanged but sends the output through
+    /// the caches once more. D = 768 ran ~7% faster in two passes than in one (an 18 KiB
+    /// group crowds L1).
+    const KC_MAX: usize = 512;
+    /// Packed database bytes per block: a quarter of Zen 3's 512 KiB L2, so the panels
+    /// survive the query rows and output lines that stream through L2 beside them.
+    /// (Measured against the earlier 256-element passes over 256 KiB blocks: two processes
+    /// running top-k at once kept 84-89 GFLOP/s each instead of falling to ~78, numpy's
+    /// OpenBLAS 87; recall on two threads 0.75 s instead of 0.79, min of 6 interleaved runs.)
+    const BLOCK_BYTES: usize = 128 * 1024;
+
+    /// Elements of k per pass for `dim`: equal passes of at most `KC_MAX`, multiples of 8
+    /// (the transposes' width) where `dim` allows.
+    fn pass_len(dim: usize) -> usize {
+        let passes = dim.div_ceil(KC_MAX).max(1);
+        dim.div_ceil(passes).next_multiple_of(8).min(dim)
+    }
 
     thread_local! {
         /// Packed panels, reused across calls on this thread.
@@ -209,7 +223,7 @@ mod avx2 {
             return;
         }
         let panels = n.div_ceil(NR);
-        let kc_max = KC.min(dim);
+        let kc_max = pass_len(dim);
         let panel_len = NR * kc_max;
         let block_panels = (BLOCK_BYTES / (panel_len * 4)).max(1).min(panels);
         let (qp, dp) = (q.as_ptr(), d.as_ptr());
@@ -221,8 +235,8 @@ mod avx2 {
             let pp = packed.as_mut_ptr();
             for p0 in (0..panels).step_by(block_panels) {
                 let p1 = (p0 + block_panels).min(panels);
-                for k0 in (0..dim).step_by(KC) {
-                    let kc = KC.min(dim - k0);
+                for k0 in (0..dim).step_by(kc_max) {
+                    let kc = kc_max.min(dim - k0);
                     for p in p0..p1 {
                         let j = p * NR;
                         pack_panel(
@@ -271,9 +285,9 @@ mod tests {
         if !supported() {
             return;
         }
-        for dim in [1, 5, 8, 33, 512, 520] {
-            // dim 520: three k passes (256 + 256 + 8); at dim >= 256 a packed block holds
-            // 16 panels (256 rows), so n = 300 spans two blocks.
+        for dim in [1, 5, 8, 33, 512, 520, 1100] {
+            // dim 520: two k passes (264 + 256), 1100 three (368 + 368 + 364); at dim 512 a
+            // packed block holds 4 panels (64 rows), so n = 150 and 300 span several blocks.
             for (m, n) in [(1, 1), (6, 16), (7, 17), (13, 40), (5, 150), (7, 300)] {
                 let q = crate::test_data::noise(m * dim, dim as u64 * 7 + m as u64);
                 let d = crate::test_data::noise(n * dim, dim as u64 * 13 + n as u64);

@@ -20,7 +20,7 @@
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};
-use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK, SCAN_BLOCK};
 
 /// Scores held per task: queries are processed in strips of at most this many (64 MiB).
 const STRIP_ELEMS: usize = 1 << 24;
@@ -480,10 +480,6 @@ fn positive_scores<'p>(
     Ok(positive)
 }
 
-/// Texts per tile in `one_pass`: a 512 x 256 tile (512 KiB) is counted from L2 right after
-/// the product writes it; at `DB_BLOCK` (1024) wide it was 2 MiB, counted from L3.
-const RECALL_TILE_WIDTH: usize = 256;
-
 /// Images per strip in `one_pass`: two `QUERY_BLOCK`s when that still leaves every thread
 /// four strips, one otherwise. The taller tile (512 x 1024, 2 MiB, in L3 for the counting)
 /// halves how often the product packs each text block (measured with matrixmultiply, whose
@@ -534,7 +530,7 @@ fn one_pass<'p>(
     };
     let strip = one_pass_strip(ni, num_threads);
     let blocks = ni.div_ceil(strip);
-    let width = RECALL_TILE_WIDTH.min(nt);
+    let width = SCAN_BLOCK.min(nt);
     let per_block = run_parallel(num_threads, |parallel| {
         map_range(parallel, blocks, |b| -> Result<(Vec<Vec<i64>>, Vec<u32>, bool)> {
             let (r0, r1) = (b * strip, ((b + 1) * strip).min(ni));

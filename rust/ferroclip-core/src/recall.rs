@@ -20,7 +20,7 @@
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};
-use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK, SCAN_BLOCK};
+use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
 
 /// Scores held per task: queries are processed in strips of at most this many (64 MiB).
 const STRIP_ELEMS: usize = 1 << 24;
@@ -532,7 +532,7 @@ fn one_pass<'p>(
     };
     let strip = one_pass_strip(ni, num_threads);
     let blocks = ni.div_ceil(strip);
-    let width = SCAN_BLOCK.min(nt);
+    let width = Kernel::Gemm.scan_width().min(nt);
     let per_block = run_parallel(num_threads, |parallel| {
         map_range(parallel, blocks, |b| -> Result<(Vec<Vec<i64>>, Vec<u32>, bool)> {
             let (r0, r1) = (b * strip, ((b + 1) * strip).min(ni));

@@ -29,12 +29,10 @@ use crate::error::{Error, Result};
 pub(crate) const QUERY_BLOCK: usize = 256;
 /// Database rows per tile: a 256 x 1024 f32 score tile is 1 MiB, inside a 2 MiB L2.
 pub(crate) const DB_BLOCK: usize = 1024;
-/// Database rows per tile where each tile is read once right after it is scored (top-k
-/// selection, recall counting): tiles of 0.5-1 MiB (512 or 1024 rows x 256) are read back
-/// mostly from L2, where 1024-wide ones (2-4 MiB) came from L3. Measured on Zen 3 (min of 5
-/// interleaved runs, 1 thread): top-k 1000 x 100k 1.13 s vs 1.17 s; recall 5k x 25k moved
-/// with the fused counting pass, see `recall::fused`.
-pub(crate) const SCAN_BLOCK: usize = 256;
+/// Database rows per tile, for ferroclip's own kernel, where each tile is read once right
+/// after it is scored (see `Kernel::scan_width`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const SCAN_BLOCK: usize = 256;
 
 /// Row-major storage of an embedding matrix.
 #[derive(Clone, Copy, Debug)]
@@ -162,6 +160,21 @@ impl Kernel {
         } else {
             Kernel::Gemm
         }
+    }
+
+    /// Database rows per tile where each tile is read once right after it is scored (top-k
+    /// selection, recall counting). ferroclip's own kernel reads the queries in place, so
+    /// narrow tiles cost it nothing, and tiles of 0.5-1 MiB (512 or 1024 rows x 256) are
+    /// read back mostly from L2 where 1024-wide ones (2-4 MiB) came from L3. Measured on
+    /// Zen 3 (min of 5 interleaved runs, 1 thread): top-k 1000 x 100k 1.13 s vs 1.17 s.
+    /// Kernels that pack the query block on every call (`matrixmultiply`, a BLAS) keep
+    /// `DB_BLOCK`, which amortises that packing.
+    pub(crate) fn scan_width(self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Gemm && crate::gemm::preferred() {
+            return SCAN_BLOCK;
+        }
+        DB_BLOCK
     }
 }
 

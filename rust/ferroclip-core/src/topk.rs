@@ -1,8 +1,8 @@
 //! Exact top-k by dot product, fused with the blocked product.
 //!
 //! Each task scores one block of up to `TOPK_QUERY_BLOCK` queries against one slice of the
-//! database, one `TOPK_QUERY_BLOCK x SCAN_BLOCK` tile at a time, and keeps a k-element heap per
-//! query; the `Q x N` score matrix never exists. Slices are merged at the end. Few
+//! database, one tile of `Kernel::scan_width` rows at a time, and keeps a k-element heap
+//! per query; the `Q x N` score matrix never exists. Slices are merged at the end. Few
 //! queries (one, typically) are split over database slices so every thread has work.
 //!
 //! Order is a stable descending sort: higher score first, equal scores by lower database
@@ -11,7 +11,7 @@
 
 use crate::batch::{resolve_num_threads, run_parallel};
 use crate::error::Result;
-use crate::similarity::{check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK, SCAN_BLOCK};
+use crate::similarity::{check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
 
 /// Queries per task: more than `QUERY_BLOCK`, so each database block is packed for sgemm
 /// (a strided gather, see `similarity::block_product_raw`) fewer times per FLOP.
@@ -160,9 +160,8 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
     let mut selectors: Vec<Selector> = (0..m).map(|_| Selector::new(k)).collect();
     let (mut scratch_q, mut scratch_d) = (Vec::new(), Vec::new());
     let qb = queries.block(q0, q1, &mut scratch_q);
-    // The dot kernel reads each block as four streams; longer blocks keep them going. The
-    // sgemm tiles are narrow, so the selection reads them while they are still cached.
-    let block = if kernel == Kernel::Dot { DOT_BLOCK } else { SCAN_BLOCK };
+    // The dot kernel reads each block as four streams; longer blocks keep them going.
+    let block = if kernel == Kernel::Dot { DOT_BLOCK } else { kernel.scan_width() };
     let mut tile = vec![0.0f32; m * block.min(d1 - d0)];
     let mut c0 = d0;
     while c0 < d1 {

@@ -32,7 +32,7 @@ pub(crate) const DB_BLOCK: usize = 1024;
 /// Database rows per tile, for ferroclip's own kernel, where each tile is read once right
 /// after it is scored (see `Kernel::scan_width`).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const SCAN_BLOCK: usize = 256;
+const SCAN_BLOCK: usize = 128;
 
 /// Row-major storage of an embedding matrix.
 #[derive(Clone, Copy, Debug)]
@@ -164,9 +164,10 @@ impl Kernel {
 
     /// Database rows per tile where each tile is read once right after it is scored (top-k
     /// selection, recall counting). ferroclip's own kernel reads the queries in place, so
-    /// narrow tiles cost it nothing, and tiles of 0.5-1 MiB (512 or 1024 rows x 256) are
-    /// read back mostly from L2 where 1024-wide ones (2-4 MiB) came from L3. Measured on
-    /// Zen 3 (min of 5 interleaved runs, 1 thread): top-k 1000 x 100k 1.13 s vs 1.17 s.
+    /// narrow tiles cost it nothing, and tiles of 256-512 KiB (512 or 1024 rows x 128) are
+    /// read back from L2 where 1024-wide ones (2-4 MiB) came from L3. Measured on Zen 3
+    /// (min of 5 interleaved runs, 1 thread): top-k 1000 x 100k 1.13 s at 128 or 256 wide,
+    /// 1.17 s at 1024; recall 5k x 25k 1.49 s at 128, 1.55 s at 256, 1.59 s at 1024.
     /// Kernels that pack the query block on every call (`matrixmultiply`, a BLAS) keep
     /// `DB_BLOCK`, which amortises that packing.
     pub(crate) fn scan_width(self) -> usize {

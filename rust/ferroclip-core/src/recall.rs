@@ -482,26 +482,26 @@ fn positive_scores<'p>(
     Ok(positive)
 }
 
-/// Images per strip in `one_pass`: two `QUERY_BLOCK`s when that still leaves every thread
-/// four strips, one otherwise. The taller tile (512 x 1024, 2 MiB, in L3 for the counting)
-/// halves how often the product packs each text block (measured with matrixmultiply, whose
-/// strided gather was ~20% of the product at 256 rows: recall 5k x 25k, 1 thread, AVX-512,
-/// 0.75 -> 0.72-0.73 s). Any height gives the same scores (the built-in product is
-/// tile-independent).
+/// Images per strip in `one_pass`: about two `QUERY_BLOCK`s when that still leaves every
+/// thread four strips, one otherwise, in a number of equal strips that is a multiple of
+/// the thread count, so the threads finish together (5000 images on 2 threads: 10 strips
+/// of 500, not 9 of 512 and one of 392). The taller strip halves how often the product
+/// packs each text block (measured with matrixmultiply, whose strided gather was ~20% of
+/// the product at 256 rows: recall 5k x 25k, 1 thread, AVX-512, 0.75 -> 0.72-0.73 s). Any
+/// height gives the same scores (the built-in product is tile-independent).
 fn one_pass_strip(ni: usize, num_threads: Option<usize>) -> usize {
+    let threads = crate::batch::resolve_num_threads(num_threads);
     let tall = 2 * QUERY_BLOCK;
-    if ni >= 4 * tall * crate::batch::resolve_num_threads(num_threads) {
-        tall
-    } else {
-        QUERY_BLOCK
-    }
+    let target = if ni >= 4 * tall * threads { tall } else { QUERY_BLOCK };
+    let strips = ni.div_ceil(target).next_multiple_of(threads);
+    ni.div_ceil(strips).max(1)
 }
 
 /// Both directions from ONE image x text product (half the FLOPs of scoring each way).
 ///
-/// Image strips (`one_pass_strip`) are scored against all texts one `DB_BLOCK`-wide tile at a time,
-/// and both directions are counted while the tile is in cache (a strip's scores never
-/// exist as a whole): each image's ranks of its captions (i2t, `RankCounter`), and each
+/// Image strips (`one_pass_strip`) are scored against all texts one tile of
+/// `Kernel::scan_width` texts at a time, and both directions are counted while the tile is
+/// in cache (a strip's scores never exist as a whole): each image's ranks of its captions (i2t, `RankCounter`), and each
 /// text's count, over strips, of the images that precede its own (t2i): scoring above its
 /// positive score, or equal with a lower index. Both need each text's positive score up
 /// front, computed by the same sgemm kernel in small products (`positive_scores`). sgemm's value for a pair

@@ -192,17 +192,16 @@ pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_t
     let q_blocks = nq.div_ceil(qb_size);
     let threads = resolve_num_threads(num_threads);
     let d_blocks = n.div_ceil(DB_BLOCK);
-    // Split the database only when query blocks alone cannot feed the threads.
+    // Split the database only when query blocks alone cannot feed the threads, into parts
+    // that differ by at most one block (so the threads finish together).
     let parts = if threads == 1 { 1 } else { d_blocks.min((4 * threads).div_ceil(q_blocks)).max(1) };
-    let blocks_per_part = d_blocks.div_ceil(parts);
-    let parts = d_blocks.div_ceil(blocks_per_part);
+    let part_rows = |p: usize| ((p * d_blocks / parts) * DB_BLOCK, ((p + 1) * d_blocks / parts * DB_BLOCK).min(n));
 
     let lists = run_parallel(num_threads, |parallel| {
         map_range(parallel, q_blocks * parts, |t| {
             let (b, p) = (t / parts, t % parts);
             let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
-            let d = (p * blocks_per_part * DB_BLOCK, ((p + 1) * blocks_per_part * DB_BLOCK).min(n));
-            scan(Kernel::for_queries(nq), queries, database, k, q, d)
+            scan(Kernel::for_queries(nq), queries, database, k, q, part_rows(p))
         })
     })?
     .into_iter()

@@ -207,11 +207,9 @@ struct RankCounter {
     fused: FusedPositives,
 }
 
-/// A row's positives (at most `FUSED_MAX`) as the fused pass needs them.
+/// A row's positives (at most `FUSED_MAX`, see `RankCounter::fused_len`) as the fused pass
+/// needs them.
 struct FusedPositives {
-    /// 0 when the row has none, or too many for the fused pass (`usable` false).
-    len: usize,
-    usable: bool,
     index: [usize; FUSED_MAX],
     score: [f32; FUSED_MAX],
     /// Per-lane counts of the fused pass, one set per positive; `finish` adds them.
@@ -231,15 +229,19 @@ impl RankCounter {
             p.dedup_by_key(|x| x.0);
         }
         let counts = vec![0i64; p.len() + usize::from(many)];
-        let usable = p.len() <= FUSED_MAX;
-        let mut fused = FusedPositives { len: 0, usable, index: [0; FUSED_MAX], score: [0.0; FUSED_MAX], lanes: [[0; 8]; FUSED_MAX] };
-        if usable {
-            fused.len = p.len();
-            for (k, &(t, s)) in p.iter().enumerate() {
-                (fused.index[k], fused.score[k]) = (t, s);
-            }
+        let mut fused = FusedPositives { index: [0; FUSED_MAX], score: [0.0; FUSED_MAX], lanes: [[0; 8]; FUSED_MAX] };
+        for (k, &(t, s)) in p.iter().take(FUSED_MAX).enumerate() {
+            (fused.index[k], fused.score[k]) = (t, s);
         }
         Self { positives: p, counts, many, fused }
+    }
+
+    /// How many positives the fused pass counts, or None when there are too many for it.
+    /// (Reads only the `Vec` header, which sits inline in the counter.)
+    #[inline(always)]
+    fn fused_len(&self) -> Option<usize> {
+        let n = self.positives.len();
+        (!self.many && n <= FUSED_MAX).then_some(n)
     }
 
     /// Count candidates `c0..c0 + seg.len()` (scores `seg`, all finite).
@@ -274,7 +276,7 @@ impl RankCounter {
     #[inline(always)]
     fn fused_limits(&self, (c0, c1): (usize, usize)) -> Option<[f32; FUSED_MAX]> {
         let f = &self.fused;
-        if !f.usable || f.index[..f.len].iter().any(|p| (c0..c1).contains(p)) {
+        if f.index[..self.fused_len()?].iter().any(|p| (c0..c1).contains(p)) {
             return None;
         }
         Some(std::array::from_fn(|k| if f.index[k] < c0 { f.score[k] } else { f.score[k].next_down() }))
@@ -282,6 +284,7 @@ impl RankCounter {
 
     /// The positives' ranks, ascending.
     fn finish(self) -> Vec<i64> {
+        let fused = self.fused_len().unwrap_or(0);
         let mut counts = self.counts;
         if self.many {
             let mut acc = 0;
@@ -291,7 +294,7 @@ impl RankCounter {
                 *c = acc;
             }
         } else {
-            for (count, lanes) in counts.iter_mut().zip(&self.fused.lanes[..self.fused.len]) {
+            for (count, lanes) in counts.iter_mut().zip(&self.fused.lanes[..fused]) {
                 *count += lanes.iter().map(|&c| i64::from(c)).sum::<i64>();
             }
             counts.sort_unstable();
@@ -304,10 +307,11 @@ impl RankCounter {
 /// each row's i2t ranks and each text's count of preceding images (t2i). Returns whether
 /// every positive score equals its value in the tile.
 ///
-/// Rows whose captions all lie outside the tile (all but a few) take the fused pass; the
-/// others count with `RankCounter::add`, set their captions' t2i thresholds and check the
-/// positive scores. Scores are known finite here (see `one_pass`).
-fn count_tile<'p>(
+/// Rows whose captions all lie outside the tile (all but a few) take the fused pass when
+/// `fused`; the others count with `RankCounter::add`, set their captions' t2i thresholds
+/// and check the positive scores. Scores are known finite here (see `one_pass`).
+#[inline(always)]
+fn count_tile_rows<'p>(
     tile: &[f32],
     w: usize,
     (r0, c0): (usize, usize),
@@ -316,14 +320,15 @@ fn count_tile<'p>(
     positive: &[f32],
     threshold: &mut [f32],
     before: &mut [u32],
+    fused: bool,
 ) -> bool {
     let mut consistent = true;
-    let fused = fused::available();
     for (r, (row, counter)) in tile.chunks_exact(w).zip(counters.iter_mut()).enumerate() {
         if fused {
             if let Some(limits) = counter.fused_limits((c0, c0 + w)) {
-                // SAFETY: `available()` checked the CPU; lengths are the tile's width.
-                unsafe { fused::count_row(row, &limits, &mut counter.fused.lanes[..counter.fused.len], threshold, before) };
+                let len = counter.fused_len().unwrap_or(0);
+                // SAFETY: `fused` only on an AVX2 CPU (`count_tile`); lengths are the tile's width.
+                unsafe { fused::count_row(row, &limits, &mut counter.fused.lanes[..len], threshold, before) };
                 continue;
             }
         }
@@ -341,28 +346,55 @@ fn count_tile<'p>(
     consistent
 }
 
+/// `count_tile_rows` compiled for AVX2, with the fused pass (the per-positive loops of
+/// rows with more than `FUSED_MAX` captions are vectorised for AVX2 too).
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn count_tile_avx2<'p>(
+    tile: &[f32],
+    w: usize,
+    at: (usize, usize),
+    counters: &mut [RankCounter],
+    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    positive: &[f32],
+    threshold: &mut [f32],
+    before: &mut [u32],
+) -> bool {
+    count_tile_rows(tile, w, at, counters, captions_of, positive, threshold, before, true)
+}
+
+fn count_tile<'p>(
+    tile: &[f32],
+    w: usize,
+    at: (usize, usize),
+    counters: &mut [RankCounter],
+    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    positive: &[f32],
+    threshold: &mut [f32],
+    before: &mut [u32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { count_tile_avx2(tile, w, at, counters, captions_of, positive, threshold, before) };
+    }
+    count_tile_rows(tile, w, at, counters, captions_of, positive, threshold, before, false)
+}
+
 /// One pass over a score row for all of its (at most `FUSED_MAX`) positives and the t2i
 /// counts: each score is loaded once and compared with every limit and with its column's
 /// threshold. A pass per positive plus a t2i pass and a finiteness pass cost 5.1% on top
 /// of the product in recall; this one 3.1%, bookkeeping included (perf, 5k x 25k, D = 512,
 /// 1 thread).
 mod fused {
-    /// Whether `count_row` can run here (AVX2).
-    pub(super) fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *AVX2.get_or_init(|| is_x86_feature_detected!("avx2"))
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
-
     /// `lanes[k]` += candidates of `row` above `limits[k]` (spread over 8 lanes), and
     /// `before[j] += row[j] > threshold[j]`.
     ///
     /// # Safety
-    /// `available()`; `lanes.len() <= FUSED_MAX`; `threshold` and `before` are at least
+    /// The CPU supports AVX2; `lanes.len() <= FUSED_MAX`; `threshold` and `before` are at least
     /// as long as `row`.
     #[cfg(target_arch = "x86_64")]
     pub(super) unsafe fn count_row(row: &[f32], limits: &[f32; super::FUSED_MAX], lanes: &mut [[u32; 8]], threshold: &[f32], before: &mut [u32]) {

@@ -210,14 +210,19 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / t / 1e9
 
 
+def recall_data(rng, ni: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit image rows, 5 noisy unit captions per image, and the caption -> image map."""
+    img = rng.standard_normal((ni, dim), dtype=np.float32)
+    txt = np.repeat(img, 5, axis=0) + 8.0 * rng.standard_normal((5 * ni, dim), dtype=np.float32)
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    return img, txt, np.repeat(np.arange(ni), 5)
+
+
 def recall_section(args, rng, peak, torch) -> list[str]:
     """The Recall@K table (5 captions per image), as report lines."""
     ni = args.recall_images
-    img = rng.standard_normal((ni, args.dim), dtype=np.float32)
-    txt = np.repeat(img, 5, axis=0) + 8.0 * rng.standard_normal((5 * ni, args.dim), dtype=np.float32)
-    img /= np.linalg.norm(img, axis=1, keepdims=True)
-    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-    t2i = np.repeat(np.arange(ni), 5)
+    img, txt, t2i = recall_data(rng, ni, args.dim)
     ks = (1, 5, 10)
     keys = [f"{d}_R@{k}" for d in ("i2t", "t2i") for k in ks]
     recall_peers = {

@@ -37,7 +37,7 @@ mod avx2 {
     use std::arch::x86_64::{
         __m256, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_permute2f128_ps,
         _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
-        _mm256_unpacklo_ps,
+        _mm256_unpacklo_ps, _mm_prefetch, _MM_HINT_T0,
     };
     use std::cell::RefCell;
 
@@ -202,7 +202,27 @@ mod avx2 {
         }
     }
 
+    /// Prefetch query group `g`'s share (of `groups`) of the database rows, elements
+    /// `k0..k0 + kc`, that the next packing will read, so it reads them from cache: packing
+    /// from memory stalled the FMAs (perf: packing 3.7% of the product in recall, 2.8%
+    /// with this; recall 5k x 25k on 2 threads ~3% faster, medians of 8 interleaved runs).
+    #[inline(always)]
+    unsafe fn prefetch_next(d: *const f32, dim: usize, (rows, k0, kc): &(std::ops::Range<usize>, usize, usize), g: usize, groups: usize) {
+        let share = rows.len().div_ceil(groups);
+        let lines = (kc * 4).div_ceil(64);
+        for r in (rows.start + g * share)..(rows.start + (g + 1) * share).min(rows.end) {
+            let row = d.add(r * dim + k0).cast::<i8>();
+            for l in 0..lines {
+                // A prefetch never faults; the address only has to be computed without UB.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64 * l));
+            }
+        }
+    }
+
     /// `out[i * ldc + j] = <q_i, d_j>` for `i < m`, `j < n`, with `dot_sequential`'s bits.
+    ///
+    /// Rows of `d` beyond `n` are not scored; the first block of them is prefetched, as the
+    /// caller's next tile (see `prefetch_next`).
     ///
     /// # Safety
     /// `supported()`; `q` holds m rows and `d` n rows of `dim`; `out` is valid for writes
@@ -227,6 +247,7 @@ mod avx2 {
         let panel_len = NR * kc_max;
         let block_panels = (BLOCK_BYTES / (panel_len * 4)).max(1).min(panels);
         let (qp, dp) = (q.as_ptr(), d.as_ptr());
+        let rows_held = d.len() / dim;
         PACKED.with(|cell| {
             let mut packed = cell.borrow_mut();
             if packed.len() < block_panels * panel_len {
@@ -249,8 +270,17 @@ mod avx2 {
                             pp.add((p - p0) * panel_len),
                         );
                     }
+                    // What the next packing reads: this block's next pass, else the next
+                    // block (or the caller's next tile).
+                    let next = if k0 + kc < dim {
+                        (p0 * NR..(p1 * NR).min(n), k0 + kc, kc_max.min(dim - k0 - kc))
+                    } else {
+                        (p1 * NR..((p1 + block_panels) * NR).min(rows_held), 0, kc_max)
+                    };
+                    let groups = m.div_ceil(MR);
                     // Each query group (L1) meets every panel of the block (L2).
                     for i in (0..m).step_by(MR) {
+                        prefetch_next(dp, dim, &next, i / MR, groups);
                         let rows = (m - i).min(MR);
                         let qr: [*const f32; MR] =
                             std::array::from_fn(|r| qp.add((i + r.min(rows - 1)) * dim + k0));
@@ -279,7 +309,7 @@ mod tests {
     use super::*;
 
     /// Same bits as one sequential FMA chain for every block remainder, tail and block
-    /// boundary.
+    /// boundary; rows of `d` past `n` are not read into the result.
     #[test]
     fn matches_dot_sequential_bit_for_bit() {
         if !supported() {
@@ -290,7 +320,9 @@ mod tests {
             // packed block holds 4 panels (64 rows), so n = 150 and 300 span several blocks.
             for (m, n) in [(1, 1), (6, 16), (7, 17), (13, 40), (5, 150), (7, 300)] {
                 let q = crate::test_data::noise(m * dim, dim as u64 * 7 + m as u64);
-                let d = crate::test_data::noise(n * dim, dim as u64 * 13 + n as u64);
+                let mut d = crate::test_data::noise(n * dim, dim as u64 * 13 + n as u64);
+                // Rows past n are only prefetched (the next tile): NaN there must not show.
+                d.extend(std::iter::repeat(f32::NAN).take(70 * dim));
                 let ldc = n + 3;
                 let mut got = vec![f32::NAN; m * ldc];
                 unsafe { product(&q, m, &d, n, dim, got.as_mut_ptr(), ldc) };

@@ -304,7 +304,12 @@ pub(crate) fn score_block(
         // SAFETY: bounds asserted above; `out` is a unique borrow.
         unsafe { crate::dot::dots(q, m, db.rows_slice(c0, c1), n, dim, out.as_mut_ptr(), ldc, scratch) }
     } else {
-        let block = db.block(c0, c1, scratch);
+        // f32 rows go with the next tile's rows after them, which the built-in kernel
+        // prefetches while it scores these (`gemm::product`); the products read only n.
+        let block = match db.data {
+            Rows::F32(d) => Cow::Borrowed(&d[c0 * dim..(c1 + n).min(db.rows) * dim]),
+            Rows::F16(_) => db.block(c0, c1, scratch),
+        };
         block_product(kernel, q, m, &block, n, dim, out, ldc);
     }
 }

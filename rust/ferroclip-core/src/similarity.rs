@@ -89,22 +89,6 @@ impl<'a> Embeddings<'a> {
         }
     }
 
-    /// The largest magnitude of any element, or None when one is NaN or infinite.
-    pub(crate) fn max_abs(&self) -> Option<f32> {
-        // The magnitude bits of a float order like its magnitude, NaN and Inf above all
-        // finite values; an integer max vectorises where `f32::max` does not.
-        match self.data {
-            Rows::F32(d) => {
-                let max = d.iter().fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff));
-                (max < 0x7f80_0000).then(|| f32::from_bits(max))
-            }
-            Rows::F16(d) => {
-                let max = d.iter().fold(0u16, |m, x| m.max(x.to_bits() & 0x7fff));
-                (max < 0x7c00).then(|| f16::from_bits(max).to_f32())
-            }
-        }
-    }
-
     /// Rows `start..end` as f32: borrowed for f32 storage, widened into `scratch` for f16.
     pub(crate) fn block<'s>(&'s self, start: usize, end: usize, scratch: &'s mut Vec<f32>) -> Cow<'s, [f32]> {
         let (lo, hi) = (start * self.dim, end * self.dim);

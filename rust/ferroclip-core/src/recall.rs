@@ -464,9 +464,9 @@ fn max_magnitude(x: &[f32]) -> Option<f32> {
     (max < 0x7f80_0000).then(|| f32::from_bits(max))
 }
 
-/// What `one_pass` needs before scanning: each text's score with its image (0 for texts of
-/// no image), and the largest magnitude in the images and in the texts (None when one is
-/// not finite), which bounds every score.
+/// What `one_pass` needs before scanning: each text's score with its image, and the
+/// largest magnitude in the images and in the texts (None where an element is not finite),
+/// which bounds every score.
 struct Positives {
     score: Vec<f32>,
     max_image: Option<f32>,

@@ -212,8 +212,27 @@ struct RankCounter {
 struct FusedPositives {
     index: [usize; FUSED_MAX],
     score: [f32; FUSED_MAX],
+    /// Strict lower bounds for the candidates from the last `refresh` up to `next`: a
+    /// candidate precedes positive p when its score is above p's, or equal with a lower
+    /// index; outside p's own tile that is `x > limit`, with limit = the score (candidates
+    /// after p) or the next float below it (candidates before p: `x >= s` is
+    /// `x > s.next_down()` for finite s). Kept across tiles: rebuilding them for every row
+    /// and tile was half of the pass's time (perf, 5k x 25k).
+    limits: [f32; FUSED_MAX],
+    /// The first positive at or after the candidates the limits hold for (`usize::MAX`: none).
+    next: usize,
     /// Per-lane counts of the fused pass, one set per positive; `finish` adds them.
     lanes: [[u32; 8]; FUSED_MAX],
+}
+
+impl FusedPositives {
+    /// Limits for the candidates from `c` on (the first `len` positives).
+    fn refresh(&mut self, len: usize, c: usize) {
+        for k in 0..len {
+            self.limits[k] = if self.index[k] < c { self.score[k] } else { self.score[k].next_down() };
+        }
+        self.next = self.index[..len].iter().copied().filter(|&p| p >= c).min().unwrap_or(usize::MAX);
+    }
 }
 
 impl RankCounter {
@@ -229,11 +248,21 @@ impl RankCounter {
             p.dedup_by_key(|x| x.0);
         }
         let counts = vec![0i64; p.len() + usize::from(many)];
-        let mut fused = FusedPositives { index: [0; FUSED_MAX], score: [0.0; FUSED_MAX], lanes: [[0; 8]; FUSED_MAX] };
+        let mut fused = FusedPositives {
+            index: [0; FUSED_MAX],
+            score: [0.0; FUSED_MAX],
+            limits: [0.0; FUSED_MAX],
+            next: usize::MAX,
+            lanes: [[0; 8]; FUSED_MAX],
+        };
         for (k, &(t, s)) in p.iter().take(FUSED_MAX).enumerate() {
             (fused.index[k], fused.score[k]) = (t, s);
         }
-        Self { positives: p, counts, many, fused }
+        let mut counter = Self { positives: p, counts, many, fused };
+        if let Some(len) = counter.fused_len() {
+            counter.fused.refresh(len, 0);
+        }
+        counter
     }
 
     /// How many positives the fused pass counts, or None when there are too many for it.
@@ -268,18 +297,17 @@ impl RankCounter {
         }
     }
 
-    /// Strict lower bounds for the fused pass over candidates `c0..c1`, when it applies:
-    /// few positives, none of them inside the range. A candidate precedes positive p when
-    /// its score is above p's, or equal with a lower index; outside p's own range that is
-    /// `x > limit` with limit = the score (candidates after p) or the next float below it
-    /// (candidates before p: `x >= s` is `x > s.next_down()` for finite s).
+    /// The fused pass's positives for candidates up to `c1` (the tiles advance in order),
+    /// or None when it does not apply: many positives, or one of them inside the tile (whose
+    /// row then counts with `add`, and the limits move past the tile).
     #[inline(always)]
-    fn fused_limits(&self, (c0, c1): (usize, usize)) -> Option<[f32; FUSED_MAX]> {
-        let f = &self.fused;
-        if f.index[..self.fused_len()?].iter().any(|p| (c0..c1).contains(p)) {
+    fn fused_for(&mut self, c1: usize) -> Option<(&mut FusedPositives, usize)> {
+        let len = self.fused_len()?;
+        if self.fused.next < c1 {
+            self.fused.refresh(len, c1);
             return None;
         }
-        Some(std::array::from_fn(|k| if f.index[k] < c0 { f.score[k] } else { f.score[k].next_down() }))
+        Some((&mut self.fused, len))
     }
 
     /// The positives' ranks, ascending.
@@ -325,10 +353,9 @@ fn count_tile_rows<'p>(
     let mut consistent = true;
     for (r, (row, counter)) in tile.chunks_exact(w).zip(counters.iter_mut()).enumerate() {
         if fused {
-            if let Some(limits) = counter.fused_limits((c0, c0 + w)) {
-                let len = counter.fused_len().unwrap_or(0);
+            if let Some((positives, len)) = counter.fused_for(c0 + w) {
                 // SAFETY: `fused` only on an AVX2 CPU (`count_tile`); lengths are the tile's width.
-                unsafe { fused::count_row(row, &limits, &mut counter.fused.lanes[..len], threshold, before) };
+                unsafe { fused::count_row(row, positives, len, threshold, before) };
                 continue;
             }
         }
@@ -387,46 +414,48 @@ fn count_tile<'p>(
 /// One pass over a score row for all of its (at most `FUSED_MAX`) positives and the t2i
 /// counts: each score is loaded once and compared with every limit and with its column's
 /// threshold. A pass per positive plus a t2i pass and a finiteness pass cost 5.1% on top
-/// of the product in recall; this one 3.1%, bookkeeping included (perf, 5k x 25k, D = 512,
-/// 1 thread).
+/// of the product in recall; this one 3.1%, bookkeeping included, and 2.2% since the limits
+/// are kept across tiles (perf, 5k x 25k, D = 512, 1 thread).
 mod fused {
-    /// `lanes[k]` += candidates of `row` above `limits[k]` (spread over 8 lanes), and
-    /// `before[j] += row[j] > threshold[j]`.
+    use super::FusedPositives;
+
+    /// `lanes[k]` += candidates of `row` above `limits[k]` (spread over 8 lanes) for the
+    /// first `len` positives, and `before[j] += row[j] > threshold[j]`.
     ///
     /// # Safety
-    /// The CPU supports AVX2; `lanes.len() <= FUSED_MAX`; `threshold` and `before` are at least
-    /// as long as `row`.
+    /// The CPU supports AVX2; `len <= FUSED_MAX`; `threshold` and `before` are at least as
+    /// long as `row`.
     #[cfg(target_arch = "x86_64")]
-    pub(super) unsafe fn count_row(row: &[f32], limits: &[f32; super::FUSED_MAX], lanes: &mut [[u32; 8]], threshold: &[f32], before: &mut [u32]) {
+    pub(super) unsafe fn count_row(row: &[f32], p: &mut FusedPositives, len: usize, threshold: &[f32], before: &mut [u32]) {
         debug_assert!(threshold.len() >= row.len() && before.len() >= row.len());
-        match lanes.len() {
-            0 => avx2::<0>(row, limits, lanes, threshold, before),
-            1 => avx2::<1>(row, limits, lanes, threshold, before),
-            2 => avx2::<2>(row, limits, lanes, threshold, before),
-            3 => avx2::<3>(row, limits, lanes, threshold, before),
-            4 => avx2::<4>(row, limits, lanes, threshold, before),
-            5 => avx2::<5>(row, limits, lanes, threshold, before),
-            6 => avx2::<6>(row, limits, lanes, threshold, before),
-            7 => avx2::<7>(row, limits, lanes, threshold, before),
-            8 => avx2::<8>(row, limits, lanes, threshold, before),
+        match len {
+            0 => avx2::<0>(row, p, threshold, before),
+            1 => avx2::<1>(row, p, threshold, before),
+            2 => avx2::<2>(row, p, threshold, before),
+            3 => avx2::<3>(row, p, threshold, before),
+            4 => avx2::<4>(row, p, threshold, before),
+            5 => avx2::<5>(row, p, threshold, before),
+            6 => avx2::<6>(row, p, threshold, before),
+            7 => avx2::<7>(row, p, threshold, before),
+            8 => avx2::<8>(row, p, threshold, before),
             n => unreachable!("{n} positives exceed FUSED_MAX"),
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub(super) unsafe fn count_row(_: &[f32], _: &[f32; super::FUSED_MAX], _: &mut [[u32; 8]], _: &[f32], _: &mut [u32]) {
+    pub(super) unsafe fn count_row(_: &[f32], _: &mut FusedPositives, _: usize, _: &[f32], _: &mut [u32]) {
         unreachable!("fused counting needs AVX2");
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn avx2<const P: usize>(row: &[f32], limits: &[f32; super::FUSED_MAX], lanes: &mut [[u32; 8]], threshold: &[f32], before: &mut [u32]) {
+    unsafe fn avx2<const P: usize>(row: &[f32], p: &mut FusedPositives, threshold: &[f32], before: &mut [u32]) {
         use std::arch::x86_64::{
             __m256i, _mm256_castps_si256, _mm256_cmp_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_set1_ps, _mm256_storeu_si256,
             _mm256_sub_epi32, _CMP_GT_OQ,
         };
-        let limit = std::array::from_fn::<_, P, _>(|k| _mm256_set1_ps(limits[k]));
-        let mut acc: [__m256i; P] = std::array::from_fn(|k| _mm256_loadu_si256(lanes[k].as_ptr().cast()));
+        let limit = std::array::from_fn::<_, P, _>(|k| _mm256_set1_ps(p.limits[k]));
+        let mut acc: [__m256i; P] = std::array::from_fn(|k| _mm256_loadu_si256(p.lanes[k].as_ptr().cast()));
         let (x, th, b) = (row.as_ptr(), threshold.as_ptr(), before.as_mut_ptr());
         let body = row.len() / 8 * 8;
         for j in (0..body).step_by(8) {
@@ -439,12 +468,12 @@ mod fused {
             _mm256_storeu_si256(b.add(j).cast(), _mm256_sub_epi32(_mm256_loadu_si256(b.add(j).cast()), above));
         }
         for k in 0..P {
-            _mm256_storeu_si256(lanes[k].as_mut_ptr().cast(), acc[k]);
+            _mm256_storeu_si256(p.lanes[k].as_mut_ptr().cast(), acc[k]);
         }
         for j in body..row.len() {
             let v = row[j];
             for k in 0..P {
-                lanes[k][0] += u32::from(v > limits[k]);
+                p.lanes[k][0] += u32::from(v > p.limits[k]);
             }
             before[j] += u32::from(v > threshold[j]);
         }

@@ -609,16 +609,17 @@ fn one_pass_strip(ni: usize, num_threads: Option<usize>) -> usize {
 
 /// Both directions from ONE image x text product (half the FLOPs of scoring each way).
 ///
-/// Image strips (`one_pass_strip`) are scored against all texts one tile of
-/// `Kernel::scan_width` texts at a time, and both directions are counted while the tile is
-/// in cache (a strip's scores never exist as a whole): each image's ranks of its captions (i2t, `RankCounter`), and each
-/// text's count, over strips, of the images that precede its own (t2i): scoring above its
-/// positive score, or equal with a lower index. Both need each text's positive score up
-/// front, computed by the same sgemm kernel in small products (`positive_scores`). sgemm's value for a pair
-/// does not depend on the tile (fixed k order), and we verify it: every positive score is
-/// compared bit for bit with the one in its tile, and on any difference (or for tiny inputs
-/// that use the dot kernel) this returns `None` and the caller scores each direction
-/// separately.
+/// Image strips (`one_pass_strip`) are scored against the texts (all of them, or one of
+/// `TEXT_PARTS` parts per task on several threads) one tile of `Kernel::scan_width` texts at
+/// a time, and both directions are counted while the tile is in cache (a strip's scores
+/// never exist as a whole): each image's ranks of its captions (i2t, `RankCounter`, summed
+/// over parts), and each text's count, over strips, of the images that precede its own
+/// (t2i): scoring above its positive score, or equal with a lower index. Both need each
+/// text's positive score up front, computed by the same sgemm kernel in small products
+/// (`positive_scores`). sgemm's value for a pair does not depend on the tile (fixed k
+/// order), and we verify it: every positive score is compared bit for bit with the one in
+/// its tile, and on any difference (or for tiny inputs that use the dot kernel) this
+/// returns `None` and the caller scores each direction separately.
 fn one_pass<'p>(
     images: &Embeddings<'_>,
     texts: &Embeddings<'_>,

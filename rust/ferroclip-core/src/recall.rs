@@ -20,7 +20,7 @@
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};
-use crate::similarity::{block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{block_part, block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
 
 /// Scores held per task: queries are processed in strips of at most this many (64 MiB).
 const STRIP_ELEMS: usize = 1 << 24;
@@ -344,6 +344,16 @@ impl RankCounter {
     }
 }
 
+/// What `one_pass` updates from one tile: the strip's counters (one per row) and, per text
+/// of the tile, its t2i threshold and count of preceding images.
+struct TileCounts<'a, 'p> {
+    counters: &'a mut [RankCounter],
+    captions_of: &'a (dyn Fn(usize) -> &'p [usize] + Sync),
+    positive: &'a [f32],
+    threshold: &'a mut [f32],
+    before: &'a mut [u32],
+}
+
 /// Everything `one_pass` counts on one finished tile (rows `r0..`, texts `c0..c0 + w`):
 /// each row's i2t ranks and each text's count of preceding images (t2i). Returns whether
 /// every positive score equals its value in the tile.
@@ -352,17 +362,8 @@ impl RankCounter {
 /// `fused`; the others count with `RankCounter::add`, set their captions' t2i thresholds
 /// and check the positive scores. Scores are known finite here (see `one_pass`).
 #[inline(always)]
-fn count_tile_rows<'p>(
-    tile: &[f32],
-    w: usize,
-    (r0, c0): (usize, usize),
-    counters: &mut [RankCounter],
-    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
-    positive: &[f32],
-    threshold: &mut [f32],
-    before: &mut [u32],
-    fused: bool,
-) -> bool {
+fn count_tile_rows(tile: &[f32], w: usize, (r0, c0): (usize, usize), counts: &mut TileCounts<'_, '_>, fused: bool) -> bool {
+    let TileCounts { counters, captions_of, positive, threshold, before } = counts;
     let mut consistent = true;
     for (r, (row, counter)) in tile.chunks_exact(w).zip(counters.iter_mut()).enumerate() {
         if fused {
@@ -379,7 +380,7 @@ fn count_tile_rows<'p>(
                 threshold[j] = positive[t];
             }
         }
-        for ((count, &x), &th) in before.iter_mut().zip(row).zip(&*threshold) {
+        for ((count, &x), &th) in before.iter_mut().zip(row).zip(&**threshold) {
             *count += u32::from(x > th);
         }
     }
@@ -393,35 +394,17 @@ fn count_tile_rows<'p>(
 /// The CPU supports AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn count_tile_avx2<'p>(
-    tile: &[f32],
-    w: usize,
-    at: (usize, usize),
-    counters: &mut [RankCounter],
-    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
-    positive: &[f32],
-    threshold: &mut [f32],
-    before: &mut [u32],
-) -> bool {
-    count_tile_rows(tile, w, at, counters, captions_of, positive, threshold, before, true)
+unsafe fn count_tile_avx2(tile: &[f32], w: usize, at: (usize, usize), counts: &mut TileCounts<'_, '_>) -> bool {
+    count_tile_rows(tile, w, at, counts, true)
 }
 
-fn count_tile<'p>(
-    tile: &[f32],
-    w: usize,
-    at: (usize, usize),
-    counters: &mut [RankCounter],
-    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
-    positive: &[f32],
-    threshold: &mut [f32],
-    before: &mut [u32],
-) -> bool {
+fn count_tile(tile: &[f32], w: usize, at: (usize, usize), counts: &mut TileCounts<'_, '_>) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected.
-        return unsafe { count_tile_avx2(tile, w, at, counters, captions_of, positive, threshold, before) };
+        return unsafe { count_tile_avx2(tile, w, at, counts) };
     }
-    count_tile_rows(tile, w, at, counters, captions_of, positive, threshold, before, false)
+    count_tile_rows(tile, w, at, counts, false)
 }
 
 /// One pass over a score row for all of its (at most `FUSED_MAX`) positives and the t2i
@@ -651,7 +634,7 @@ fn one_pass<'p>(
     // 25k on 2 threads: 0.81-0.88 s instead of 0.88-0.93 (medians of 16 interleaved runs).
     let tiles = nt.div_ceil(width);
     let parts = if crate::batch::resolve_num_threads(num_threads) > 1 { TEXT_PARTS.min(tiles) } else { 1 };
-    let part_range = |part: usize| ((part * tiles / parts) * width, ((part + 1) * tiles / parts * width).min(nt));
+    let part_range = |part: usize| block_part(part, parts, tiles, width, nt);
     let per_task = run_parallel(num_threads, |parallel| {
         map_range(parallel, blocks * parts, |task| -> Result<(Vec<RankCounter>, Vec<u32>, bool)> {
             let (b, (c_lo, c_hi)) = (task / parts, part_range(task % parts));
@@ -679,16 +662,14 @@ fn one_pass<'p>(
                 for (th, (&p, &img)) in threshold.iter_mut().zip(positive[c0..c1].iter().zip(&image_of[c0..c1])) {
                     *th = if r0 < img { p.next_down() } else { p };
                 }
-                consistent &= count_tile(
-                    &tile[..m * w],
-                    w,
-                    (r0, c0),
-                    &mut counters,
+                let mut counts = TileCounts {
+                    counters: &mut counters,
                     captions_of,
-                    &positive,
-                    &mut threshold[..w],
-                    &mut before[c0 - c_lo..c1 - c_lo],
-                );
+                    positive: &positive,
+                    threshold: &mut threshold[..w],
+                    before: &mut before[c0 - c_lo..c1 - c_lo],
+                };
+                consistent &= count_tile(&tile[..m * w], w, (r0, c0), &mut counts);
                 c0 = c1;
             }
             Ok((counters, before, consistent))

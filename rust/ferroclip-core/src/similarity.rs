@@ -328,6 +328,12 @@ pub(crate) fn non_finite(i: usize, j: usize, (a, b): (&str, &str)) -> Error {
     ))
 }
 
+/// Part `p` of `parts` over `0..n` cut at multiples of `block` (`blocks` of them cover n):
+/// `(start, end)`, parts differing by at most one block, so the threads finish together.
+pub(crate) fn block_part(p: usize, parts: usize, blocks: usize, block: usize, n: usize) -> (usize, usize) {
+    ((p * blocks / parts) * block, ((p + 1) * blocks / parts * block).min(n))
+}
+
 /// Run `f(i)` for `i in 0..n`, on the current rayon pool when `parallel`, in order otherwise.
 pub(crate) fn map_range<R: Send>(parallel: bool, n: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     if parallel {

@@ -11,7 +11,7 @@
 
 use crate::batch::{resolve_num_threads, run_parallel};
 use crate::error::Result;
-use crate::similarity::{check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{block_part, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
 
 /// Queries per task: more than `QUERY_BLOCK`, so each database block is packed for sgemm
 /// (a strided gather, see `similarity::block_product_raw`) fewer times per FLOP.
@@ -195,13 +195,12 @@ pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_t
     // Split the database only when query blocks alone cannot feed the threads, into parts
     // that differ by at most one block (so the threads finish together).
     let parts = if threads == 1 { 1 } else { d_blocks.min((4 * threads).div_ceil(q_blocks)).max(1) };
-    let part_rows = |p: usize| ((p * d_blocks / parts) * DB_BLOCK, ((p + 1) * d_blocks / parts * DB_BLOCK).min(n));
 
     let lists = run_parallel(num_threads, |parallel| {
         map_range(parallel, q_blocks * parts, |t| {
             let (b, p) = (t / parts, t % parts);
             let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
-            scan(Kernel::for_queries(nq), queries, database, k, q, part_rows(p))
+            scan(Kernel::for_queries(nq), queries, database, k, q, block_part(p, parts, d_blocks, DB_BLOCK, n))
         })
     })?
     .into_iter()

@@ -31,6 +31,20 @@ unsafe fn mm(m: usize, n: usize, k: usize, q: &[f32], d: &[f32], out: &mut [f32]
     matrixmultiply::sgemm(m, k, n, 1.0, q.as_ptr(), k as isize, 1, d.as_ptr(), 1, k as isize, 0.0, out.as_mut_ptr(), ldc as isize, 1);
 }
 
+/// Seconds on this thread's CPU clock when `TILE_BENCH_CPU=1` (steadier than the wall
+/// clock on a host where other processes take turns on the cores), else wall seconds.
+fn clock() -> f64 {
+    if std::env::var("TILE_BENCH_CPU").is_ok_and(|v| v == "1") {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a valid timespec to write into.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -48,6 +62,8 @@ fn main() {
     let k: usize = std::env::var("TILE_BENCH_K").map_or(512, |s| s.parse().unwrap());
     // (m queries, n db rows, ldc, label)
     let shapes = [
+        (1024, 128, 128, "1024x128 (topk scan tile)"),
+        (512, 128, 128, "512x128 (recall scan tile)"),
         (256, 1024, 1024, "256x1024 (similarity, dedup tile)"),
         (256, 1024, 25_000, "recall tile 256x1024, ldc 25000"),
         (1024, 1024, 1024, "1024x1024 (topk tile)"),
@@ -72,16 +88,16 @@ fn main() {
         let (mut t_mm, mut t_backend) = (Vec::new(), Vec::new());
         // Interleaved, so a neighbour's load hits both alike.
         for _ in 0..reps {
-            let t = Instant::now();
+            let t = clock();
             for _ in 0..calls {
                 unsafe { mm(m, n, k, &q, &d, &mut o1, ldc) };
             }
-            t_mm.push(t.elapsed().as_secs_f64() / calls as f64);
-            let t = Instant::now();
+            t_mm.push((clock() - t) / calls as f64);
+            let t = clock();
             for _ in 0..calls {
                 ferroclip_core::similarity::bench_block_product(&q, m, &d, n, k, &mut o2, ldc);
             }
-            t_backend.push(t.elapsed().as_secs_f64() / calls as f64);
+            t_backend.push((clock() - t) / calls as f64);
         }
         let max_diff = o1.iter().zip(&o2).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);

@@ -9,6 +9,7 @@ pub mod blas;
 pub mod decode;
 pub mod dedup;
 mod dot;
+#[cfg(target_arch = "x86_64")]
 mod gemm;
 pub mod error;
 pub mod geometry;

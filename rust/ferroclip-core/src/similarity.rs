@@ -2,7 +2,7 @@
 //!
 //! Every score in ferroclip (here, in `topk` and in `recall`) comes out of the same
 //! `block_product`, one built-in product call per tile (`builtin_product`: ferroclip's own
-//! AVX2 kernel in `gemm`, or `matrixmultiply` on CPUs with AVX-512 or without AVX2). The
+//! AVX-512 or AVX2 kernel in `gemm`, or `matrixmultiply` on CPUs without AVX2). The
 //! value of one score depends only on its two vectors, not on the tile it was computed in
 //! (the kernel and its k order are fixed per machine), so `topk` and `recall` agree bit
 //! for bit with the materialised `similarity` matrix: sorting that matrix gives the same
@@ -156,7 +156,7 @@ impl Kernel {
     /// `DB_BLOCK`, which amortises that packing.
     pub(crate) fn scan_width(self) -> usize {
         #[cfg(target_arch = "x86_64")]
-        if self == Kernel::Gemm && crate::gemm::preferred() {
+        if self == Kernel::Gemm && crate::gemm::isa().is_some() {
             return SCAN_BLOCK;
         }
         DB_BLOCK
@@ -214,17 +214,17 @@ pub(crate) unsafe fn block_product_raw(
     builtin_product(q, m, d, n, dim, out, ldc);
 }
 
-/// The built-in product (no BLAS): ferroclip's own AVX2 kernel (`gemm`) where it is the
-/// fastest choice, else `matrixmultiply`.
+/// The built-in product (no BLAS): ferroclip's own kernel (`gemm`, AVX-512 or AVX2) where
+/// the CPU has one, else `matrixmultiply`.
 ///
 /// # Safety
 /// As `block_product_raw`; `dim > 0`.
 pub(crate) unsafe fn builtin_product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
     #[cfg(target_arch = "x86_64")]
-    if crate::gemm::preferred() {
-        return crate::gemm::product(q, m, d, n, dim, out, ldc);
+    if let Some(isa) = crate::gemm::isa() {
+        return crate::gemm::product(isa, q, m, d, n, dim, out, ldc);
     }
-    // Elsewhere: matrixmultiply (its AVX-512 kernel outruns our AVX2 one where present).
+    // Elsewhere (no AVX2 + FMA, or not x86_64): matrixmultiply.
     // q is m x k row-major; d seen column-major is k x n, i.e. d transposed; out has row
     // stride ldc. matrixmultiply picks its kernel at run time (AVX-512 16x16 where present,
     // else AVX2/FMA 8x8); the packing is a strided gather per element from these layouts.
@@ -249,8 +249,8 @@ pub(crate) unsafe fn builtin_product(q: &[f32], m: usize, d: &[f32], n: usize, d
 /// The built-in product in words (see `builtin_product`).
 pub(crate) fn builtin_backend() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if crate::gemm::preferred() {
-        return "ferroclip-avx2";
+    if let Some(isa) = crate::gemm::isa() {
+        return isa.name();
     }
     "matrixmultiply"
 }

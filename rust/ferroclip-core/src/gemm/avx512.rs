@@ -1,0 +1,71 @@
+//! The AVX-512 micro-kernel: 12 query rows x 32 database rows (24 zmm accumulators,
+//! 2 loads + 12 broadcasts per 24 FMAs); column remainders through masked loads and
+//! stores instead of a bounce buffer.
+
+use std::arch::x86_64::{
+    __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
+    _mm512_setzero_ps,
+};
+
+use super::Blocking;
+
+/// Query rows per register block: 24 accumulators, 2 panel registers and broadcasts in
+/// the 32 zmm registers.
+pub(super) const MR: usize = 14;
+/// Database rows per packed panel (two zmm).
+pub(super) const NR: usize = 32;
+
+/// A 12-row query group of 512 elements is 24 KiB, half of a 48 KiB L1d; the panels
+/// (64 KiB each at D = 512) stream from a 2 MiB L2.
+pub(super) const BLOCKING: Blocking = Blocking { kc_max: 512, block_bytes: 1024 * 1024 };
+
+pub(crate) fn supported() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f") && super::avx2::supported())
+}
+
+/// Lanes `lo..lo + 16` of the first `cols` columns, as a load/store mask.
+#[inline(always)]
+fn lanes(cols: usize, lo: usize) -> __mmask16 {
+    let live = cols.saturating_sub(lo).min(16);
+    ((1u32 << live) - 1) as __mmask16
+}
+
+/// MR query rows (pointers at element k0) x one packed panel of `kc` elements: 24 FMA
+/// chains, continued from `out` unless `first`, the same chain per score as the AVX2
+/// kernel (each lane accumulates its own pair over k in order).
+#[inline(always)]
+unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f32, ldc: usize, rows: usize, cols: usize, first: bool) {
+    let (m0, m1) = (lanes(cols, 0), lanes(cols, 16));
+    let mut acc = [_mm512_setzero_ps(); 2 * MR];
+    if !first {
+        for r in 0..rows {
+            acc[2 * r] = _mm512_maskz_loadu_ps(m0, out.add(r * ldc));
+            acc[2 * r + 1] = _mm512_maskz_loadu_ps(m1, out.add(r * ldc + 16));
+        }
+    }
+    for k in 0..kc {
+        let b0 = _mm512_loadu_ps(panel.add(k * NR));
+        let b1 = _mm512_loadu_ps(panel.add(k * NR + 16));
+        for r in 0..MR {
+            let a = _mm512_set1_ps(*qr[r].add(k));
+            acc[2 * r] = _mm512_fmadd_ps(a, b0, acc[2 * r]);
+            acc[2 * r + 1] = _mm512_fmadd_ps(a, b1, acc[2 * r + 1]);
+        }
+    }
+    for r in 0..rows {
+        _mm512_mask_storeu_ps(out.add(r * ldc), m0, acc[2 * r]);
+        _mm512_mask_storeu_ps(out.add(r * ldc + 16), m1, acc[2 * r + 1]);
+    }
+}
+
+/// `super::product` with this kernel.
+///
+/// # Safety
+/// `supported()`, and `super::product`'s contract.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    super::drive::<MR, NR>(q, m, d, n, dim, out, ldc, BLOCKING, |qr, panel, kc, out, ldc, rows, cols, first| {
+        micro(qr, panel, kc, out, ldc, rows, cols, first)
+    });
+}

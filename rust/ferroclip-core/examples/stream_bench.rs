@@ -69,6 +69,45 @@ unsafe fn sum_split(p: *const f32, n: usize, k: usize) -> f32 {
     hsum(acc)
 }
 
+/// K streams as in `sum_split`, each prefetching `dist` bytes ahead of itself (hint T0).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_split_prefetch(p: *const f32, n: usize, k: usize, dist: usize) -> f32 {
+    let part = n / k / 64 * 64;
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut i = 0;
+    while i < part {
+        for s in 0..k {
+            let q = p.add(s * part + i);
+            if i % 64 == 0 {
+                prefetch4::<_MM_HINT_T0>((q as *const i8).wrapping_add(dist));
+            }
+            acc[s % 8] = _mm256_add_ps(acc[s % 8], _mm256_loadu_ps(q));
+            acc[(s + 1) % 8] = _mm256_add_ps(acc[(s + 1) % 8], _mm256_loadu_ps(q.add(8)));
+        }
+        i += 16;
+    }
+    hsum(acc)
+}
+
+#[derive(Clone, Copy)]
+struct Buf(*const f32);
+unsafe impl Send for Buf {}
+unsafe impl Sync for Buf {}
+
+/// `f` over the two halves of the buffer on two threads.
+#[cfg(target_arch = "x86_64")]
+fn two_threads(p: *const f32, n: usize, f: &(dyn Fn(*const f32, usize) -> f32 + Sync)) -> f32 {
+    let b = Buf(p);
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let b = b;
+            f(unsafe { b.0.add(n / 2) }, n / 2)
+        });
+        f(b.0, n / 2) + h.join().unwrap()
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 fn main() {
     let n = 512usize * 1_000_000;
@@ -111,6 +150,17 @@ fn main() {
     }
     for k in [2, 4, 8] {
         run(&format!("split {k}"), &|| unsafe { sum_split(p, n, k) });
+    }
+    for k in [1, 2, 4] {
+        for d in [512, 1024, 2048] {
+            run(&format!("split {k} prefetch d={d}"), &|| unsafe { sum_split_prefetch(p, n, k, d) });
+        }
+    }
+    run("2 threads: plain", &|| two_threads(p, n, &|p, n| unsafe { sum_plain(p, n, 0, 0) }));
+    run("2 threads: split 4", &|| two_threads(p, n, &|p, n| unsafe { sum_split(p, n, 4) }));
+    for d in [512, 1024] {
+        run(&format!("2 threads: prefetch d={d}"), &|| two_threads(p, n, &|p, n| unsafe { sum_plain(p, n, d, 0) }));
+        run(&format!("2 threads: split 2 prefetch d={d}"), &|| two_threads(p, n, &|p, n| unsafe { sum_split_prefetch(p, n, 2, d) }));
     }
 }
 

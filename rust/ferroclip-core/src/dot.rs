@@ -61,7 +61,7 @@ mod avx2 {
     use std::arch::x86_64::{
         __m128i, __m256, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cvtph_ps, _mm256_extractf128_ps,
         _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
-        _mm_loadu_si128, _mm_movehl_ps, _mm_shuffle_ps,
+        _mm_loadu_si128, _mm_movehl_ps, _mm_shuffle_ps, _mm_prefetch, _MM_HINT_T0,
     };
 
     use half::f16;
@@ -101,8 +101,9 @@ mod avx2 {
             /// # Safety
             /// AVX2, FMA and F16C present; `q` holds m rows and `d` n rows of `dim`; `out`
             /// is valid for writes at `i * ldc + j` for `i < m`, `j < n`.
+            /// `PF > 0`: each stream also prefetches `PF` bytes ahead of itself (see `prefetch`).
             #[target_feature(enable = "avx2,fma,f16c")]
-            pub(super) unsafe fn $name(q: &[f32], m: usize, d: &[$elem], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+            pub(super) unsafe fn $name<const PF: usize>(q: &[f32], m: usize, d: &[$elem], n: usize, dim: usize, out: *mut f32, ldc: usize) {
                 let chunks = dim / 16;
                 let body = chunks * 16;
                 let dp = d.as_ptr();
@@ -117,6 +118,12 @@ mod avx2 {
                         let mut hi = [_mm256_setzero_ps(); 4];
                         for c in 0..chunks {
                             let (ql, qh) = (_mm256_loadu_ps(qp.add(c * 16)), _mm256_loadu_ps(qp.add(c * 16 + 8)));
+                            if PF > 0 && i == 0 {
+                                for row in &r {
+                                    // Never faults; only the address must be computed without UB.
+                                    _mm_prefetch::<_MM_HINT_T0>(row.add(c * 16).cast::<i8>().wrapping_add(PF));
+                                }
+                            }
                             for t in 0..4 {
                                 lo[t] = _mm256_fmadd_ps(ql, $load8(r[t].add(c * 16)), lo[t]);
                                 hi[t] = _mm256_fmadd_ps(qh, $load8(r[t].add(c * 16 + 8)), hi[t]);
@@ -142,6 +149,31 @@ mod avx2 {
     kernel!(dots_f16, f16, load_f16, f16::to_f32);
 }
 
+/// Bytes each stream prefetches ahead of itself on CPUs where that helps.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 512;
+
+/// Whether the dot kernel prefetches ahead in software: on Intel, yes; elsewhere, only the
+/// hardware prefetchers. Measured with `examples/stream_bench.rs`, one thread over 2 GB:
+/// on an AVX2-only Zen 3 EPYC, four streams far apart read 22 GB/s and software prefetches
+/// cost 15-25%; on a Sapphire Rapids-class Xeon four streams read 15-16 GB/s and 18.6 with
+/// each stream prefetching 512 bytes ahead (T0). `FERROCLIP_DOT_PREFETCH=0|1` overrides.
+#[cfg(target_arch = "x86_64")]
+fn prefetch() -> bool {
+    static PREFETCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREFETCH.get_or_init(|| match std::env::var("FERROCLIP_DOT_PREFETCH").as_deref().map(str::trim) {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => {
+            // SAFETY: CPUID leaf 0 exists on every x86-64 CPU (the call is safe in newer Rust).
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+            vendor == b"GenuineIntel"
+        }
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -161,10 +193,12 @@ pub(crate) unsafe fn dots(q: &[f32], m: usize, d: Rows<'_>, n: usize, dim: usize
     debug_assert!(dim > 0 && q.len() >= m * dim);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        match d {
-            Rows::F32(d) => return avx2::dots_f32(q, m, &d[..n * dim], n, dim, out, ldc),
-            Rows::F16(d) => return avx2::dots_f16(q, m, &d[..n * dim], n, dim, out, ldc),
-        }
+        return match (d, prefetch()) {
+            (Rows::F32(d), false) => avx2::dots_f32::<0>(q, m, &d[..n * dim], n, dim, out, ldc),
+            (Rows::F32(d), true) => avx2::dots_f32::<PREFETCH_AHEAD>(q, m, &d[..n * dim], n, dim, out, ldc),
+            (Rows::F16(d), false) => avx2::dots_f16::<0>(q, m, &d[..n * dim], n, dim, out, ldc),
+            (Rows::F16(d), true) => avx2::dots_f16::<PREFETCH_AHEAD>(q, m, &d[..n * dim], n, dim, out, ldc),
+        };
     }
     match d {
         Rows::F32(d) => dots_portable::<false>(q, m, &d[..n * dim], n, dim, out, ldc),
@@ -197,14 +231,23 @@ mod tests {
                 for m in [1, 3] {
                     let q = crate::test_data::noise(m * dim, 99 + m as u64);
                     for (rows, reference) in [(Rows::F32(&d32), &d32), (Rows::F16(&d16), &widened)] {
-                        let mut got = vec![f32::NAN; m * n];
                         let mut want = vec![f32::NAN; m * n];
-                        unsafe {
-                            dots(&q, m, rows, n, dim, got.as_mut_ptr(), n, &mut Vec::new());
-                            dots_portable::<true>(&q, m, reference, n, dim, want.as_mut_ptr(), n);
+                        unsafe { dots_portable::<true>(&q, m, reference, n, dim, want.as_mut_ptr(), n) };
+                        let w: Vec<u32> = want.iter().map(|x| x.to_bits()).collect();
+                        // Both builds of the kernel, with and without software prefetch.
+                        for pf in [false, true] {
+                            let mut got = vec![f32::NAN; m * n];
+                            unsafe {
+                                match (rows, pf) {
+                                    (Rows::F32(d), false) => avx2::dots_f32::<0>(&q, m, d, n, dim, got.as_mut_ptr(), n),
+                                    (Rows::F32(d), true) => avx2::dots_f32::<PREFETCH_AHEAD>(&q, m, d, n, dim, got.as_mut_ptr(), n),
+                                    (Rows::F16(d), false) => avx2::dots_f16::<0>(&q, m, d, n, dim, got.as_mut_ptr(), n),
+                                    (Rows::F16(d), true) => avx2::dots_f16::<PREFETCH_AHEAD>(&q, m, d, n, dim, got.as_mut_ptr(), n),
+                                }
+                            }
+                            let g: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                            assert_eq!(g, w, "dim={dim} n={n} m={m} prefetch={pf}");
                         }
-                        let (g, w): (Vec<u32>, Vec<u32>) = (got.iter().map(|x| x.to_bits()).collect(), want.iter().map(|x| x.to_bits()).collect());
-                        assert_eq!(g, w, "dim={dim} n={n} m={m}");
                     }
                 }
             }

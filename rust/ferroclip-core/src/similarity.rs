@@ -80,6 +80,15 @@ impl<'a> Embeddings<'a> {
         self.dim
     }
 
+    /// Bytes of the stored matrix.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        match self.data {
+            Rows::F32(d) => d.len() * 4,
+            Rows::F16(d) => d.len() * 2,
+        }
+    }
+
     /// Rows `start..end` in their stored dtype.
     pub(crate) fn rows_slice(&self, start: usize, end: usize) -> Rows<'a> {
         let (lo, hi) = (start * self.dim, end * self.dim);

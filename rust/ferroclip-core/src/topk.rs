@@ -20,6 +20,10 @@ const TOPK_QUERY_BLOCK: usize = 4 * QUERY_BLOCK;
 /// Database rows per block for the few-query dot kernel (a 64 KiB score row per query).
 const DOT_BLOCK: usize = 16 * DB_BLOCK;
 
+/// Few queries against a database smaller than this run on one thread: the work (a read
+/// of the database) is shorter than waking a second thread and merging its lists costs.
+const PARALLEL_MIN_BYTES: usize = 8 << 20;
+
 /// Heap entries allowed per task before query blocks shrink (large k).
 const MAX_HEAP_ENTRIES: usize = 1 << 22;
 
@@ -190,6 +194,8 @@ pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_t
     }
     let qb_size = TOPK_QUERY_BLOCK.min((MAX_HEAP_ENTRIES / k).max(1));
     let q_blocks = nq.div_ceil(qb_size);
+    let kernel = Kernel::for_queries(nq);
+    let num_threads = if kernel == Kernel::Dot && database.bytes() < PARALLEL_MIN_BYTES { Some(1) } else { num_threads };
     let threads = resolve_num_threads(num_threads);
     let d_blocks = n.div_ceil(DB_BLOCK);
     // Split the database only when query blocks alone cannot feed the threads, into parts
@@ -200,7 +206,7 @@ pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_t
         map_range(parallel, q_blocks * parts, |t| {
             let (b, p) = (t / parts, t % parts);
             let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
-            scan(Kernel::for_queries(nq), queries, database, k, q, block_part(p, parts, d_blocks, DB_BLOCK, n))
+            scan(kernel, queries, database, k, q, block_part(p, parts, d_blocks, DB_BLOCK, n))
         })
     })?
     .into_iter()

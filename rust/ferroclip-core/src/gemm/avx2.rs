@@ -1,7 +1,7 @@
 //! The AVX2 + FMA micro-kernel: 6 query rows x 16 database rows (12 ymm accumulators,
 //! 2 loads + 6 broadcasts per 12 FMAs).
 
-use std::arch::x86_64::{_mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+use std::arch::x86_64::{_MM_HINT_T0, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
 
 use super::Blocking;
 
@@ -71,7 +71,7 @@ unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f
 /// `supported()`, and `super::product`'s contract.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    super::drive::<MR, NR>(q, m, d, n, dim, out, ldc, BLOCKING, |qr, panel, kc, out, ldc, rows, cols, first| {
+    super::drive::<MR, NR, _MM_HINT_T0>(q, m, d, n, dim, out, ldc, BLOCKING, |qr, panel, kc, out, ldc, rows, cols, first| {
         micro(qr, panel, kc, out, ldc, rows, cols, first)
     });
 }

@@ -1,21 +1,23 @@
-//! The AVX-512 micro-kernel: 12 query rows x 32 database rows (24 zmm accumulators,
-//! 2 loads + 12 broadcasts per 24 FMAs); column remainders through masked loads and
+//! The AVX-512 micro-kernel: 14 query rows x 32 database rows (28 zmm accumulators,
+//! 2 loads + 14 broadcasts per 28 FMAs); column remainders through masked loads and
 //! stores instead of a bounce buffer.
 
 use std::arch::x86_64::{
     __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
-    _mm512_setzero_ps,
+    _mm512_setzero_ps, _MM_HINT_T1,
 };
 
 use super::Blocking;
 
-/// Query rows per register block: 24 accumulators, 2 panel registers and broadcasts in
-/// the 32 zmm registers.
+/// Query rows per register block: 28 accumulators, 2 panel registers and a broadcast in
+/// the 32 zmm registers. (On a Sapphire Rapids-class Xeon, thread CPU time, scan tiles
+/// 1024 x 128 and 512 x 128 at D = 512: 157-160 GFLOP/s best at 14 rows, 148-155 at 12,
+/// 148-150 at 8; `matrixmultiply` 125-130.)
 pub(super) const MR: usize = 14;
 /// Database rows per packed panel (two zmm).
 pub(super) const NR: usize = 32;
 
-/// A 12-row query group of 512 elements is 24 KiB, half of a 48 KiB L1d; the panels
+/// A 14-row query group of 512 elements is 28 KiB, in a 48 KiB L1d; the panels
 /// (64 KiB each at D = 512) stream from a 2 MiB L2.
 pub(super) const BLOCKING: Blocking = Blocking { kc_max: 512, block_bytes: 1024 * 1024 };
 
@@ -31,7 +33,7 @@ fn lanes(cols: usize, lo: usize) -> __mmask16 {
     ((1u32 << live) - 1) as __mmask16
 }
 
-/// MR query rows (pointers at element k0) x one packed panel of `kc` elements: 24 FMA
+/// MR query rows (pointers at element k0) x one packed panel of `kc` elements: 28 FMA
 /// chains, continued from `out` unless `first`, the same chain per score as the AVX2
 /// kernel (each lane accumulates its own pair over k in order).
 #[inline(always)]
@@ -65,7 +67,7 @@ unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f
 /// `supported()`, and `super::product`'s contract.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    super::drive::<MR, NR>(q, m, d, n, dim, out, ldc, BLOCKING, |qr, panel, kc, out, ldc, rows, cols, first| {
+    super::drive::<MR, NR, _MM_HINT_T1>(q, m, d, n, dim, out, ldc, BLOCKING, |qr, panel, kc, out, ldc, rows, cols, first| {
         micro(qr, panel, kc, out, ldc, rows, cols, first)
     });
 }

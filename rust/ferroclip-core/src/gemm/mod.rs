@@ -9,7 +9,7 @@
 //! the same bits (tested), so results do not change with the CPU's vector width.
 //!
 //! Layout: a register block of MR query rows x NR database rows (AVX2 6 x 16 in 12 ymm,
-//! AVX-512 12 x 32 in 24 zmm). The database block is packed once per tile into NR-row
+//! AVX-512 14 x 32 in 28 zmm). The database block is packed once per tile into NR-row
 //! panels (`panel[k * NR + t] = row_t[k]`, 8 x 8 register transposes); the MR query rows
 //! are broadcast straight from the caller's row-major matrix (they stay in L1 while a
 //! block of panels, sized for L2, streams past them; the BLIS order, a panel in L1 and
@@ -108,11 +108,11 @@ thread_local! {
 }
 
 /// The blocked product around one micro-kernel `micro(query rows, panel, kc, out, ldc,
-/// rows, cols, first)`. Inlined into each kernel's `target_feature` function, so the
+/// rows, cols, first)`; `HINT` is the prefetch level for the next packing's rows. Inlined into each kernel's `target_feature` function, so the
 /// packing and the micro-kernel are compiled for that kernel's instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn drive<const MR: usize, const NR: usize>(
+unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32>(
     q: &[f32],
     m: usize,
     d: &[f32],
@@ -157,7 +157,7 @@ unsafe fn drive<const MR: usize, const NR: usize>(
                 };
                 // Each query group (L1) meets every panel of the block (L2).
                 for i in (0..m).step_by(MR) {
-                    prefetch_next(dp, dim, &next, i / MR, groups);
+                    prefetch_next::<HINT>(dp, dim, &next, i / MR, groups);
                     let rows = (m - i).min(MR);
                     let qr: [*const f32; MR] = std::array::from_fn(|r| qp.add((i + r.min(rows - 1)) * dim + k0));
                     for p in p0..p1 {

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::{
     __m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
-    _mm256_unpacklo_ps, _mm_prefetch, _MM_HINT_T0,
+    _mm256_unpacklo_ps, _mm_prefetch,
 };
 
 /// Transpose 8 rows of 8 floats (in registers).
@@ -91,9 +91,9 @@ pub(super) struct NextPack {
 /// Prefetch query group `g`'s share (of `groups`) of the rows the next packing will read,
 /// so it reads them from cache: packing from memory stalled the FMAs (perf on Zen 3:
 /// packing 3.7% of the product in recall, 2.8% with this; recall 5k x 25k on 2 threads
-/// ~3% faster, medians of 8 interleaved runs).
+/// ~3% faster, medians of 8 interleaved runs). `HINT`: the `_mm_prefetch` level.
 #[inline(always)]
-pub(super) unsafe fn prefetch_next(d: *const f32, dim: usize, next: &NextPack, g: usize, groups: usize) {
+pub(super) unsafe fn prefetch_next<const HINT: i32>(d: *const f32, dim: usize, next: &NextPack, g: usize, groups: usize) {
     let share = next.rows.len().div_ceil(groups);
     let lines = (next.kc * 4).div_ceil(64);
     let start = next.rows.start + g * share;
@@ -101,7 +101,7 @@ pub(super) unsafe fn prefetch_next(d: *const f32, dim: usize, next: &NextPack, g
         let row = d.add(r * dim + next.k0).cast::<i8>();
         for l in 0..lines {
             // A prefetch never faults; the address only has to be computed without UB.
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64 * l));
+            _mm_prefetch::<HINT>(row.wrapping_add(64 * l));
         }
     }
 }

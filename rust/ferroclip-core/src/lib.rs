@@ -15,6 +15,7 @@ pub mod error;
 pub mod geometry;
 pub mod normalize;
 pub mod pipeline;
+pub mod probe;
 pub mod resize;
 pub mod similarity;
 pub mod topk;

@@ -4,6 +4,7 @@
 mod detach;
 mod errors;
 mod preprocess;
+mod probe;
 mod retrieval;
 
 use pyo3::prelude::*;
@@ -23,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     });
     preprocess::register(m)?;
     retrieval::register(m)?;
+    probe::register(m)?;
     Ok(())
 }

@@ -27,7 +27,8 @@ def cpu_flags() -> str:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                return ",".join(f for f in ("avx2", "fma", "avx512f") if f in flags)
+                wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
+                return ",".join(f for f in wanted if f in flags)
     except OSError:
         pass
     return ""

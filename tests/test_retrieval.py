@@ -696,9 +696,9 @@ print("ok", flush=True)
 """
 
 
-def _run_backend_script(blas: str) -> list[str]:
-    env = {**os.environ, "FERROCLIP_BLAS": blas, "PYTHONPATH": str(Path(ferroclip.__file__).parents[1])}
-    out = subprocess.run([sys.executable, "-c", _BACKEND_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+def _run_backend_script(blas: str, gemm: str = "", script: str = _BACKEND_SCRIPT) -> list[str]:
+    env = {**os.environ, "FERROCLIP_BLAS": blas, "FERROCLIP_GEMM": gemm, "PYTHONPATH": str(Path(ferroclip.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[-1] == "ok", out.stdout
@@ -724,14 +724,15 @@ def _cpu_flags() -> set[str] | None:
 
 
 def _builtin_backend() -> str:
-    """What the built-in product should be on this CPU: ferroclip's AVX2 kernel on x86-64
-    with AVX2 + FMA and no AVX-512, matrixmultiply elsewhere."""
+    """What the built-in product should be on this CPU: ferroclip's AVX-512 kernel on x86-64
+    with AVX-512F (and AVX2 + FMA), its AVX2 kernel with AVX2 + FMA only, matrixmultiply
+    elsewhere."""
     import platform
 
     flags = _cpu_flags()
-    if platform.machine() != "x86_64" or flags is None:
+    if platform.machine() != "x86_64" or flags is None or not {"avx2", "fma"} <= flags:
         return "matrixmultiply"
-    return "ferroclip-avx2" if {"avx2", "fma"} <= flags and "avx512f" not in flags else "matrixmultiply"
+    return "ferroclip-avx512" if "avx512f" in flags else "ferroclip-avx2"
 
 
 def test_default_backend_is_the_builtin_product_for_this_cpu():
@@ -750,8 +751,49 @@ def test_both_product_backends_equal_numpy_on_exact_data(blas):
     slow on AVX-512 machines), "force" takes it regardless."""
     backend = _run_backend_script(blas)[0]
     if blas == "0":
-        assert backend in ("ferroclip-avx2", "matrixmultiply"), backend
+        assert backend in ("ferroclip-avx512", "ferroclip-avx2", "matrixmultiply"), backend
     elif _numpy_has_scipy_openblas():  # pip numpy on Linux x86_64: its OpenBLAS is found
         assert "scipy_cblas_sgemm64_ (ILP64)" in backend, backend
         if blas == "force":
             assert backend.startswith("OpenBLAS scipy_cblas_sgemm64_ (ILP64)"), backend
+
+
+_KERNEL_BITS_SCRIPT = r"""
+import sys
+import numpy as np
+import ferroclip
+from ferroclip import _native
+
+print(_native.gemm_backend(), flush=True)
+rng = np.random.default_rng(7)
+# Real-valued data (sums round), dimensions with tails and two k passes, ragged tiles.
+for dim in (33, 512, 520):
+    a = rng.standard_normal((301, dim), dtype=np.float32)
+    b = rng.standard_normal((1500, dim), dtype=np.float32)
+    s = ferroclip.similarity(a, b, num_threads=2)
+    scores, idx = ferroclip.topk(a, b, 5, num_threads=2)
+    np.save(sys.argv[1] + f"/{dim}.npy", np.concatenate([s.ravel(), scores.ravel()]))
+print("ok", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kernel", ["avx2", "matrixmultiply"])
+def test_kernels_give_the_same_bits_as_the_default(tmp_path, kernel):
+    """The widest kernel this CPU has (AVX-512 where present) and a narrower one, each in a
+    fresh process (chosen once per process): ferroclip's kernels compute every score as one
+    FMA chain over k, so on random data the AVX-512 and AVX2 kernels agree bit for bit.
+    `matrixmultiply` sums in another order: it is only checked to agree to float rounding."""
+    outs = {}
+    for name in ("default", kernel):
+        d = tmp_path / name
+        d.mkdir()
+        script = _KERNEL_BITS_SCRIPT.replace("sys.argv[1]", repr(str(d)))
+        backend = _run_backend_script("0", "" if name == "default" else kernel, script)[0]
+        outs[name] = (backend, {dim: np.load(d / f"{dim}.npy") for dim in (33, 512, 520)})
+    (default_backend, default), (other_backend, other) = outs["default"], outs[kernel]
+    if kernel == "avx2" and default_backend.startswith("ferroclip-") and other_backend == "ferroclip-avx2":
+        for dim in default:
+            assert np.array_equal(default[dim].view(np.uint32), other[dim].view(np.uint32)), (default_backend, dim)
+    else:
+        for dim in default:
+            np.testing.assert_allclose(default[dim], other[dim], rtol=1e-4, atol=1e-4)

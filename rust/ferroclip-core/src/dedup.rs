@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};
-use crate::similarity::{check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{check_finite_tile, map_range, score_block, Embeddings, Kernel, Queries, DB_BLOCK, QUERY_BLOCK};
 
 /// Pairs `(left[p], right[p])` with `left[p] < right[p]` and their score `scores[p]`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,6 +47,7 @@ pub fn near_duplicates(emb: &Embeddings<'_>, threshold: f32, max_pairs: usize, n
             let h = r1 - r0;
             let (mut scratch_q, mut scratch_d) = (Vec::new(), Vec::new());
             let qb = emb.block(r0, r1, &mut scratch_q);
+            let prepared = Queries::new(kernel, &qb, h, emb.dim());
             let mut tile = vec![0.0f32; h * DB_BLOCK];
             // (row offset in block, column, score): compact while scanning.
             let mut pairs = Vec::new();
@@ -57,7 +58,7 @@ pub fn near_duplicates(emb: &Embeddings<'_>, threshold: f32, max_pairs: usize, n
                 }
                 let c1 = (c0 + DB_BLOCK).min(n);
                 let w = c1 - c0;
-                score_block(kernel, &qb, h, emb, (c0, c1), &mut tile, w, &mut scratch_d);
+                score_block(kernel, &prepared, emb, (c0, c1), &mut tile, w, &mut scratch_d);
                 check_finite_tile(&tile, h, w, w, r0, c0, ("embeddings", "embeddings"))?;
                 let before = pairs.len();
                 for (i, row) in tile.chunks(w).take(h).enumerate() {

@@ -20,7 +20,7 @@
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};
-use crate::similarity::{block_part, block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{block_part, block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, Queries, DB_BLOCK, QUERY_BLOCK};
 
 /// Scores held per task: queries are processed in strips of at most this many (64 MiB).
 const STRIP_ELEMS: usize = 1 << 24;
@@ -69,17 +69,19 @@ pub fn positive_ranks<'p>(
     }
     let strip = QUERY_BLOCK.min((STRIP_ELEMS / n.max(1)).max(1));
     let blocks = nq.div_ceil(strip);
+    let kernel = Kernel::for_queries(nq);
     let per_block = run_parallel(num_threads, |parallel| {
         map_range(parallel, blocks, |b| -> Result<Vec<Vec<i64>>> {
             let (q0, q1) = (b * strip, ((b + 1) * strip).min(nq));
             let m = q1 - q0;
             let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
             let qb = queries.block(q0, q1, &mut scratch_q);
+            let prepared = Queries::new(kernel, &qb, m, queries.dim());
             let mut scores = vec![0.0f32; m * n];
             let mut c0 = 0;
             while c0 < n {
                 let c1 = (c0 + DB_BLOCK).min(n);
-                score_block(Kernel::for_queries(nq), &qb, m, candidates, (c0, c1), &mut scores[c0..], n, &mut scratch_c);
+                score_block(kernel, &prepared, candidates, (c0, c1), &mut scores[c0..], n, &mut scratch_c);
                 check_finite_tile(&scores[c0..], m, c1 - c0, n, q0, c0, names)?;
                 c0 = c1;
             }
@@ -642,6 +644,7 @@ fn one_pass<'p>(
             let m = r1 - r0;
             let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
             let qb = images.block(r0, r1, &mut scratch_q);
+            let prepared = Queries::new(Kernel::Gemm, &qb, m, dim);
             let mut counters: Vec<RankCounter> = (r0..r1).map(|i| RankCounter::new(captions_of(i), &positive, c_lo)).collect();
             let mut tile = vec![0.0f32; m * width];
             let mut threshold = vec![0.0f32; width];
@@ -651,7 +654,7 @@ fn one_pass<'p>(
             while c0 < c_hi {
                 let c1 = (c0 + width).min(c_hi);
                 let w = c1 - c0;
-                score_block(Kernel::Gemm, &qb, m, texts, (c0, c1), &mut tile, w, &mut scratch_c);
+                score_block(Kernel::Gemm, &prepared, texts, (c0, c1), &mut tile, w, &mut scratch_c);
                 if !surely_finite {
                     check_finite_tile(&tile, m, w, w, r0, c0, ("image_emb", "text_emb"))?;
                 }

@@ -273,20 +273,50 @@ pub fn bench_block_product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize,
     block_product(kernel, q, m, d, n, dim, out, ldc);
 }
 
-/// Scores of `m` f32 queries against database rows `c0..c1`: `out[i * ldc + (j - c0)]`.
+/// A block of f32 queries prepared once for the many tiles it is scored against: packed
+/// for the AVX-512 kernel (`gemm::PackedQueries`), else read in place.
+pub(crate) struct Queries<'q> {
+    rows: &'q [f32],
+    m: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<crate::gemm::PackedQueries>,
+}
+
+impl<'q> Queries<'q> {
+    /// `rows` holds `m` queries of `dim`, to be scored with `kernel`.
+    pub(crate) fn new(kernel: Kernel, rows: &'q [f32], m: usize, dim: usize) -> Self {
+        assert!(rows.len() >= m * dim, "Queries: rows too short");
+        #[cfg(target_arch = "x86_64")]
+        let packed = match (kernel, crate::gemm::isa()) {
+            (Kernel::Gemm, Some(isa)) => crate::gemm::PackedQueries::new(isa, rows, m, dim),
+            _ => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (kernel, dim);
+        Self {
+            rows,
+            m,
+            #[cfg(target_arch = "x86_64")]
+            packed,
+        }
+    }
+}
+
+/// Scores of the queries against database rows `c0..c1`: `out[i * ldc + (j - c0)]`, with
+/// the same bits whether the queries were packed or not.
 ///
 /// The dot kernel reads the rows in their stored dtype (f16 widened in registers, one
 /// pass); the sgemm kernel widens an f16 block into `scratch` first.
 pub(crate) fn score_block(
     kernel: Kernel,
-    q: &[f32],
-    m: usize,
+    queries: &Queries<'_>,
     db: &Embeddings<'_>,
     (c0, c1): (usize, usize),
     out: &mut [f32],
     ldc: usize,
     scratch: &mut Vec<f32>,
 ) {
+    let (q, m) = (queries.rows, queries.m);
     let (n, dim) = (c1 - c0, db.dim);
     assert!(q.len() >= m * dim && c1 <= db.rows && c0 <= c1, "score_block: inputs too short");
     if m == 0 || n == 0 {
@@ -303,6 +333,11 @@ pub(crate) fn score_block(
             Rows::F32(d) => Cow::Borrowed(&d[c0 * dim..(c1 + n).min(db.rows) * dim]),
             Rows::F16(_) => db.block(c0, c1, scratch),
         };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &queries.packed {
+            // SAFETY: as above; `packed` holds these m queries of `dim` (> 0, or it is None).
+            return unsafe { crate::gemm::product_packed(packed, &block, n, dim, out.as_mut_ptr(), ldc) };
+        }
         block_product(kernel, q, m, &block, n, dim, out, ldc);
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::batch::{resolve_num_threads, run_parallel};
 use crate::error::Result;
-use crate::similarity::{block_part, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{block_part, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, Queries, DB_BLOCK, QUERY_BLOCK};
 
 /// Queries per task: more than `QUERY_BLOCK`, so each database block is packed for sgemm
 /// (a strided gather, see `similarity::block_product_raw`) fewer times per FLOP.
@@ -164,6 +164,7 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
     let mut selectors: Vec<Selector> = (0..m).map(|_| Selector::new(k)).collect();
     let (mut scratch_q, mut scratch_d) = (Vec::new(), Vec::new());
     let qb = queries.block(q0, q1, &mut scratch_q);
+    let prepared = Queries::new(kernel, &qb, m, queries.dim());
     // The dot kernel reads each block as four streams; longer blocks keep them going.
     let block = if kernel == Kernel::Dot { DOT_BLOCK } else { kernel.scan_width() };
     let mut tile = vec![0.0f32; m * block.min(d1 - d0)];
@@ -171,7 +172,7 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
     while c0 < d1 {
         let c1 = (c0 + block).min(d1);
         let w = c1 - c0;
-        score_block(kernel, &qb, m, database, (c0, c1), &mut tile, w, &mut scratch_d);
+        score_block(kernel, &prepared, database, (c0, c1), &mut tile, w, &mut scratch_d);
         if !select_tile(&mut selectors, &tile[..m * w], w, c0) {
             check_finite_tile(&tile, m, w, w, q0, c0, ("queries", "database"))?;
         }

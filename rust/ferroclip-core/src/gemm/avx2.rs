@@ -71,7 +71,16 @@ unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f
 /// `supported()`, and `super::product`'s contract.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    super::drive::<MR, NR, _MM_HINT_T0>(q, m, d, n, dim, out, ldc, BLOCKING, |qr, panel, kc, out, ldc, rows, cols, first| {
-        micro(qr, panel, kc, out, ldc, rows, cols, first)
-    });
+    debug_assert!(q.len() >= m * dim);
+    super::drive::<MR, NR, _MM_HINT_T0, _>(
+        m,
+        d,
+        n,
+        dim,
+        out,
+        ldc,
+        BLOCKING,
+        |i, rows, k0| super::row_group::<MR>(q, dim, i, rows, k0),
+        |qr, panel, kc, out, ldc, rows, cols, first| micro(qr, panel, kc, out, ldc, rows, cols, first),
+    );
 }

@@ -33,11 +33,11 @@ fn lanes(cols: usize, lo: usize) -> __mmask16 {
     ((1u32 << live) - 1) as __mmask16
 }
 
-/// MR query rows (pointers at element k0) x one packed panel of `kc` elements: 28 FMA
-/// chains, continued from `out` unless `first`, the same chain per score as the AVX2
-/// kernel (each lane accumulates its own pair over k in order).
+/// MR query rows x one packed panel of `kc` elements: 28 FMA chains, continued from `out`
+/// unless `first`, the same chain per score as the AVX2 kernel (each lane accumulates its
+/// own pair over k in order). `query(r, k)` is row r's element k (in place or packed).
 #[inline(always)]
-unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f32, ldc: usize, rows: usize, cols: usize, first: bool) {
+unsafe fn micro(query: impl Fn(usize, usize) -> *const f32, panel: *const f32, kc: usize, out: *mut f32, ldc: usize, rows: usize, cols: usize, first: bool) {
     let (m0, m1) = (lanes(cols, 0), lanes(cols, 16));
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
     if !first {
@@ -50,7 +50,7 @@ unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f
         let b0 = _mm512_loadu_ps(panel.add(k * NR));
         let b1 = _mm512_loadu_ps(panel.add(k * NR + 16));
         for r in 0..MR {
-            let a = _mm512_set1_ps(*qr[r].add(k));
+            let a = _mm512_set1_ps(*query(r, k));
             acc[2 * r] = _mm512_fmadd_ps(a, b0, acc[2 * r]);
             acc[2 * r + 1] = _mm512_fmadd_ps(a, b1, acc[2 * r + 1]);
         }
@@ -61,13 +61,41 @@ unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f
     }
 }
 
-/// `super::product` with this kernel.
+/// `super::product` with this kernel, reading the query rows in place.
 ///
 /// # Safety
 /// `supported()`, and `super::product`'s contract.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    super::drive::<MR, NR, _MM_HINT_T1>(q, m, d, n, dim, out, ldc, BLOCKING, |qr, panel, kc, out, ldc, rows, cols, first| {
-        micro(qr, panel, kc, out, ldc, rows, cols, first)
-    });
+    debug_assert!(q.len() >= m * dim);
+    super::drive::<MR, NR, _MM_HINT_T1, _>(
+        m,
+        d,
+        n,
+        dim,
+        out,
+        ldc,
+        BLOCKING,
+        |i, rows, k0| super::row_group::<MR>(q, dim, i, rows, k0),
+        |qr, panel, kc, out, ldc, rows, cols, first| micro(|r, k| qr[r].add(k), panel, kc, out, ldc, rows, cols, first),
+    );
+}
+
+/// `super::product_packed` with this kernel.
+///
+/// # Safety
+/// `supported()`, and `super::product_packed`'s contract.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn product_packed(pq: &super::PackedQueries, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    super::drive::<MR, NR, _MM_HINT_T1, _>(
+        pq.rows(),
+        d,
+        n,
+        dim,
+        out,
+        ldc,
+        BLOCKING,
+        |i, _, k0| pq.block(i, k0),
+        |block, panel, kc, out, ldc, rows, cols, first| micro(|r, k| block.add(k * MR + r), panel, kc, out, ldc, rows, cols, first),
+    );
 }

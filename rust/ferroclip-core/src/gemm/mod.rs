@@ -102,18 +102,94 @@ fn pass_len(dim: usize, kc_max: usize) -> usize {
     dim.div_ceil(passes).next_multiple_of(8).min(dim)
 }
 
+/// The MR row pointers of query rows `i..i + rows` at element `k0`, the last row repeated
+/// past `rows` (those results are not stored).
+#[inline(always)]
+unsafe fn row_group<const MR: usize>(q: &[f32], dim: usize, i: usize, rows: usize, k0: usize) -> [*const f32; MR] {
+    std::array::from_fn(|r| q.as_ptr().add((i + r.min(rows - 1)) * dim + k0))
+}
+
+/// A query block packed once for many products (top-k and recall score the same queries
+/// against every tile of the database): per group of the kernel's MR rows and per k pass,
+/// `kc x MR` floats with `block[k * MR + r] = q[i + r][k0 + k]`, so the micro-kernel reads
+/// its broadcasts as one sequential stream instead of MR rows `dim` apart. Built only for
+/// the AVX-512 kernel (the AVX2 kernel, tuned on Zen 3, reads the rows in place).
+pub(crate) struct PackedQueries {
+    isa: Isa,
+    m: usize,
+    dim: usize,
+    kc_max: usize,
+    passes: usize,
+    data: Vec<f32>,
+}
+
+impl PackedQueries {
+    /// `q` holds `m` rows of `dim`; `None` where the kernel reads rows in place.
+    pub(crate) fn new(isa: Isa, q: &[f32], m: usize, dim: usize) -> Option<Self> {
+        if isa != Isa::Avx512 || m == 0 || dim == 0 {
+            return None;
+        }
+        assert!(q.len() >= m * dim, "PackedQueries: q too short");
+        let mr = avx512::MR;
+        let kc_max = pass_len(dim, avx512::BLOCKING.kc_max);
+        let passes = dim.div_ceil(kc_max);
+        let groups = m.div_ceil(mr);
+        let mut data = vec![0.0f32; groups * passes * kc_max * mr];
+        for g in 0..groups {
+            let rows = (m - g * mr).min(mr);
+            for pass in 0..passes {
+                let (k0, kc) = (pass * kc_max, kc_max.min(dim - pass * kc_max));
+                let block = &mut data[(g * passes + pass) * kc_max * mr..][..kc * mr];
+                for r in 0..mr {
+                    let row = &q[(g * mr + r.min(rows - 1)) * dim + k0..][..kc];
+                    for (k, &x) in row.iter().enumerate() {
+                        block[k * mr + r] = x;
+                    }
+                }
+            }
+        }
+        Some(Self { isa, m, dim, kc_max, passes, data })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// The packed block of the group starting at row `i`, pass starting at `k0`.
+    #[inline(always)]
+    fn block(&self, i: usize, k0: usize) -> *const f32 {
+        let (g, pass) = (i / avx512::MR, k0 / self.kc_max);
+        // In bounds: g < groups and pass < passes for every (i, k0) the driver visits.
+        self.data[(g * self.passes + pass) * self.kc_max * avx512::MR..].as_ptr()
+    }
+}
+
+/// `product` for packed queries: the same bits as `product` on the rows they were packed
+/// from.
+///
+/// # Safety
+/// As `product`, with `q` = the packed rows (`pq.rows()` of `dim`).
+pub(crate) unsafe fn product_packed(pq: &PackedQueries, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    debug_assert_eq!(dim, pq.dim);
+    match pq.isa {
+        Isa::Avx512 => avx512::product_packed(pq, d, n, dim, out, ldc),
+        Isa::Avx2 => unreachable!("queries are packed for the AVX-512 kernel only"),
+    }
+}
+
 thread_local! {
     /// Packed panels, reused across calls on this thread.
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The blocked product around one micro-kernel `micro(query rows, panel, kc, out, ldc,
-/// rows, cols, first)`; `HINT` is the prefetch level for the next packing's rows. Inlined into each kernel's `target_feature` function, so the
+/// The blocked product around one micro-kernel `micro(query group, panel, kc, out, ldc,
+/// rows, cols, first)`, where `group(i, rows, k0)` gives the micro-kernel's view of
+/// query rows `i..i + rows` from element `k0` (row pointers, or a packed block); `HINT` is
+/// the prefetch level for the next packing's rows. Inlined into each kernel's `target_feature` function, so the
 /// packing and the micro-kernel are compiled for that kernel's instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32>(
-    q: &[f32],
+unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32, A>(
     m: usize,
     d: &[f32],
     n: usize,
@@ -121,9 +197,10 @@ unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32>(
     out: *mut f32,
     ldc: usize,
     blocking: Blocking,
-    micro: impl Fn(&[*const f32; MR], *const f32, usize, *mut f32, usize, usize, usize, bool),
+    group: impl Fn(usize, usize, usize) -> A,
+    micro: impl Fn(&A, *const f32, usize, *mut f32, usize, usize, usize, bool),
 ) {
-    debug_assert!(q.len() >= m * dim && d.len() >= n * dim && dim > 0);
+    debug_assert!(d.len() >= n * dim && dim > 0);
     if m == 0 || n == 0 {
         return;
     }
@@ -131,7 +208,7 @@ unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32>(
     let kc_max = pass_len(dim, blocking.kc_max);
     let panel_len = NR * kc_max;
     let block_panels = (blocking.block_bytes / (panel_len * 4)).max(1).min(panels);
-    let (qp, dp) = (q.as_ptr(), d.as_ptr());
+    let dp = d.as_ptr();
     let rows_held = d.len() / dim;
     let groups = m.div_ceil(MR);
     PACKED.with(|cell| {
@@ -159,10 +236,10 @@ unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32>(
                 for i in (0..m).step_by(MR) {
                     prefetch_next::<HINT>(dp, dim, &next, i / MR, groups);
                     let rows = (m - i).min(MR);
-                    let qr: [*const f32; MR] = std::array::from_fn(|r| qp.add((i + r.min(rows - 1)) * dim + k0));
+                    let qg = group(i, rows, k0);
                     for p in p0..p1 {
                         let (j, panel) = (p * NR, pp.add((p - p0) * panel_len));
-                        micro(&qr, panel, kc, out.add(i * ldc + j), ldc, rows, (n - j).min(NR), k0 == 0);
+                        micro(&qg, panel, kc, out.add(i * ldc + j), ldc, rows, (n - j).min(NR), k0 == 0);
                     }
                 }
             }
@@ -206,6 +283,12 @@ mod tests {
                     let ldc = n + 3;
                     let mut got = vec![f32::NAN; m * ldc];
                     unsafe { product(isa, &q, m, &d, n, dim, got.as_mut_ptr(), ldc) };
+                    if let Some(pq) = PackedQueries::new(isa, &q, m, dim) {
+                        let mut packed = vec![f32::NAN; m * ldc];
+                        unsafe { product_packed(&pq, &d, n, dim, packed.as_mut_ptr(), ldc) };
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&packed), bits(&got), "{isa:?} packed dim={dim} m={m} n={n}");
+                    }
                     for i in 0..m {
                         for j in 0..n {
                             let want = dot_sequential(&q[i * dim..(i + 1) * dim], &d[j * dim..(j + 1) * dim]);

@@ -19,7 +19,7 @@ pub(super) const NR: usize = 32;
 
 /// A 14-row query group of 512 elements is 28 KiB, in a 48 KiB L1d; the panels
 /// (64 KiB each at D = 512) stream from a 2 MiB L2.
-pub(super) const BLOCKING: Blocking = Blocking { kc_max: 512, block_bytes: 1024 * 1024 };
+pub(super) const BLOCKING: Blocking = Blocking { kc_max: 512, block_bytes: 512 * 1024 };
 
 pub(crate) fn supported() -> bool {
     static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

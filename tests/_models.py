@@ -2,7 +2,10 @@
 
 No test downloads anything: each builder writes ``config.json``, ``model.safetensors``,
 the tokenizer files and ``preprocessor_config.json`` into a directory, exactly the layout
-``from_pretrained`` reads from the hub cache.
+``from_pretrained`` reads from the hub cache. With ``processor=True`` the tokenizer and
+image processor are saved together through the family's processor class instead, in the
+layout the installed transformers gives a user's own save (``processor_config.json`` with
+the image processor nested in it, and no ``preprocessor_config.json``).
 """
 
 from __future__ import annotations
@@ -49,9 +52,9 @@ def _byte_level_bpe(extra_merges: int = 40) -> tuple[dict[str, int], list[tuple[
     return vocab, merges
 
 
-def tiny_clip(path: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+def tiny_clip(path: Path, *, seed: int = 0, image_size: int = 32, processor: bool = False) -> Path:
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     vocab, merges = _byte_level_bpe()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
@@ -61,8 +64,12 @@ def tiny_clip(path: Path, *, seed: int = 0, image_size: int = 32) -> Path:
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    if processor:
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    else:
+        tokenizer.save_pretrained(path)
+        image_processor.save_pretrained(path)
     return path
 
 
@@ -77,11 +84,13 @@ def _spm_model() -> bytes:
     return buf.getvalue()
 
 
-def tiny_siglip(path: Path, *, seed: int = 0, tokenizer: str = "sentencepiece", image_size: int = 32) -> Path:
+def tiny_siglip(
+    path: Path, *, seed: int = 0, tokenizer: str = "sentencepiece", image_size: int = 32, processor: bool = False
+) -> Path:
     """SigLIP; ``tokenizer="gemma"`` gives the fixed-resolution SigLIP2 layout (SigLIP
     weights with SigLIP2's lower-casing Gemma BPE tokenizer)."""
     import torch
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer == "sentencepiece":
@@ -100,8 +109,12 @@ def tiny_siglip(path: Path, *, seed: int = 0, tokenizer: str = "sentencepiece", 
     torch.manual_seed(seed)
     model = SiglipModel(config).eval()
     model.save_pretrained(path)
-    tok.save_pretrained(path)
-    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(path)
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    if processor:
+        SiglipProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(path)
+    else:
+        tok.save_pretrained(path)
+        image_processor.save_pretrained(path)
     return path
 
 

@@ -165,6 +165,113 @@ def test_from_pretrained_old_style_int_sizes(tmp_path):
     assert PreprocessConfig.from_pretrained(tmp_path) == PreprocessConfig.clip(224)
 
 
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [("13", "13"), (13, "13"), ("13.0.0", "13"), ("13.1.0.dev0", "13"), ("12", "12"), (12, "12"), ("12.3.0", "12"),
+     ("12.2", "12"), ("12.1.1", "12.1"), ("12.1", "12.1"), ("12.0.0", "12.1"), (11, "12.1"), ("10.4.0", "12.1")],
+)
+def test_pil_version_pins_resolve_to_their_rule(value, rule):
+    cfg = PreprocessConfig.clip(224, pil_version=value)
+    assert cfg.pil_version == rule and cfg.pil_version_pinned
+    assert f"pil_version={rule!r}" in repr(cfg)
+    assert cfg == PreprocessConfig(**cfg.to_dict())
+
+
+@pytest.mark.parametrize("value", ["14", 14, "9.5.0", "twelve", "", True, 12.5, "v13"])
+def test_bad_pil_versions_raise_config_error(value):
+    with pytest.raises(ConfigError, match="pil_version"):
+        PreprocessConfig.siglip(224, pil_version=value)
+
+
+@pytest.mark.reference
+def test_default_pil_version_follows_the_installed_pillow(monkeypatch):
+    import PIL
+
+    from ferroclip import config as config_mod
+
+    cfg = PreprocessConfig.clip()
+    major, minor = (int(v) for v in PIL.__version__.split(".")[:2])
+    expected = "13" if major >= 13 else "12" if (major, minor) >= (12, 2) else "12.1"
+    assert cfg.pil_version == expected and not cfg.pil_version_pinned
+    if (major, minor) >= (12, 2):
+        # Both CI worlds (Pillow 12.3 pinned, the newest): the installed major itself.
+        assert cfg.pil_version == str(major)
+    assert f"pil_version={cfg.pil_version!r}" in repr(cfg)
+    # Without Pillow (or with one newer than known) the newest rule is used.
+    monkeypatch.setattr(config_mod, "installed_pil_version", lambda: None)
+    assert PreprocessConfig.clip().pil_version == config_mod.NEWEST_PIL_VERSION
+    monkeypatch.setattr(config_mod, "installed_pil_version", lambda: "14.0.0")
+    assert PreprocessConfig.clip().pil_version == config_mod.NEWEST_PIL_VERSION
+    monkeypatch.setattr(config_mod, "installed_pil_version", lambda: "12.1.0")
+    assert PreprocessConfig.clip().pil_version == "12.1"
+
+
+CLIP_IP = {"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 160}, "crop_size": {"height": 128, "width": 144}}
+SIGLIP_IP = {"image_processor_type": "SiglipImageProcessor", "size": {"height": 96, "width": 112}, "resample": 2}
+
+
+def test_from_pretrained_reads_both_checkpoint_layouts(tmp_path):
+    """transformers >= 5.24 processors save ``processor_config.json`` with the image
+    processor nested; image processors saved alone write ``preprocessor_config.json``.
+    Where both exist the nested one wins, as in transformers."""
+    flat, nested, both, legacy = (tmp_path / n for n in ("flat", "nested", "both", "legacy"))
+    for d in (flat, nested, both, legacy):
+        d.mkdir()
+    (flat / "preprocessor_config.json").write_text(json.dumps(CLIP_IP))
+    (nested / "processor_config.json").write_text(json.dumps({"image_processor": CLIP_IP, "processor_class": "CLIPProcessor"}))
+    (both / "processor_config.json").write_text(json.dumps({"image_processor": SIGLIP_IP, "processor_class": "SiglipProcessor"}))
+    (both / "preprocessor_config.json").write_text(json.dumps(CLIP_IP))
+    # Older transformers wrote a processor_config.json for the processor class alone.
+    (legacy / "processor_config.json").write_text(json.dumps({"processor_class": "CLIPProcessor"}))
+    (legacy / "preprocessor_config.json").write_text(json.dumps(CLIP_IP))
+    want = PreprocessConfig.from_hf_dict(CLIP_IP)
+    assert want.size == (160, 160) and want.crop_size == (128, 144)
+    assert PreprocessConfig.from_pretrained(flat) == want
+    assert PreprocessConfig.from_pretrained(nested) == want
+    assert PreprocessConfig.from_pretrained(nested / "processor_config.json") == want
+    assert PreprocessConfig.from_pretrained(legacy) == want
+    assert PreprocessConfig.from_pretrained(both) == PreprocessConfig.from_hf_dict(SIGLIP_IP)
+    assert PreprocessConfig.from_pretrained(nested, pil_version="12").pil_version == "12"
+    (legacy / "preprocessor_config.json").unlink()
+    with pytest.raises(ConfigError, match="holds no \"image_processor\""):
+        PreprocessConfig.from_pretrained(legacy)
+    with pytest.raises(ConfigError, match="without an image processor"):
+        PreprocessConfig.from_hf_dict({"processor_class": "CLIPProcessor"})
+
+
+@pytest.mark.parametrize("present", [("processor_config.json",), ("preprocessor_config.json",), ("processor_config.json", "preprocessor_config.json")])
+def test_hub_fetch_tries_both_file_names(tmp_path, monkeypatch, present):
+    hub = pytest.importorskip("huggingface_hub")
+    files = {
+        "processor_config.json": {"image_processor": CLIP_IP, "processor_class": "CLIPProcessor"},
+        "preprocessor_config.json": CLIP_IP,
+    }
+    asked = []
+
+    def fake_download(repo_id, filename, **kw):
+        asked.append(filename)
+        if filename not in present:
+            raise hub.errors.EntryNotFoundError(f"{filename} not in {repo_id}")
+        path = tmp_path / filename
+        path.write_text(json.dumps(files[filename]))
+        return str(path)
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
+    assert PreprocessConfig.from_pretrained("someone/some-clip") == PreprocessConfig.from_hf_dict(CLIP_IP)
+    assert asked == ["processor_config.json", "preprocessor_config.json"]
+
+
+def test_hub_fetch_without_either_file_is_a_config_error(monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+
+    def fake_download(repo_id, filename, **kw):
+        raise hub.errors.EntryNotFoundError(f"{filename} not in {repo_id}")
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
+    with pytest.raises(ConfigError, match="processor_config.json or preprocessor_config.json"):
+        PreprocessConfig.from_pretrained("someone/nothing-here")
+
+
 def test_cli_preprocess(tmp_path, capsys):
     from ferroclip.cli import main
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -22,10 +23,10 @@ TEXTS = ["a photo of a cat", "a red car on a highway at night", "dog", "Two peop
 FAMILIES = ["clip", "siglip", "siglip2"]
 
 
-def _build(family: str, path: Path) -> Path:
+def _build(family: str, path: Path, *, processor: bool = False) -> Path:
     if family == "clip":
-        return _models.tiny_clip(path)
-    return _models.tiny_siglip(path, tokenizer="sentencepiece" if family == "siglip" else "gemma")
+        return _models.tiny_clip(path, processor=processor)
+    return _models.tiny_siglip(path, tokenizer="sentencepiece" if family == "siglip" else "gemma", processor=processor)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,10 @@ def images(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(7)
     out = []
-    for i, (w, h, fmt) in enumerate([(64, 48, "JPEG"), (31, 90, "PNG"), (200, 120, "JPEG"), (40, 40, "WEBP"), (17, 23, "PNG")]):
+    # 40x150 shrinks its height over twice as much as its width for every family's 32x32
+    # input: Pillow 13 resizes it vertical pass first, Pillow 12 horizontal first.
+    shapes = [(64, 48, "JPEG"), (31, 90, "PNG"), (200, 120, "JPEG"), (40, 40, "WEBP"), (17, 23, "PNG"), (40, 150, "PNG")]
+    for i, (w, h, fmt) in enumerate(shapes):
         p = root / f"img{i}.{fmt.lower()}"
         Image.fromarray(smooth_rgb(rng, w, h)).save(p, fmt)
         out.append(str(p))
@@ -67,9 +71,7 @@ def _cos_min(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_embeddings_equal_transformers(checkpoints, images, family):
-    ckpt = checkpoints[family]
+def _assert_embeds_equal_transformers(ckpt: Path, family: str, images: list[str]) -> None:
     model = ferroclip.load_model(ckpt, device="cpu")
     assert model.family == family and model.backend.name == "torch"
     ref_img, ref_txt, _ = _reference(ckpt, family, images, TEXTS)
@@ -83,6 +85,30 @@ def test_embeddings_equal_transformers(checkpoints, images, family):
     assert _cos_min(res.embeddings, ref_img) >= 0.99999 and _cos_min(txt, ref_txt) >= 0.99999
     np.testing.assert_allclose(np.linalg.norm(res.embeddings, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("family", FAMILIES)
+def test_embeddings_equal_transformers(checkpoints, images, family):
+    _assert_embeds_equal_transformers(checkpoints[family], family, images)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_saved_with_its_processor_loads_and_embeds_equal(tmp_path, images, family):
+    """A checkpoint as a user saves one with the installed transformers: the model, then
+    ``XProcessor(image_processor, tokenizer).save_pretrained``. transformers 5.23 and 5.24
+    nest the image processor in ``processor_config.json`` and write no
+    ``preprocessor_config.json``; whatever the installed release writes must load, and
+    embed exactly as transformers does."""
+    ckpt = _build(family, tmp_path / family, processor=True)
+    transformers_writes_nested = not (ckpt / "preprocessor_config.json").is_file()
+    if transformers_writes_nested:
+        nested = json.loads((ckpt / "processor_config.json").read_text())
+        assert isinstance(nested.get("image_processor"), dict)
+    _assert_embeds_equal_transformers(ckpt, family, images)
+    cfg = ferroclip.PreprocessConfig.from_pretrained(ckpt)
+    assert cfg == ferroclip.load_model(ckpt, device="cpu").preprocess_config
 
 
 def test_siglip_needs_max_length_padding(checkpoints):
@@ -151,6 +177,7 @@ def test_preprocessing_of_next_batch_overlaps_the_model(checkpoints, images):
     assert res.ok.all() and calls.count("enc") == 3
 
 
+@pytest.mark.reference
 def test_zero_shot_equals_model_logits(checkpoints, images):
     labels = ["cat", "dog", "car"]
     for family in ("clip", "siglip"):

@@ -42,6 +42,21 @@ def test_onnx_equals_torch(checkpoints, exports, images, family):  # noqa: F811
     )
     meta = json.loads((exports[family] / "ferroclip_onnx.json").read_text())
     assert meta["check"]["vision_max_abs_diff"] <= 1e-4 and meta["family"] == family
+    # A detected Pillow rule is not frozen into the export: it follows the loader's Pillow.
+    assert "pil_version" not in meta["preprocess"]
+    assert onnx_model.preprocess_config == torch_model.preprocess_config
+
+
+def test_export_manifest_keeps_only_a_pinned_pil_version():
+    from types import SimpleNamespace
+
+    from ferroclip.models.export import _manifest_preprocess
+
+    detected = _manifest_preprocess(SimpleNamespace(preprocess_config=ferroclip.PreprocessConfig.clip(32)))
+    pinned = _manifest_preprocess(SimpleNamespace(preprocess_config=ferroclip.PreprocessConfig.clip(32, pil_version="12.3.0")))
+    assert "pil_version" not in detected and pinned["pil_version"] == "12"
+    assert onnx_backend.preprocess_from_dict(json.loads(json.dumps(pinned))) == ferroclip.PreprocessConfig.clip(32, pil_version=12)
+    assert onnx_backend.preprocess_from_dict(json.loads(json.dumps(detected))) == ferroclip.PreprocessConfig.clip(32)
 
 
 def test_export_check_catches_divergence(checkpoints, tmp_path, monkeypatch):  # noqa: F811
@@ -86,6 +101,7 @@ def _bare_image_encoder(checkpoints, folder: Path, fixed_batch: bool) -> Path:  
     return folder
 
 
+@pytest.mark.reference
 def test_third_party_image_encoder_like_mobileclip(checkpoints, images, tmp_path):  # noqa: F811
     """Seed 004: squash-resize, /255, CLIP mean/std, CHW; ORT with a fixed batch of 1."""
     folder = _bare_image_encoder(checkpoints, tmp_path / "mobile", fixed_batch=True)
@@ -107,6 +123,19 @@ def test_third_party_image_encoder_like_mobileclip(checkpoints, images, tmp_path
         np.testing.assert_allclose(res.embeddings[i], ref, atol=1e-5)
     with pytest.raises(Exception, match="no text encoder"):
         model.encode_texts(["a cat"])
+
+
+def test_third_party_onnx_dir_reads_either_processor_layout(checkpoints, tmp_path):  # noqa: F811
+    """The folder's image processor may be saved alone (``preprocessor_config.json``) or
+    nested in ``processor_config.json`` (transformers >= 5.24 processors): same config."""
+    folder = _bare_image_encoder(checkpoints, tmp_path / "enc", fixed_batch=False)
+    ip = {"image_processor_type": "SiglipImageProcessor", "size": {"height": 32, "width": 32}}
+    (folder / "processor_config.json").write_text(json.dumps({"image_processor": ip, "processor_class": "SiglipProcessor"}))
+    nested = ferroclip.load_model(folder).preprocess_config
+    (folder / "processor_config.json").unlink()
+    (folder / "preprocessor_config.json").write_text(json.dumps(ip))
+    flat = ferroclip.load_model(folder).preprocess_config
+    assert nested == flat == ferroclip.PreprocessConfig.siglip(32)
 
 
 def test_onnx_backend_errors(exports, tmp_path):

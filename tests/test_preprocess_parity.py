@@ -3,11 +3,18 @@ processors after ``ImageOps.exif_transpose`` (and torchvision/open_clip semantic
 
 JPEG is decoded by the same libjpeg-turbo as PIL, so every format must match exactly
 (up to float rounding: 1e-6).
+
+Every test here compares against the Pillow and transformers installed now, and the
+configs use the default ``pil_version`` (the installed Pillow's resize rule), so the same
+file checks the pinned CI world (Pillow 12.3) and the newest one (`reference` marker:
+``.ci/run`` runs it a second time over the newest Pillow and transformers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +29,13 @@ from ferroclip import PreprocessConfig, Preprocessor, _native
 from ._images import FORMATS, encode, make_image
 from .conftest import record_parity
 
+pytestmark = pytest.mark.reference
+
 TOL = 1e-6
+# The installed Pillow's rule (what every default config follows) and another one.
+INSTALLED_RULE = PreprocessConfig.clip().pil_version
+OTHER_RULE = "12" if INSTALLED_RULE == "13" else "13"
+PEER_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "peer-images" / "pillow"
 
 FAMILIES = {
     "clip-224": (PreprocessConfig.clip(224), CLIPImageProcessorPil()),
@@ -193,8 +206,136 @@ def test_resize_stage_matches_pillow(src_w, src_h, dst_w, dst_h, resample, seed)
     arr = make_image(np.random.default_rng(seed), src_w, src_h, "RGB")
     pil_filter = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}[resample]
     ref = np.asarray(arr.resize((dst_w, dst_h), pil_filter))
-    got = _native.resize_image(np.asarray(arr), dst_w, dst_h, resample=resample)
+    got = _native.resize_image(np.asarray(arr), dst_w, dst_h, resample=resample, pil_version=INSTALLED_RULE)
     np.testing.assert_array_equal(got, ref)
+
+
+# Shapes whose height shrinks much more than their width, and the reverse: where Pillow 13
+# resizes vertical pass first and Pillow 12 does not (python-pillow/Pillow#9549), with the
+# rounding between the passes showing in the output.
+LOPSIDED_FAMILIES = ["clip-224", "siglip-384", "mobileclip-256"]
+
+
+@settings(max_examples=60)
+@given(
+    family=st.sampled_from(LOPSIDED_FAMILIES),
+    tall=st.booleans(),
+    short=st.integers(8, 700),
+    ratio=st.floats(1.3, 12.0),
+    fmt=st.sampled_from(["PNG", "JPEG"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_lopsided_shapes_match_reference(family, tall, short, ratio, fmt, seed):
+    long_ = min(2000, max(short + 1, int(short * ratio)))
+    width, height = (short, long_) if tall else (long_, short)
+    rng = np.random.default_rng(seed)
+    data = encode(make_image(rng, width, height, "RGB"), fmt)
+    ref = reference(FAMILIES[family][1], data)
+    got = PREPROCESSORS[family].preprocess([data]).pixel_values
+    diff = float(np.abs(got - ref).max())
+    record_parity(family, "RGB", f"{fmt}-lopsided", diff)
+    assert diff <= TOL, f"{family} {fmt} {width}x{height}: max abs diff {diff}"
+
+
+# (family, width, height): the issue's tall photos, the exact boundary of Pillow 13's rule
+# (dh == 2 * dw keeps horizontal first, one more row flips it), portraits for the squash
+# families, a 100:1 strip (both rules go vertical first) and the wide counterparts.
+BOUNDARY_SHAPES = [
+    ("clip-224", 357, 912),
+    ("clip-224", 491, 1636),
+    ("clip-224", 400, 800),
+    ("clip-224", 400, 801),
+    ("clip-224", 912, 357),
+    ("clip-224", 3, 640),
+    ("siglip-384", 500, 1000),
+    ("siglip-384", 1000, 500),
+    ("siglip-384", 100, 900),
+    ("mobileclip-256", 300, 800),
+    ("mobileclip-256", 120, 400),
+    ("mobileclip-256", 800, 300),
+]
+
+
+@pytest.mark.parametrize(("family", "width", "height"), BOUNDARY_SHAPES)
+def test_pass_order_boundary_shapes_match_reference(family, width, height):
+    data = encode(make_image(np.random.default_rng(width * 7 + height), width, height, "RGB"), "PNG")
+    ref = reference(FAMILIES[family][1], data)
+    got = PREPROCESSORS[family].preprocess([data]).pixel_values
+    diff = float(np.abs(got - ref).max())
+    record_parity(family, "RGB", "PNG-boundary", diff)
+    assert diff <= TOL, f"{family} {width}x{height}: max abs diff {diff}"
+
+
+@pytest.mark.parametrize("family", LOPSIDED_FAMILIES)
+def test_pinning_the_other_pillow_gives_the_other_bytes(family):
+    """The default follows the installed Pillow; pinning the other release changes the
+    output exactly where the rules differ (a 357x912 photo for CLIP, 300x800 for the squash
+    families) and nowhere else (a 4:3 landscape)."""
+    cfg, proc = FAMILIES[family]
+    assert cfg.pil_version == INSTALLED_RULE
+    other = Preprocessor(dataclasses.replace(cfg, pil_version=OTHER_RULE), num_threads=2)
+    rng = np.random.default_rng(5)
+    changed = encode(make_image(rng, 357, 912, "RGB") if family.startswith("clip") else make_image(rng, 300, 800, "RGB"), "PNG")
+    unchanged = encode(make_image(rng, 640, 480, "RGB"), "PNG")
+    ref = reference(proc, changed)
+    assert float(np.abs(PREPROCESSORS[family].preprocess([changed]).pixel_values - ref).max()) <= TOL
+    assert float(np.abs(other.preprocess([changed]).pixel_values - ref).max()) > 1e-3
+    ref = reference(proc, unchanged)
+    assert float(np.abs(other.preprocess([unchanged]).pixel_values - ref).max()) <= TOL
+
+
+# Small targets, so Pillow's own test images (mostly 128 px and below) shrink and both
+# pass orders are exercised on real content.
+CORPUS_FAMILIES = {
+    "clip-32": (PreprocessConfig.clip(32), CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=32)),
+    "siglip-48": (PreprocessConfig.siglip(48), SiglipImageProcessorPil(size={"height": 48, "width": 48})),
+    "mobileclip-40": (
+        PreprocessConfig.mobileclip(40),
+        SiglipImageProcessorPil(
+            size={"height": 40, "width": 40}, image_mean=list(ferroclip.CLIP_MEAN), image_std=list(ferroclip.CLIP_STD)
+        ),
+    ),
+}
+
+
+def _corpus_rgb() -> list[tuple[str, Image.Image]]:
+    """Every Pillow test image PIL opens, as plain RGB pixels (no ``transparency`` info left
+    for the processor to composite: decoding is tested above), plus a tall and a wide strip."""
+    out = []
+    for path in sorted(PEER_IMAGES.iterdir()):
+        try:
+            with Image.open(path) as im:
+                rgb = Image.fromarray(np.asarray(ImageOps.exif_transpose(im).convert("RGB")))
+        except Exception:  # formats or deliberately broken files this Pillow does not read
+            continue
+        w, h = rgb.size
+        out.append((path.name, rgb))
+        out.append((f"{path.name}[tall]", rgb.crop((0, 0, max(1, w // 4), h))))
+        out.append((f"{path.name}[wide]", rgb.crop((0, 0, w, max(1, h // 4)))))
+    return out
+
+
+@pytest.mark.skipif(not PEER_IMAGES.is_dir(), reason="needs ../shared/peer-images/pillow beside the checkout")
+@pytest.mark.parametrize("family", sorted(CORPUS_FAMILIES))
+def test_pillow_test_images_match_reference(family):
+    """Pillow's own test images (resize and crop stages, on the RGB pixels PIL decodes):
+    exact with the installed rule, and the other release's rule visibly differs somewhere."""
+    cfg, proc = CORPUS_FAMILIES[family]
+    ours = Preprocessor(cfg, num_threads=2)
+    other = Preprocessor(dataclasses.replace(cfg, pil_version=OTHER_RULE), num_threads=2)
+    corpus = _corpus_rgb()
+    assert len(corpus) > 300
+    arrays = [np.ascontiguousarray(np.asarray(img)) for _, img in corpus]
+    got = ours.preprocess(arrays, on_error="raise").pixel_values
+    alt = other.preprocess(arrays, on_error="raise").pixel_values
+    differing = 0
+    for i, (name, img) in enumerate(corpus):
+        ref = proc(images=img, return_tensors="np")["pixel_values"][0]
+        diff = float(np.abs(got[i] - ref).max())
+        record_parity(family, "RGB", "pillow-corpus", diff)
+        assert diff <= TOL, f"{family} {name} {img.size}: max abs diff {diff}"
+        differing += bool(np.abs(alt[i] - ref).max() > TOL)
+    assert differing > 0, "no corpus image exposes the pass-order change"
 
 
 def _torchvision_reference(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:

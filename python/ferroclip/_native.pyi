@@ -16,6 +16,7 @@ class PreprocessSpec:
         crop_size: tuple[int, int] | None = None,
         crop_rounding: str = "floor",
         resample: str = "bicubic",
+        pil_version: str = "13",
         rescale: str = "mul",
         rescale_factor: float = ...,
         mean: Sequence[float] | None = None,
@@ -42,7 +43,7 @@ def decode_image(
     item: Any, *, exif_transpose: bool = True, alpha: str = "white", max_pixels: int = ...
 ) -> npt.NDArray[np.uint8]: ...
 def resize_image(
-    image: npt.NDArray[np.uint8], width: int, height: int, *, resample: str = "bicubic"
+    image: npt.NDArray[np.uint8], width: int, height: int, *, resample: str = "bicubic", pil_version: str = "13"
 ) -> npt.NDArray[np.uint8]: ...
 def resolve_num_threads(num_threads: int | None = None) -> int: ...
 

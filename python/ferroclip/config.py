@@ -1,16 +1,21 @@
 """`PreprocessConfig`: the whole preprocessing contract of a model, as data.
 
-A config says what the model expects (resize rule, crop, filter, normalisation). How the
-input is read (EXIF, transparency, limits, fast JPEG decoding) is a `Preprocessor` option.
-Presets cover the common families; `from_pretrained` reads a checkpoint's
-``preprocessor_config.json`` the way transformers does; `from_open_clip` takes an
-open_clip ``PreprocessCfg``.
+A config says what the model expects (resize rule, crop, filter, normalisation) and which
+Pillow's resize to reproduce (``pil_version``: Pillow 13 orders the two resampling passes
+differently from Pillow 12, and the uint8 rounding between them makes that visible). How
+the input is read (EXIF, transparency, limits, fast JPEG decoding) is a `Preprocessor`
+option. Presets cover the common families; `from_pretrained` reads a checkpoint's image
+processor (``preprocessor_config.json``, or the ``image_processor`` nested in
+``processor_config.json`` that transformers >= 5.24 writes) the way transformers does;
+`from_open_clip` takes an open_clip ``PreprocessCfg``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +23,16 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "PreprocessConfig", "SIGLIP_MEAN", "SIGLIP_STD"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "NEWEST_PIL_VERSION",
+    "PIL_VERSIONS",
+    "PreprocessConfig",
+    "SIGLIP_MEAN",
+    "SIGLIP_STD",
+    "installed_pil_version",
+]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,6 +42,22 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 ResizeMode = Literal["shortest", "squash", "longest", "none"]
 Resample = Literal["bicubic", "bilinear", "lanczos"]
 Rescale = Literal["mul", "div255", "none"]
+
+# Pillow's resize pass orders, by the releases that use them (see `PreprocessConfig.pil_version`).
+PilVersion = Literal["12.1", "12", "13"]
+PIL_VERSIONS: dict[str, str] = {
+    "12.1": "Pillow 10.0-12.1: horizontal pass first, always",
+    "12": "Pillow 12.2-12.x: vertical pass first only for images over 100x taller than wide",
+    "13": "Pillow 13: vertical pass first when the height loses over twice the pixels the width does",
+}
+#: The rule used when PIL is not installed (and for PIL releases newer than ferroclip knows).
+NEWEST_PIL_VERSION: PilVersion = "13"
+_OLDEST_PIL_MAJOR = 10  # the `pil` extra's floor; older releases were not checked
+_VERSION_RE = re.compile(r"(\d+)(?:\.(\d+))?(?:\.\d+)?(?:[.+-]?[0-9A-Za-z.+-]*)?")
+
+# The two files an image processor is saved in (transformers' IMAGE_PROCESSOR_NAME, PROCESSOR_NAME).
+IMAGE_PROCESSOR_CONFIG = "preprocessor_config.json"
+PROCESSOR_CONFIG = "processor_config.json"
 
 # PIL.Image.Resampling values, as stored in preprocessor_config.json.
 _PIL_RESAMPLE: dict[int, Resample] = {3: "bicubic", 2: "bilinear", 1: "lanczos"}
@@ -57,6 +87,66 @@ def _triple(value: float | Sequence[float] | None, what: str) -> tuple[float, fl
     return vals  # type: ignore[return-value]
 
 
+@functools.cache
+def installed_pil_version() -> str | None:
+    """``PIL.__version__`` of the Pillow this process imports, or None without Pillow.
+
+    Read once: the reference a default config matches is the Pillow installed now.
+    """
+    try:
+        import PIL
+    except ImportError:
+        return None
+    version = getattr(PIL, "__version__", None)
+    return version if isinstance(version, str) else None
+
+
+def _rule_of(major: int, minor: int | None) -> PilVersion:
+    if major >= 13:
+        return "13"
+    if major == 12 and (minor is None or minor >= 2):
+        return "12"
+    return "12.1"
+
+
+def _parse_pil_version(value: object) -> tuple[int, int | None] | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (value, None)
+    if isinstance(value, str):
+        m = _VERSION_RE.fullmatch(value.strip())
+        if m:
+            return (int(m.group(1)), None if m.group(2) is None else int(m.group(2)))
+    return None
+
+
+def resolve_pil_version(value: str | int | None) -> tuple[PilVersion, bool]:
+    """``(rule, pinned)`` for a ``pil_version`` argument: ``None`` follows the installed
+    Pillow (the newest rule without one); a version string or major number pins it."""
+    if value is None:
+        installed = installed_pil_version()
+        parsed = _parse_pil_version(installed) if installed is not None else None
+        if parsed is None:
+            return NEWEST_PIL_VERSION, False
+        return _rule_of(*parsed), False
+    parsed = _parse_pil_version(value)
+    if parsed is None:
+        raise ConfigError(
+            f"pil_version must be a Pillow version such as '12', '13' or '12.3.0' (or None for the installed "
+            f"Pillow), got {value!r}"
+        )
+    major, _ = parsed
+    if major > 13:
+        raise ConfigError(
+            f"pil_version={value!r}: Pillow {major} is newer than this ferroclip knows; the newest resize rule "
+            f"it reproduces is Pillow {NEWEST_PIL_VERSION}'s (pil_version={NEWEST_PIL_VERSION!r})"
+        )
+    if major < _OLDEST_PIL_MAJOR:
+        raise ConfigError(f"pil_version={value!r}: Pillow releases before {_OLDEST_PIL_MAJOR}.0 are not supported")
+    return _rule_of(*parsed), True
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a model wants its pixels.
@@ -75,6 +165,15 @@ class PreprocessConfig:
             (torchvision ``ToTensor``: float32 ``v / 255``), or ``"none"``.
         image_mean, image_std: per-channel normalisation, or ``None`` to skip it.
         fill_color: padding colour (0-255), a gray level or an RGB triple.
+        pil_version: which Pillow's resize to reproduce byte for byte. Pillow 13 runs the
+            vertical pass first when the height shrinks by more than twice as many pixels
+            as the width (python-pillow/Pillow#9549); Pillow 12.2-12.x only for images
+            over 100 times taller than wide; Pillow 10.0-12.1 never. The passes round to
+            uint8 in between, so tall images differ by a few levels between releases.
+            Default ``None``: the Pillow installed here (``PIL.__version__``), else the
+            newest, so the output equals what the user's own PIL-based processor gives.
+            Pin a release with ``"12"``, ``"13"``, a full version (``"12.3.0"``) or a major
+            number; the field then holds the rule: ``"12.1"``, ``"12"`` or ``"13"``.
         name: where the config came from, for messages and reports.
     """
 
@@ -89,8 +188,15 @@ class PreprocessConfig:
     image_std: tuple[float, float, float] | None = CLIP_STD
     fill_color: int | tuple[int, int, int] = 0
     name: str = field(default="custom", compare=False)
+    pil_version: str | int | None = None
+    # Whether `pil_version` was asked for rather than detected; an ONNX export records only
+    # a pinned rule, so an export made under one Pillow follows the loader's Pillow.
+    pil_version_pinned: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        rule, pinned = resolve_pil_version(self.pil_version)
+        object.__setattr__(self, "pil_version", rule)
+        object.__setattr__(self, "pil_version_pinned", pinned)
         object.__setattr__(self, "size", _pair(self.size, "size"))
         if self.crop_size is not None:
             object.__setattr__(self, "crop_size", _pair(self.crop_size, "crop_size"))
@@ -134,16 +240,21 @@ class PreprocessConfig:
         return (f, f, f) if isinstance(f, int) else tuple(f)  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The init arguments as plain data (``PreprocessConfig(**d)`` rebuilds it)."""
+        d = asdict(self)
+        d.pop("pil_version_pinned")
+        return d
 
     # ----------------------------------------------------------------- presets
     @classmethod
-    def clip(cls, size: int = 224) -> PreprocessConfig:
+    def clip(cls, size: int = 224, *, pil_version: str | int | None = None) -> PreprocessConfig:
         """HF ``CLIPImageProcessor``: shortest edge to ``size``, centre crop, bicubic, CLIP mean/std."""
-        return cls(size=(size, size), resize_mode="shortest", crop_size=(size, size), name=f"clip-{size}")
+        return cls(
+            size=(size, size), resize_mode="shortest", crop_size=(size, size), name=f"clip-{size}", pil_version=pil_version
+        )
 
     @classmethod
-    def siglip(cls, size: int = 224) -> PreprocessConfig:
+    def siglip(cls, size: int = 224, *, pil_version: str | int | None = None) -> PreprocessConfig:
         """HF ``SiglipImageProcessor`` (also SigLIP2 fixed-resolution checkpoints): squash, 0.5/0.5."""
         return cls(
             size=(size, size),
@@ -151,12 +262,13 @@ class PreprocessConfig:
             image_mean=SIGLIP_MEAN,
             image_std=SIGLIP_STD,
             name=f"siglip-{size}",
+            pil_version=pil_version,
         )
 
     @classmethod
-    def mobileclip(cls, size: int = 256) -> PreprocessConfig:
+    def mobileclip(cls, size: int = 256, *, pil_version: str | int | None = None) -> PreprocessConfig:
         """MobileCLIP ONNX (PIL bicubic resize to ``size`` x ``size``, CLIP mean/std)."""
-        return cls(size=(size, size), resize_mode="squash", name=f"mobileclip-{size}")
+        return cls(size=(size, size), resize_mode="squash", name=f"mobileclip-{size}", pil_version=pil_version)
 
     @classmethod
     def from_open_clip(
@@ -169,6 +281,7 @@ class PreprocessConfig:
         interpolation: str | None = None,
         resize_mode: str | None = None,
         fill_color: int | None = None,
+        pil_version: str | int | None = None,
     ) -> PreprocessConfig:
         """From an open_clip ``PreprocessCfg`` (or its dict, or keywords) for its eval transform.
 
@@ -202,6 +315,7 @@ class PreprocessConfig:
             image_std=tuple(d.get("std", CLIP_STD)),
             fill_color=int(d.get("fill_color", 0)),
             name="open_clip",
+            pil_version=pil_version,
         )
         if mode == "shortest":
             if size_hw[0] != size_hw[1]:
@@ -221,26 +335,48 @@ class PreprocessConfig:
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
+        pil_version: str | int | None = None,
     ) -> PreprocessConfig:
-        """Read ``preprocessor_config.json`` from a checkpoint directory, a JSON file or a hub id."""
+        """Read a checkpoint's image processor from a directory, a JSON file or a hub id.
+
+        transformers saves it in one of two layouts and reads both, so both are read here,
+        with transformers' priority: the ``"image_processor"`` dict nested in
+        ``processor_config.json`` (what ``XProcessor.save_pretrained`` writes from
+        transformers 5.24 on, with no ``preprocessor_config.json`` beside it), else
+        ``preprocessor_config.json`` (image processors saved alone, older checkpoints).
+        """
         path = Path(name_or_path)
         if path.is_dir():
-            path = path / "preprocessor_config.json"
-            if not path.is_file():
-                raise ConfigError(f"{path.parent}: no preprocessor_config.json in this directory")
-        elif not path.is_file():
-            path = _hub_download(str(name_or_path), revision, cache_dir, local_files_only)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot read preprocessor config: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: preprocessor config must be a JSON object")
-        return cls.from_hf_dict(data, name=str(name_or_path))
+            files = [f for f in (path / PROCESSOR_CONFIG, path / IMAGE_PROCESSOR_CONFIG) if f.is_file()]
+            if not files:
+                raise ConfigError(
+                    f"{path}: no {IMAGE_PROCESSOR_CONFIG} (nor a {PROCESSOR_CONFIG} with an image processor) in this directory"
+                )
+        elif path.is_file():
+            files = [path]
+        else:
+            files = _hub_download(str(name_or_path), revision, cache_dir, local_files_only)
+        data = _image_processor_dict(files, str(name_or_path))
+        return cls.from_hf_dict(data, name=str(name_or_path), pil_version=pil_version)
 
     @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any], *, name: str = "hf") -> PreprocessConfig:
-        """Interpret a transformers image-processor dict (CLIP, SigLIP, SigLIP2 fixed-res)."""
+    def from_hf_dict(
+        cls,
+        d: Mapping[str, Any],
+        *,
+        name: str = "hf",
+        pil_version: str | int | None = None,
+    ) -> PreprocessConfig:
+        """Interpret a transformers image-processor dict (CLIP, SigLIP, SigLIP2 fixed-res).
+
+        ``d`` is the image processor's own dict; a whole processor dict (``processor_config.json``
+        of transformers >= 5.24) is accepted too and its nested ``"image_processor"`` used.
+        """
+        nested = d.get("image_processor")
+        if isinstance(nested, Mapping):
+            d = nested
+        elif "processor_class" in d and not any(k in d for k in ("image_processor_type", "feature_extractor_type", "size")):
+            raise ConfigError(f"{name}: a processor config without an image processor in it")
         kind = str(d.get("image_processor_type", d.get("feature_extractor_type", "")))
         family = kind.removesuffix("Fast").removesuffix("Pil")
         if family == "Siglip2ImageProcessor":
@@ -295,10 +431,39 @@ class PreprocessConfig:
             image_mean=tuple(d.get("image_mean", defaults["mean"])) if do_normalize else None,
             image_std=tuple(d.get("image_std", defaults["std"])) if do_normalize else None,
             name=name,
+            pil_version=pil_version,
         )
 
 
-def _hub_download(repo_id: str, revision: str | None, cache_dir: Any, local_files_only: bool) -> Path:
+def _image_processor_dict(files: list[Path], name: str) -> dict[str, Any]:
+    """The image processor's dict from the first of ``files`` that holds one.
+
+    A ``processor_config.json`` without a nested ``"image_processor"`` (older transformers
+    write one for the processor class alone) is passed over for the next file.
+    """
+    for path in files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read preprocessor config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: preprocessor config must be a JSON object")
+        nested = data.get("image_processor")
+        if isinstance(nested, dict):
+            return nested
+        if path.name == PROCESSOR_CONFIG and len(files) > 1:
+            continue
+        if path.name == PROCESSOR_CONFIG and "processor_class" in data:
+            raise ConfigError(
+                f"{path}: this {PROCESSOR_CONFIG} holds no \"image_processor\" and there is no "
+                f"{IMAGE_PROCESSOR_CONFIG} beside it"
+            )
+        return data
+    raise ConfigError(f"{name}: no image processor config found")
+
+
+def _hub_download(repo_id: str, revision: str | None, cache_dir: Any, local_files_only: bool) -> list[Path]:
+    """Both config files a hub checkpoint may have, in transformers' priority; the missing one is skipped."""
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
@@ -306,15 +471,25 @@ def _hub_download(repo_id: str, revision: str | None, cache_dir: Any, local_file
             f"{repo_id!r} is not a local directory or file, and huggingface_hub is not installed "
             "to fetch it from the hub (pip install 'ferroclip[hub]')"
         ) from None
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id,
-                "preprocessor_config.json",
-                revision=revision,
-                cache_dir=cache_dir,
-                local_files_only=local_files_only,
+    found: list[Path] = []
+    last: Exception | None = None
+    for filename in (PROCESSOR_CONFIG, IMAGE_PROCESSOR_CONFIG):
+        try:
+            found.append(
+                Path(
+                    hf_hub_download(
+                        repo_id,
+                        filename,
+                        revision=revision,
+                        cache_dir=cache_dir,
+                        local_files_only=local_files_only,
+                    )
+                )
             )
-        )
-    except Exception as exc:  # network, auth, missing repo: all mean "cannot get the config"
-        raise ConfigError(f"{repo_id}: cannot fetch preprocessor_config.json from the hub: {exc}") from exc
+        except Exception as exc:  # missing file, network, auth, missing repo: try the other name
+            last = exc
+    if not found:
+        raise ConfigError(
+            f"{repo_id}: cannot fetch {PROCESSOR_CONFIG} or {IMAGE_PROCESSOR_CONFIG} from the hub: {last}"
+        ) from last
+    return found

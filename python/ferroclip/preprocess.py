@@ -2,7 +2,8 @@
 
 The output equals the reference processor's (PIL + transformers' PIL-backend processor,
 after ``ImageOps.exif_transpose``) bit for bit on lossless inputs and on JPEG, because the
-core decodes JPEG with the same libjpeg-turbo and ports Pillow's resampling to the integer.
+core decodes JPEG with the same libjpeg-turbo and ports Pillow's resampling to the integer,
+in the pass order of the Pillow release the config names (by default the installed one).
 Bad files never kill a batch: each one is reported with its index, path and reason.
 """
 
@@ -107,6 +108,7 @@ class Preprocessor:
             crop_size=config.crop_size,
             crop_rounding=config.crop_rounding,
             resample=config.resample,
+            pil_version=config.pil_version,
             rescale=config.rescale,
             rescale_factor=config.rescale_factor,
             mean=config.image_mean,

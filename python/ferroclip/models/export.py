@@ -80,6 +80,15 @@ def _export(module: Any, args: tuple[Any, ...], path: Path, names: list[str], dy
         )
 
 
+def _manifest_preprocess(model: EmbeddingModel) -> dict[str, Any]:
+    """The preprocessing the export records. A detected ``pil_version`` is left out, so the
+    loaded export follows the loader's Pillow like any config; a pinned one is kept."""
+    d = preprocess_to_dict(model.preprocess_config)
+    if not model.preprocess_config.pil_version_pinned:
+        d.pop("pil_version")
+    return d
+
+
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max()) if a.size else 0.0
 
@@ -167,7 +176,7 @@ def export_onnx(
             "text_rules": model.text_rules.to_dict(),
             "logit_scale": model.backend.logit_scale,
             "logit_bias": model.backend.logit_bias,
-            "preprocess": preprocess_to_dict(model.preprocess_config),
+            "preprocess": _manifest_preprocess(model),
             "check": {"vision_max_abs_diff": img_diff, "text_max_abs_diff": txt_diff, "atol": atol},
             "exported_with": {"ferroclip": __version__, "torch": torch.__version__, "opset": opset},
         }

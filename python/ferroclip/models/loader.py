@@ -3,8 +3,10 @@
 Resolution order: a preset name maps to its hub id; a local directory holding
 ``ferroclip_onnx.json`` or ``*.onnx`` files (or an ``.onnx`` file) is an ONNX model; any
 other directory or id is a transformers checkpoint. The preprocessing always comes from the
-checkpoint's own ``preprocessor_config.json``, so the Rust preprocessor reproduces the
-model's reference processor rather than a guess.
+checkpoint's own image processor config (``preprocessor_config.json``, or the
+``image_processor`` nested in ``processor_config.json`` that transformers >= 5.24 saves), so
+the Rust preprocessor reproduces the model's reference processor rather than a guess, in
+the resize pass order of the installed Pillow.
 """
 
 from __future__ import annotations

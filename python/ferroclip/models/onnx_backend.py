@@ -3,20 +3,21 @@
 Two kinds of directories load here: ferroclip's own exports (``ferroclip_onnx.json`` says
 which file is which tower, the preprocessing, the tokenizer rules and the logit scale) and
 third-party image encoders such as Apple's MobileCLIP ONNX release (seed 004), for which
-the towers are found by file name and the preprocessing comes from
-``preprocessor_config.json``, the ``preprocess=`` argument or the preset.
+the towers are found by file name and the preprocessing comes from the folder's image
+processor config (``preprocessor_config.json``, or ``processor_config.json`` with a nested
+``image_processor`` as transformers >= 5.24 saves it), the ``preprocess=`` argument or the
+preset.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import PreprocessConfig
+from ..config import IMAGE_PROCESSOR_CONFIG, PROCESSOR_CONFIG, PreprocessConfig
 from ..errors import ConfigError, ModelError
 from .model import EmbeddingModel
 from .text import TextRules
@@ -28,7 +29,8 @@ _HUB_PATTERNS = ["*.onnx", "*.onnx_data", "*.onnx.data", "*.json", "*.txt", "*.m
 
 
 def preprocess_to_dict(cfg: PreprocessConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Everything that decides the pixels, resolved ``pil_version`` included (cache keys)."""
+    return cfg.to_dict()
 
 
 def preprocess_from_dict(d: dict[str, Any]) -> PreprocessConfig:
@@ -146,6 +148,16 @@ def _resolve_dir(source: str, revision: str | None, local_files_only: bool) -> P
         raise ModelError(f"cannot download {source} from the hub: {exc}") from None
 
 
+def _has_nested_image_processor(path: Path) -> bool:
+    """Whether ``path`` is a ``processor_config.json`` carrying the image processor (transformers >= 5.24)."""
+    if not path.is_file():
+        return False
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("image_processor"), dict)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _pick(files: list[Path], words: tuple[str, ...]) -> Path | None:
     hits = [f for f in files if any(w in f.stem.lower() for w in words)]
     return hits[0] if len(hits) == 1 else None
@@ -187,13 +199,14 @@ def load_onnx_model(
     text_path = None if len(files) == 1 else _pick(files, ("text",))
     folder = root if root.is_dir() else root.parent
     if preprocess is None:
-        if (folder / "preprocessor_config.json").is_file():
+        if (folder / IMAGE_PROCESSOR_CONFIG).is_file() or _has_nested_image_processor(folder / PROCESSOR_CONFIG):
             preprocess = PreprocessConfig.from_pretrained(folder)
         elif family_hint == "mobileclip":
             preprocess = PreprocessConfig.mobileclip()
         else:
             raise ConfigError(
-                f"{root}: no preprocessor_config.json; pass preprocess=PreprocessConfig...(...) to say how images are prepared"
+                f"{root}: no {IMAGE_PROCESSOR_CONFIG} (nor an image processor in {PROCESSOR_CONFIG}); "
+                "pass preprocess=PreprocessConfig...(...) to say how images are prepared"
             )
     vision = _Tower(vision_path, providers, num_threads)
     tokenizer = None

@@ -9,7 +9,7 @@ use std::time::Instant;
 use ferroclip_core::decode::RgbImage;
 use ferroclip_core::geometry::{self, CropRounding, CropSpec, ResizeSpec};
 use ferroclip_core::normalize::{write_chw, Lut, NormalizeSpec, Rescale};
-use ferroclip_core::resize::{resize_window, Filter};
+use ferroclip_core::resize::{resize_window, Filter, PassOrder};
 
 /// Photo-ish content: smooth ramps plus a little xorshift noise.
 fn image(w: usize, h: usize) -> RgbImage {
@@ -60,7 +60,7 @@ fn main() {
         let (mut tr, mut tn, mut tt) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..n {
             let t0 = Instant::now();
-            resize_window(&img, layout.resized_w, layout.resized_h, layout.x, layout.y, Filter::Bicubic, &mut window)
+            resize_window(&img, layout.resized_w, layout.resized_h, layout.x, layout.y, Filter::Bicubic, PassOrder::Pillow13, &mut window)
                 .unwrap();
             let t1 = Instant::now();
             write_chw(&window, &layout, [0; 3], &lut, &mut out);

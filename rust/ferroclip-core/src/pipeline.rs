@@ -7,7 +7,7 @@ use crate::decode::{self, AlphaMode, DecodeOptions, Decoded, Hints, Rect, RgbIma
 use crate::error::{Error, Result};
 use crate::geometry::{self, CropSpec, ResizeSpec};
 use crate::normalize::{write_chw, Lut, NormalizeSpec, OutElem};
-use crate::resize::{self, resize_source, Filter};
+use crate::resize::{self, resize_source, Filter, PassOrder};
 
 /// Default byte cap for one file: far above any real photo, far below memory.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
@@ -18,6 +18,8 @@ pub struct PreprocessSpec {
     pub resize: ResizeSpec,
     pub crop: Option<CropSpec>,
     pub filter: Filter,
+    /// Which Pillow release's resize pass order to reproduce (the bytes depend on it).
+    pub pass_order: PassOrder,
     pub normalize: NormalizeSpec,
     /// Colour (uint8, before normalisation) of padding added when the crop is larger than the image.
     pub pad_value: [u8; 3],
@@ -30,10 +32,12 @@ pub struct PreprocessSpec {
 
 impl PreprocessSpec {
     /// Build and validate a spec.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         resize: ResizeSpec,
         crop: Option<CropSpec>,
         filter: Filter,
+        pass_order: PassOrder,
         normalize: NormalizeSpec,
         pad_value: [u8; 3],
         decode: DecodeOptions,
@@ -51,7 +55,7 @@ impl PreprocessSpec {
             return Err(Error::InvalidArgument("max_pixels must be positive".into()));
         }
         let lut = Lut::new(&normalize);
-        Ok(Self { resize, crop, filter, normalize, pad_value, decode, jpeg_draft, max_file_bytes, lut })
+        Ok(Self { resize, crop, filter, pass_order, normalize, pad_value, decode, jpeg_draft, max_file_bytes, lut })
     }
 
     /// `(height, width)` of every output, or an error when it depends on the input.
@@ -154,6 +158,7 @@ pub fn preprocess_one<T: OutElem>(source: &Source<'_>, spec: &PreprocessSpec, ou
             layout.x,
             layout.y,
             spec.filter,
+            spec.pass_order,
             &mut window,
         )?;
         write_chw(&window, &layout, spec.pad_value, &spec.lut, out);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use ferroclip_core::decode::{self, AlphaMode, DecodeOptions};
 use ferroclip_core::geometry::{CropRounding, CropSpec, ResizeSpec};
 use ferroclip_core::normalize::{NormalizeSpec, OutElem, Rescale};
-use ferroclip_core::resize::{resize_window, Filter};
+use ferroclip_core::resize::{resize_window, Filter, PassOrder};
 use ferroclip_core::{batch, pipeline, PreprocessSpec, Source};
 use numpy::ndarray::Array3;
 use numpy::{
@@ -33,6 +33,16 @@ fn parse_filter(s: &str) -> PyResult<Filter> {
     }
 }
 
+/// The Python layer's `pil_version` values (`PreprocessConfig` resolves versions to these).
+fn parse_pass_order(s: &str) -> PyResult<PassOrder> {
+    match s {
+        "12.1" => Ok(PassOrder::HorizontalFirst),
+        "12" => Ok(PassOrder::Pillow12),
+        "13" => Ok(PassOrder::Pillow13),
+        _ => Err(PyValueError::new_err(format!("pil_version must be '12.1', '12' or '13', got {s:?}"))),
+    }
+}
+
 fn parse_alpha(s: &str) -> PyResult<AlphaMode> {
     match s {
         "white" => Ok(AlphaMode::White),
@@ -45,7 +55,7 @@ fn parse_alpha(s: &str) -> PyResult<AlphaMode> {
 impl PyPreprocessSpec {
     #[new]
     #[pyo3(signature = (
-        *, resize_mode, size, crop_size=None, crop_rounding="floor", resample="bicubic",
+        *, resize_mode, size, crop_size=None, crop_rounding="floor", resample="bicubic", pil_version="13",
         rescale="mul", rescale_factor=1.0/255.0, mean=None, std=None, pad_value=(0, 0, 0),
         exif_transpose=true, alpha="white", max_pixels=decode::DEFAULT_MAX_PIXELS,
         max_scans=decode::DEFAULT_MAX_SCANS, jpeg_draft=false,
@@ -58,6 +68,7 @@ impl PyPreprocessSpec {
         crop_size: Option<(u32, u32)>,
         crop_rounding: &str,
         resample: &str,
+        pil_version: &str,
         rescale: &str,
         rescale_factor: f64,
         mean: Option<[f64; 3]>,
@@ -109,6 +120,7 @@ impl PyPreprocessSpec {
             resize,
             crop,
             parse_filter(resample)?,
+            parse_pass_order(pil_version)?,
             NormalizeSpec { rescale, mean_std },
             [pad_value.0, pad_value.1, pad_value.2],
             decode,
@@ -261,15 +273,17 @@ fn decode_image<'py>(
 
 /// Resize an RGB8 HWC array exactly as `PIL.Image.resize` (stage hook for parity tests).
 #[pyfunction]
-#[pyo3(signature = (image, width, height, *, resample="bicubic"))]
+#[pyo3(signature = (image, width, height, *, resample="bicubic", pil_version="13"))]
 fn resize_image<'py>(
     py: Python<'py>,
     image: PyReadonlyArrayDyn<'py, u8>,
     width: usize,
     height: usize,
     resample: &str,
+    pil_version: &str,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
     let filter = parse_filter(resample)?;
+    let order = parse_pass_order(pil_version)?;
     let shape = image.shape().to_vec();
     let [h, w, 3] = shape[..] else {
         return Err(crate::errors::ShapeError::new_err(format!("image must be HxWx3, got {shape:?}")));
@@ -282,7 +296,7 @@ fn resize_image<'py>(
     let xs = ferroclip_core::geometry::Span { src: 0, dst: 0, len: width };
     let ys = ferroclip_core::geometry::Span { src: 0, dst: 0, len: height };
     let mut out = Vec::new();
-    run_detached(py, || resize_window(&src, width, height, xs, ys, filter, &mut out))?;
+    run_detached(py, || resize_window(&src, width, height, xs, ys, filter, order, &mut out))?;
     let arr = Array3::from_shape_vec((height, width, 3), out).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(arr.into_pyarray(py))
 }

@@ -1,11 +1,12 @@
 //! Pillow's `Image.resize` (`libImaging/Resample.c`) for 8-bit RGB, integer for integer.
 //!
 //! Pillow resamples separably with an antialiasing kernel whose support grows with the
-//! downscale factor, in 22-bit fixed point, horizontal pass first, with a uint8 (rounded,
-//! clamped) intermediate. Every output pixel depends only on its own row and column
-//! coefficients, so computing just the output window that survives the centre crop gives
-//! the very same bytes as resizing the whole image and cropping afterwards, at a fraction
-//! of the cost.
+//! downscale factor, in 22-bit fixed point, with a uint8 (rounded, clamped) intermediate
+//! between the two passes. Because of that rounding the order of the passes shows in the
+//! bytes, and Pillow releases order them differently ([`PassOrder`]). Every output pixel
+//! depends only on its own row and column coefficients, so computing just the output
+//! window that survives the centre crop gives the very same bytes as resizing the whole
+//! image and cropping afterwards, at a fraction of the cost, in either order.
 
 use crate::decode::{Rect, RgbImage};
 use crate::error::{Error, Result};
@@ -28,6 +29,44 @@ pub enum Filter {
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Which Pillow release's choice of pass order a resize reproduces.
+///
+/// The intermediate between the passes is rounded to uint8, so running the vertical pass
+/// first gives other bytes (up to several levels) than running the horizontal one first.
+/// Pillow has changed that choice twice; each variant names the releases it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PassOrder {
+    /// Pillow 10.0 to 12.1: always the horizontal pass first.
+    HorizontalFirst,
+    /// Pillow 12.2 to 12.x: `Image.resize` runs the vertical pass first for images more
+    /// than 100 times taller than wide that shrink vertically
+    /// (`if self.size[1] > self.size[0] * 100 and size[1] < self.size[1]`).
+    Pillow12,
+    /// Pillow 13 (python-pillow/Pillow#9549), in `ImagingResampleInner`: vertical first
+    /// when the height loses more than twice as many pixels as the width,
+    /// `(in_h - out_h) > 0 && (in_h - out_h) > (in_w - out_w) * 2` in C `int`s.
+    #[default]
+    Pillow13,
+}
+
+impl PassOrder {
+    /// Whether a `in_w` x `in_h` to `out_w` x `out_h` resize runs its vertical pass first
+    /// (only meaningful when both passes run).
+    #[must_use]
+    pub fn vertical_first(self, in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+        match self {
+            PassOrder::HorizontalFirst => false,
+            PassOrder::Pillow12 => in_h > in_w.saturating_mul(100) && out_h < in_h,
+            PassOrder::Pillow13 => {
+                // Signed, as Pillow's ints: a width that grows makes `dw` negative.
+                let dh = in_h as i64 - out_h as i64;
+                let dw = in_w as i64 - out_w as i64;
+                dh > 0 && dh > dw * 2
+            }
+        }
+    }
+}
 
 impl Filter {
     fn support(self) -> f64 {
@@ -365,10 +404,12 @@ pub fn source_window(frame_w: usize, frame_h: usize, out_w: usize, out_h: usize,
 }
 
 /// Resize `src` to `out_w` x `out_h` as Pillow would, but produce only the window
-/// `xs` x `ys` of the result, packed RGB, into `out` (resized to fit).
+/// `xs` x `ys` of the result, packed RGB, into `out` (resized to fit). `order` says which
+/// Pillow release's pass order to follow: the bytes differ between them.
 ///
 /// Uses the AVX2 kernels when the CPU has them; their integer arithmetic is the portable
 /// path's (checked against it in tests).
+#[allow(clippy::too_many_arguments)]
 pub fn resize_window(
     src: &RgbImage,
     out_w: usize,
@@ -376,13 +417,15 @@ pub fn resize_window(
     xs: Span,
     ys: Span,
     filter: Filter,
+    order: PassOrder,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    resize_impl(Source::whole(src), out_w, out_h, xs, ys, filter, out, Kernels::detect())
+    resize_impl(Source::whole(src), out_w, out_h, xs, ys, filter, order, out, Kernels::detect())
 }
 
 /// `resize_window` over a source that may hold only part of its frame; the window's
 /// `source_window` must lie inside `src.placed`.
+#[allow(clippy::too_many_arguments)]
 pub fn resize_source(
     src: Source<'_>,
     out_w: usize,
@@ -390,9 +433,10 @@ pub fn resize_source(
     xs: Span,
     ys: Span,
     filter: Filter,
+    order: PassOrder,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    resize_impl(src, out_w, out_h, xs, ys, filter, out, Kernels::detect())
+    resize_impl(src, out_w, out_h, xs, ys, filter, order, out, Kernels::detect())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -403,6 +447,7 @@ fn resize_impl(
     xs: Span,
     ys: Span,
     filter: Filter,
+    order: PassOrder,
     out: &mut Vec<u8>,
     kernels: Kernels,
 ) -> Result<()> {
@@ -428,9 +473,11 @@ fn resize_impl(
     let (x0, y0) = (placed.x0, placed.y0);
     let need_h = out_w != frame_w;
     let need_v = out_h != frame_h;
-    // PIL's `Image.resize` resamples very tall images (height > 100 x width) that shrink
-    // vertically in the other order: vertical pass first, then horizontal.
-    if need_h && need_v && frame_h > frame_w * 100 && out_h < frame_h {
+    // Vertical pass first where the chosen Pillow does so (see `PassOrder`). The window
+    // is still all that is computed: the vertical pass makes only the window's rows (over
+    // the columns the source holds), the horizontal pass only the window's columns. The
+    // decision uses the whole frame's sizes, as Pillow sees the whole image.
+    if need_h && need_v && order.vertical_first(frame_w, frame_h, out_w, out_h) {
         let vcoeffs = cached_coeffs(frame_h, out_h, filter);
         let mut rows = INTER.take();
         rows.resize(image.width * ys.len * 3, 0);
@@ -496,19 +543,23 @@ mod tests {
 
     #[test]
     fn window_equals_crop_of_full_resize() {
-        let src = gradient(97, 61);
-        let (ow, oh) = (40, 30);
-        let mut full = Vec::new();
-        let all_x = Span { src: 0, dst: 0, len: ow };
-        let all_y = Span { src: 0, dst: 0, len: oh };
-        resize_window(&src, ow, oh, all_x, all_y, Filter::Bicubic, &mut full).unwrap();
-        let xs = Span { src: 7, dst: 0, len: 20 };
-        let ys = Span { src: 5, dst: 0, len: 11 };
-        let mut win = Vec::new();
-        resize_window(&src, ow, oh, xs, ys, Filter::Bicubic, &mut win).unwrap();
-        for y in 0..ys.len {
-            let a = &full[((y + ys.src) * ow + xs.src) * 3..((y + ys.src) * ow + xs.src + xs.len) * 3];
-            assert_eq!(a, &win[y * xs.len * 3..(y + 1) * xs.len * 3]);
+        // The second shape runs vertical first under Pillow 13 only, the third under both.
+        for (w, h, ow, oh) in [(97, 61, 40, 30), (61, 197, 40, 90), (2, 301, 40, 30)] {
+            let src = gradient(w, h);
+            for order in ORDERS {
+                let mut full = Vec::new();
+                let all_x = Span { src: 0, dst: 0, len: ow };
+                let all_y = Span { src: 0, dst: 0, len: oh };
+                resize_window(&src, ow, oh, all_x, all_y, Filter::Bicubic, order, &mut full).unwrap();
+                let xs = Span { src: 7, dst: 0, len: 20 };
+                let ys = Span { src: 5, dst: 0, len: 11 };
+                let mut win = Vec::new();
+                resize_window(&src, ow, oh, xs, ys, Filter::Bicubic, order, &mut win).unwrap();
+                for y in 0..ys.len {
+                    let a = &full[((y + ys.src) * ow + xs.src) * 3..((y + ys.src) * ow + xs.src + xs.len) * 3];
+                    assert_eq!(a, &win[y * xs.len * 3..(y + 1) * xs.len * 3], "{w}x{h} -> {ow}x{oh} {order:?}");
+                }
+            }
         }
     }
 
@@ -518,10 +569,10 @@ mod tests {
         let src = gradient(2, 301);
         let mut full = Vec::new();
         let all = |n| Span { src: 0, dst: 0, len: n };
-        resize_window(&src, 50, 40, all(50), all(40), Filter::Bicubic, &mut full).unwrap();
+        resize_window(&src, 50, 40, all(50), all(40), Filter::Bicubic, PassOrder::Pillow13, &mut full).unwrap();
         let mut win = Vec::new();
         let (xs, ys) = (Span { src: 3, dst: 0, len: 10 }, Span { src: 4, dst: 0, len: 9 });
-        resize_window(&src, 50, 40, xs, ys, Filter::Bicubic, &mut win).unwrap();
+        resize_window(&src, 50, 40, xs, ys, Filter::Bicubic, PassOrder::Pillow13, &mut win).unwrap();
         for y in 0..9 {
             assert_eq!(&full[((y + 4) * 50 + 3) * 3..((y + 4) * 50 + 13) * 3], &win[y * 30..(y + 1) * 30]);
         }
@@ -533,9 +584,11 @@ mod tests {
             let src = gradient(w, h);
             let all = |n| Span { src: 0, dst: 0, len: n };
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            resize_window(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, &mut a).unwrap();
-            resize_impl(Source::whole(&src), ow, oh, all(ow), all(oh), Filter::Bicubic, &mut b, Kernels::Portable).unwrap();
-            assert_eq!(a, b, "{w}x{h} -> {ow}x{oh}");
+            for order in ORDERS {
+                resize_window(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, order, &mut a).unwrap();
+                resize_impl(Source::whole(&src), ow, oh, all(ow), all(oh), Filter::Bicubic, order, &mut b, Kernels::Portable).unwrap();
+                assert_eq!(a, b, "{w}x{h} -> {ow}x{oh} {order:?}");
+            }
         }
     }
 
@@ -578,14 +631,14 @@ mod tests {
         Span { src, dst: 0, len: rng.between(1, n - src) }
     }
 
-    fn assert_same(src: &RgbImage, ow: usize, oh: usize, xs: Span, ys: Span, filter: Filter) {
+    fn assert_same(src: &RgbImage, ow: usize, oh: usize, xs: Span, ys: Span, filter: Filter, order: PassOrder) {
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        resize_window(src, ow, oh, xs, ys, filter, &mut a).unwrap();
-        resize_impl(Source::whole(src), ow, oh, xs, ys, filter, &mut b, Kernels::Portable).unwrap();
+        resize_window(src, ow, oh, xs, ys, filter, order, &mut a).unwrap();
+        resize_impl(Source::whole(src), ow, oh, xs, ys, filter, order, &mut b, Kernels::Portable).unwrap();
         if a != b {
             let at = a.iter().zip(&b).position(|(x, y)| x != y);
             panic!(
-                "{}x{} -> {ow}x{oh} window {xs:?} x {ys:?} {filter:?}: first difference at byte {at:?}",
+                "{}x{} -> {ow}x{oh} window {xs:?} x {ys:?} {filter:?} {order:?}: first difference at byte {at:?}",
                 src.width, src.height
             );
         }
@@ -612,7 +665,7 @@ mod tests {
             let (ow, oh) = (out(&mut rng, w), out(&mut rng, h));
             let src = random_image(&mut rng, w, h);
             let (xs, ys) = (random_span(&mut rng, ow), random_span(&mut rng, oh));
-            assert_same(&src, ow, oh, xs, ys, filters[case % 3]);
+            assert_same(&src, ow, oh, xs, ys, filters[case % 3], ORDERS[rng.below(3)]);
         }
     }
 
@@ -636,8 +689,10 @@ mod tests {
         for (i, &(w, h, ow, oh)) in cases.iter().enumerate() {
             let src = random_image(&mut rng, w, h);
             let filter = [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos][i % 3];
-            assert_same(&src, ow, oh, all(ow), all(oh), filter);
-            assert_same(&src, ow, oh, random_span(&mut rng, ow), random_span(&mut rng, oh), filter);
+            for order in ORDERS {
+                assert_same(&src, ow, oh, all(ow), all(oh), filter, order);
+                assert_same(&src, ow, oh, random_span(&mut rng, ow), random_span(&mut rng, oh), filter, order);
+            }
         }
     }
 
@@ -702,53 +757,138 @@ mod tests {
         let mut out = Vec::new();
         let xs = Span { src: 0, dst: 0, len: 13 };
         let ys = Span { src: 0, dst: 0, len: 9 };
-        resize_window(&src, 13, 9, xs, ys, Filter::Bicubic, &mut out).unwrap();
+        resize_window(&src, 13, 9, xs, ys, Filter::Bicubic, PassOrder::Pillow13, &mut out).unwrap();
         assert_eq!(out, src.data);
     }
 
     /// A source holding only the part of its frame that `source_window` names (plus some
     /// slack, at odd and even offsets) resizes to the same bytes as the whole frame, with
-    /// either kernel set; one column or row less is refused.
+    /// either kernel set and in either pass order; one column or row less is refused.
     #[test]
     fn partial_sources_resize_like_the_whole_frame() {
-        let cases = [(640, 480, 298, 224, 37, 224, 0, 224), (480, 640, 224, 298, 0, 224, 37, 224), (1920, 1080, 398, 224, 87, 224, 0, 224), (300, 200, 150, 100, 10, 50, 20, 60), (40, 30, 80, 60, 5, 60, 7, 40)];
-        for (fw, fh, ow, oh, xsrc, xlen, ysrc, ylen) in cases {
-            let frame = gradient(fw, fh);
-            let xs = Span { src: xsrc, dst: 0, len: xlen };
-            let ys = Span { src: ysrc, dst: 0, len: ylen };
-            let mut want = Vec::new();
-            resize_window(&frame, ow, oh, xs, ys, Filter::Bicubic, &mut want).unwrap();
-            let need = source_window(fw, fh, ow, oh, xs, ys, Filter::Bicubic).unwrap();
-            assert!(need.x1 <= fw && need.y1 <= fh);
-            for slack in [0usize, 1, 8] {
-                let placed = Rect {
-                    x0: need.x0.saturating_sub(slack),
-                    y0: need.y0.saturating_sub(slack),
-                    x1: (need.x1 + slack).min(fw),
-                    y1: (need.y1 + slack).min(fh),
-                };
-                let mut data = Vec::new();
-                for y in placed.y0..placed.y1 {
-                    data.extend_from_slice(&frame.row(y)[placed.x0 * 3..placed.x1 * 3]);
-                }
-                let image = RgbImage { width: placed.x1 - placed.x0, height: placed.y1 - placed.y0, data };
-                let src = Source { image: &image, placed, frame_w: fw, frame_h: fh };
-                for kernels in [Kernels::Portable, Kernels::detect()] {
+        let cases = [
+            (640, 480, 298, 224, 37, 224, 0, 224),
+            (480, 640, 224, 298, 0, 224, 37, 224),
+            (1920, 1080, 398, 224, 87, 224, 0, 224),
+            (300, 200, 150, 100, 10, 50, 20, 60),
+            (40, 30, 80, 60, 5, 60, 7, 40),
+            // Vertical first under Pillow 13: a 1:3 portrait (CLIP crop) and a squash.
+            (300, 900, 224, 672, 0, 224, 224, 224),
+            (300, 800, 224, 224, 0, 224, 0, 224),
+            (4, 500, 224, 224, 30, 100, 50, 120),
+        ];
+        for order in ORDERS {
+            for (fw, fh, ow, oh, xsrc, xlen, ysrc, ylen) in cases {
+                partial_source_case(order, fw, fh, ow, oh, Span { src: xsrc, dst: 0, len: xlen }, Span { src: ysrc, dst: 0, len: ylen });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn partial_source_case(order: PassOrder, fw: usize, fh: usize, ow: usize, oh: usize, xs: Span, ys: Span) {
+        let frame = gradient(fw, fh);
+        let mut want = Vec::new();
+        resize_window(&frame, ow, oh, xs, ys, Filter::Bicubic, order, &mut want).unwrap();
+        let need = source_window(fw, fh, ow, oh, xs, ys, Filter::Bicubic).unwrap();
+        assert!(need.x1 <= fw && need.y1 <= fh);
+        let part = |placed: Rect| -> RgbImage {
+            let mut data = Vec::new();
+            for y in placed.y0..placed.y1 {
+                data.extend_from_slice(&frame.row(y)[placed.x0 * 3..placed.x1 * 3]);
+            }
+            RgbImage { width: placed.x1 - placed.x0, height: placed.y1 - placed.y0, data }
+        };
+        for slack in [0usize, 1, 8] {
+            let placed = Rect {
+                x0: need.x0.saturating_sub(slack),
+                y0: need.y0.saturating_sub(slack),
+                x1: (need.x1 + slack).min(fw),
+                y1: (need.y1 + slack).min(fh),
+            };
+            let image = part(placed);
+            let src = Source { image: &image, placed, frame_w: fw, frame_h: fh };
+            for kernels in [Kernels::Portable, Kernels::detect()] {
+                let mut got = Vec::new();
+                resize_impl(src, ow, oh, xs, ys, Filter::Bicubic, order, &mut got, kernels).unwrap();
+                assert_eq!(got, want, "{fw}x{fh} -> {ow}x{oh}, slack {slack}, {kernels:?}, {order:?}");
+            }
+        }
+        if need.x0 + 1 < need.x1 && need.x1 < fw {
+            let placed = Rect { x1: need.x1 - 1, ..need };
+            let image = part(placed);
+            let src = Source { image: &image, placed, frame_w: fw, frame_h: fh };
+            assert!(resize_source(src, ow, oh, xs, ys, Filter::Bicubic, order, &mut Vec::new()).is_err());
+        }
+    }
+
+    const ORDERS: [PassOrder; 3] = [PassOrder::HorizontalFirst, PassOrder::Pillow12, PassOrder::Pillow13];
+
+    /// The three rules, case by case, at their boundaries (read off Pillow 12.1's, 12.3's
+    /// and 13.0's `Image.py` / `Resample.c`).
+    #[test]
+    fn pass_order_rules_match_the_pillow_sources() {
+        // (in_w, in_h, out_w, out_h, Pillow12 vertical first, Pillow13 vertical first)
+        let cases = [
+            (2, 301, 50, 40, true, true),     // > 100x taller, shrinking: both
+            (3, 300, 2, 40, false, true),     // exactly 100x: not Pillow 12's
+            (3, 301, 3, 301, false, false),   // no resize at all
+            (3, 301, 2, 301, false, false),   // height kept: never vertical first
+            (3, 301, 2, 400, false, false),   // height grows
+            (357, 912, 224, 571, false, true), // a 1:2.55 portrait to CLIP's shortest edge
+            (480, 640, 224, 298, false, false), // 3:4 portrait: width shrinks more than half as much
+            (400, 800, 224, 448, false, false), // exactly 1:2: dh == 2 * dw is not enough
+            (400, 801, 224, 448, false, true),  // dh = 353 > 2 * 176
+            (100, 500, 224, 224, false, true),  // width grows (dw < 0), height shrinks
+            (1000, 300, 224, 224, false, false), // landscape
+            (500, 500, 224, 223, false, false), // dh = 277 < 2 * 276
+        ];
+        for (iw, ih, ow, oh, v12, v13) in cases {
+            assert!(!PassOrder::HorizontalFirst.vertical_first(iw, ih, ow, oh));
+            assert_eq!(PassOrder::Pillow12.vertical_first(iw, ih, ow, oh), v12, "Pillow12 {iw}x{ih} -> {ow}x{oh}");
+            assert_eq!(PassOrder::Pillow13.vertical_first(iw, ih, ow, oh), v13, "Pillow13 {iw}x{ih} -> {ow}x{oh}");
+        }
+        assert_eq!(PassOrder::default(), PassOrder::Pillow13);
+    }
+
+    /// Either order equals its definition: two one-axis resizes in that order, each
+    /// rounding to uint8 (Pillow 12.2+ literally makes two `im.resize` calls).
+    #[test]
+    fn each_order_equals_two_single_axis_resizes() {
+        let mut rng = Rng(0x5eed_cafe_f00d_0004);
+        let all = |n| Span { src: 0, dst: 0, len: n };
+        for &(w, h, ow, oh) in &[(357, 912, 224, 571), (2, 301, 50, 40), (300, 800, 224, 224), (640, 480, 298, 224), (100, 500, 224, 224)] {
+            let src = random_image(&mut rng, w, h);
+            for filter in [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos] {
+                let (mut tmp, mut hv, mut vh) = (Vec::new(), Vec::new(), Vec::new());
+                resize_window(&src, ow, h, all(ow), all(h), filter, PassOrder::HorizontalFirst, &mut tmp).unwrap();
+                let mid = RgbImage { width: ow, height: h, data: std::mem::take(&mut tmp) };
+                resize_window(&mid, ow, oh, all(ow), all(oh), filter, PassOrder::HorizontalFirst, &mut hv).unwrap();
+                resize_window(&src, w, oh, all(w), all(oh), filter, PassOrder::HorizontalFirst, &mut tmp).unwrap();
+                let mid = RgbImage { width: w, height: oh, data: tmp };
+                resize_window(&mid, ow, oh, all(ow), all(oh), filter, PassOrder::HorizontalFirst, &mut vh).unwrap();
+                for order in ORDERS {
                     let mut got = Vec::new();
-                    resize_impl(src, ow, oh, xs, ys, Filter::Bicubic, &mut got, kernels).unwrap();
-                    assert_eq!(got, want, "{fw}x{fh} -> {ow}x{oh}, slack {slack}, {kernels:?}");
+                    resize_window(&src, ow, oh, all(ow), all(oh), filter, order, &mut got).unwrap();
+                    let want = if order.vertical_first(w, h, ow, oh) { &vh } else { &hv };
+                    assert_eq!(&got, want, "{w}x{h} -> {ow}x{oh} {filter:?} {order:?}");
                 }
             }
-            if need.x0 + 1 < need.x1 && need.x1 < fw {
-                let placed = Rect { x1: need.x1 - 1, ..need };
-                let mut data = Vec::new();
-                for y in placed.y0..placed.y1 {
-                    data.extend_from_slice(&frame.row(y)[placed.x0 * 3..placed.x1 * 3]);
-                }
-                let image = RgbImage { width: placed.x1 - placed.x0, height: placed.y1 - placed.y0, data };
-                let src = Source { image: &image, placed, frame_w: fw, frame_h: fh };
-                assert!(resize_source(src, ow, oh, xs, ys, Filter::Bicubic, &mut Vec::new()).is_err());
-            }
+        }
+    }
+
+    /// The change is visible: on noise the two orders give other bytes where only Pillow 13
+    /// goes vertical first, and the same bytes where both agree.
+    #[test]
+    fn pillow_12_and_13_differ_only_where_their_rules_do() {
+        let mut rng = Rng(0x5eed_cafe_f00d_0005);
+        let all = |n| Span { src: 0, dst: 0, len: n };
+        let noise = |rng: &mut Rng, w: usize, h: usize| RgbImage { width: w, height: h, data: (0..w * h * 3).map(|_| rng.next() as u8).collect() };
+        for &(w, h, ow, oh, differs) in &[(357, 912, 224, 571, true), (300, 800, 224, 224, true), (480, 640, 224, 298, false), (2, 301, 50, 40, false)] {
+            let src = noise(&mut rng, w, h);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            resize_window(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, PassOrder::Pillow12, &mut a).unwrap();
+            resize_window(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, PassOrder::Pillow13, &mut b).unwrap();
+            assert_eq!(a != b, differs, "{w}x{h} -> {ow}x{oh}");
         }
     }
 }

@@ -57,15 +57,21 @@ def blas_threads(n: int):
     return threadpool_limits(limits=n)
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+def interleaved(fns: dict, repeats: int, settle: float = 0.0) -> dict[str, float]:
     """Median time per peer, peers timed in turn within each round (see `interleaved_runs`)."""
-    return {name: statistics.median(times) for name, times in interleaved_runs(fns, repeats).items()}
+    return {name: statistics.median(times) for name, times in interleaved_runs(fns, repeats, settle).items()}
 
 
-def interleaved_runs(fns: dict, repeats: int) -> dict[str, list[float]]:
+def interleaved_runs(fns: dict, repeats: int, settle: float = 0.0) -> dict[str, list[float]]:
     """Times per peer and round, peers timed in turn within each round, so a load change on
     a shared machine hits every peer alike. Each peer's first call is a warm-up; a peer whose
-    call takes over 2 s keeps that single timing (its correctness run already warmed it)."""
+    call takes over 2 s keeps that single timing (its correctness run already warmed it).
+
+    `settle` seconds of sleep before each timed call: OpenBLAS's worker threads spin for
+    2^28 cycles (~70 ms) after each multi-threaded call, and OpenMP's (torch, faiss) spin
+    too, so a millisecond call timed right after another library's would share the cores
+    with those spinners (measured: ferroclip's 2-thread single query 7.7 ms alone, 16.8 ms
+    right after a numpy matvec, 14.5 ms 10 ms after it)."""
     first = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
@@ -77,6 +83,8 @@ def interleaved_runs(fns: dict, repeats: int) -> dict[str, list[float]]:
     try:
         for _ in range(repeats):
             for name in runs:
+                if settle:
+                    time.sleep(settle)
                 t0 = time.perf_counter()
                 fns[name]()
                 runs[name].append(time.perf_counter() - t0)
@@ -97,6 +105,7 @@ def paired_runs(pair: dict, rounds: int) -> dict[str, list[float]]:
     try:
         for i in range(rounds):
             for name, fn in order if i % 2 == 0 else order[::-1]:
+                time.sleep(SETTLE)  # the other side's idle threads asleep (see `interleaved_runs`)
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
@@ -113,6 +122,8 @@ def load_average() -> str:
 
 
 BARE = "bare matmul (numpy sgemm, preallocated output)"
+# Seconds of sleep before each timed call (see `interleaved_runs`).
+SETTLE = 0.1
 
 # --- peers: top-k ------------------------------------------------------------------------------
 
@@ -280,7 +291,7 @@ def recall_section(args, rng, peak, torch) -> tuple[list[str], dict[int, float]]
             torch.set_num_threads(th)
         with blas_threads(th):
             slow = {name: (lambda fn=fn: fn(th)) for name, fn in recall_peers.items() if name not in ("ferroclip", BARE)}
-            runs = interleaved_runs(slow, 3)
+            runs = interleaved_runs(slow, 3, SETTLE)
             pair = {name: (lambda fn=recall_peers[name]: fn(th)) for name in ("ferroclip", BARE)}
             runs.update(paired_runs(pair, args.recall_repeats))
         times = {name: statistics.median(runs[name]) for name in recall_peers}
@@ -316,7 +327,8 @@ def recall_section(args, rng, peak, torch) -> tuple[list[str], dict[int, float]]
         f"ferroclip and the bare matmul are timed in {args.recall_repeats} back-to-back pairs, alternating which",
         "goes first; their seconds are medians, and ferroclip's \"time / bare matmul\" is the median of",
         "the per-pair ratios, so a neighbour's load on a shared host hits both sides of a ratio alike.",
-        "The other peers are timed interleaved (median of 3; a call over 2 s once).",
+        "The other peers are timed interleaved (median of 3; a call over 2 s once). Every timed call",
+        f"starts {SETTLE} s after the previous one, when no library's idle threads are still spinning.",
         "",
         _harness.markdown_table(
             ["threads", "implementation", "seconds", "GFLOP/s (% sgemm peak)", "speed-up vs numpy", "time / bare matmul", "agreement"],
@@ -446,7 +458,9 @@ def main() -> None:
                     faiss.omp_set_num_threads(th)
                 fns = {name: (lambda fn=fn: fn(th)) for name, (fn, _, _) in peers.items()}
                 with blas_threads(th):
-                    times = interleaved(fns, args.repeats if nq > 1 else 4 * args.repeats)
+                    # Each call after a pause that lets the other peers' spinning threads
+                    # go to sleep (see `interleaved_runs`).
+                    times = interleaved(fns, args.repeats if nq > 1 else 4 * args.repeats, SETTLE)
                 for name, (_, _, elem_bytes) in peers.items():
                     rows.append((n, nq, th, name, times[name], elem_bytes, status[name]))
                 print(f"  threads={th}: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in times.items()), flush=True)
@@ -485,8 +499,9 @@ def main() -> None:
         ])
     head = ["N", "Q", "threads", "peer", "queries/s", "ms/call", "GFLOP/s (% sgemm floor)", "GB/s read (% read bw)",
             "speed-up vs faiss", "vs numpy", "vs torch", "indices"]
-    timing = (f"Peers are timed in turn, round after round: medians of {args.repeats} rounds ({4 * args.repeats} for one query); "
-              "a peer whose first call takes over 2 s is timed once, after that warm-up call.")
+    timing = (f"Peers are timed in turn, round after round: medians of {args.repeats} rounds ({4 * args.repeats} for one query, "
+              f"each call {SETTLE} s after the previous one, so that no library's idle threads are still spinning: OpenBLAS's "
+              "spin ~70 ms after a call); a peer whose first call takes over 2 s is timed once, after that warm-up call.")
     report += [f"## Exact top-k, D = {args.dim}, k = {args.k}", "", timing, "", _harness.markdown_table(head, table), ""]
 
     goals = topk_goals(by_case, args, peak, read_bw)

@@ -11,9 +11,10 @@
 //! Layout: a register block of MR query rows x NR database rows (AVX2 6 x 16 in 12 ymm,
 //! AVX-512 14 x 32 in 28 zmm). The database block is packed once per tile into NR-row
 //! panels (`panel[k * NR + t] = row_t[k]`, 8 x 8 register transposes); the MR query rows
-//! are broadcast straight from the caller's row-major matrix (they stay in L1 while a
-//! block of panels, sized for L2, streams past them; the BLIS order, a panel in L1 and
-//! query groups streamed from L2 as row streams, ran ~8% slower on Zen 3). A dimension
+//! are broadcast from the caller's row-major matrix (AVX2) or from a block packed once per
+//! scan (`PackedQueries`, AVX-512). A query group stays in L1 while a block of panels,
+//! sized for L2, streams past it (the BLIS order, a panel in L1 and query groups streamed
+//! from L2, ran ~8% slower on Zen 3 and no faster on Sapphire Rapids). A dimension
 //! up to `kc_max` is one pass; longer ones are split into equal passes whose partial sums
 //! are stored and reloaded, which leaves each FMA chain's bits unchanged.
 //! Measured with `examples/tile_bench.rs` (see the retrieval report for the full runs).
@@ -185,8 +186,9 @@ thread_local! {
 /// The blocked product around one micro-kernel `micro(query group, panel, kc, out, ldc,
 /// rows, cols, first)`, where `group(i, rows, k0)` gives the micro-kernel's view of
 /// query rows `i..i + rows` from element `k0` (row pointers, or a packed block); `HINT` is
-/// the prefetch level for the next packing's rows. Inlined into each kernel's `target_feature` function, so the
-/// packing and the micro-kernel are compiled for that kernel's instruction set.
+/// the prefetch level for the next packing's rows. Inlined into each kernel's
+/// `target_feature` function, so the packing and the micro-kernel are compiled for that
+/// kernel's instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32, A>(

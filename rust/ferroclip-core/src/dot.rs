@@ -155,9 +155,11 @@ const PREFETCH_AHEAD: usize = 512;
 
 /// Whether the dot kernel prefetches ahead in software: on Intel, yes; elsewhere, only the
 /// hardware prefetchers. Measured with `examples/stream_bench.rs`, one thread over 2 GB:
-/// on an AVX2-only Zen 3 EPYC, four streams far apart read 22 GB/s and software prefetches
-/// cost 15-25%; on a Sapphire Rapids-class Xeon four streams read 15-16 GB/s and 18.6 with
-/// each stream prefetching 512 bytes ahead (T0). `FERROCLIP_DOT_PREFETCH=0|1` overrides.
+/// on an AVX2-only Zen 3 EPYC, four streams far apart read 22 GB/s and one stream with
+/// software prefetches 15-17 (see the module doc); on a Sapphire Rapids-class Xeon four
+/// streams read 15-16 GB/s and 18.6 with each stream prefetching 512 bytes ahead (T0).
+/// Four streams with prefetches were not measured on Zen 3, hence the vendor check.
+/// `FERROCLIP_DOT_PREFETCH=0|1` overrides.
 #[cfg(target_arch = "x86_64")]
 fn prefetch() -> bool {
     static PREFETCH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -57,19 +57,23 @@ def blas_threads(n: int):
     return threadpool_limits(limits=n)
 
 
-def interleaved(fns: dict, repeats: int, settle: float = 0.0) -> dict[str, float]:
+# Seconds of sleep before each timed call (see `interleaved_runs`).
+SETTLE = 0.1
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     """Median time per peer, peers timed in turn within each round (see `interleaved_runs`)."""
-    return {name: statistics.median(times) for name, times in interleaved_runs(fns, repeats, settle).items()}
+    return {name: statistics.median(times) for name, times in interleaved_runs(fns, repeats).items()}
 
 
-def interleaved_runs(fns: dict, repeats: int, settle: float = 0.0) -> dict[str, list[float]]:
+def interleaved_runs(fns: dict, repeats: int) -> dict[str, list[float]]:
     """Times per peer and round, peers timed in turn within each round, so a load change on
     a shared machine hits every peer alike. Each peer's first call is a warm-up; a peer whose
     call takes over 2 s keeps that single timing (its correctness run already warmed it).
 
-    `settle` seconds of sleep before each timed call: OpenBLAS's worker threads spin for
-    2^28 cycles (~70 ms) after each multi-threaded call, and OpenMP's (torch, faiss) spin
-    too, so a millisecond call timed right after another library's would share the cores
+    Each timed call starts `SETTLE` seconds after the previous one: OpenBLAS's worker
+    threads spin for 2^28 cycles (~70 ms) after each multi-threaded call, and OpenMP's
+    (torch, faiss) spin too, so a millisecond call timed right after another library's would share the cores
     with those spinners (measured: ferroclip's 2-thread single query 7.7 ms alone, 16.8 ms
     right after a numpy matvec, 14.5 ms 10 ms after it)."""
     first = {}
@@ -83,8 +87,7 @@ def interleaved_runs(fns: dict, repeats: int, settle: float = 0.0) -> dict[str, 
     try:
         for _ in range(repeats):
             for name in runs:
-                if settle:
-                    time.sleep(settle)
+                time.sleep(SETTLE)
                 t0 = time.perf_counter()
                 fns[name]()
                 runs[name].append(time.perf_counter() - t0)
@@ -122,8 +125,6 @@ def load_average() -> str:
 
 
 BARE = "bare matmul (numpy sgemm, preallocated output)"
-# Seconds of sleep before each timed call (see `interleaved_runs`).
-SETTLE = 0.1
 
 # --- peers: top-k ------------------------------------------------------------------------------
 
@@ -291,7 +292,7 @@ def recall_section(args, rng, peak, torch) -> tuple[list[str], dict[int, float]]
             torch.set_num_threads(th)
         with blas_threads(th):
             slow = {name: (lambda fn=fn: fn(th)) for name, fn in recall_peers.items() if name not in ("ferroclip", BARE)}
-            runs = interleaved_runs(slow, 3, SETTLE)
+            runs = interleaved_runs(slow, 3)
             pair = {name: (lambda fn=recall_peers[name]: fn(th)) for name in ("ferroclip", BARE)}
             runs.update(paired_runs(pair, args.recall_repeats))
         times = {name: statistics.median(runs[name]) for name in recall_peers}
@@ -458,9 +459,7 @@ def main() -> None:
                     faiss.omp_set_num_threads(th)
                 fns = {name: (lambda fn=fn: fn(th)) for name, (fn, _, _) in peers.items()}
                 with blas_threads(th):
-                    # Each call after a pause that lets the other peers' spinning threads
-                    # go to sleep (see `interleaved_runs`).
-                    times = interleaved(fns, args.repeats if nq > 1 else 4 * args.repeats, SETTLE)
+                    times = interleaved(fns, args.repeats if nq > 1 else 4 * args.repeats)
                 for name, (_, _, elem_bytes) in peers.items():
                     rows.append((n, nq, th, name, times[name], elem_bytes, status[name]))
                 print(f"  threads={th}: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in times.items()), flush=True)

@@ -51,35 +51,18 @@ unsafe fn sum_plain(p: *const f32, n: usize, dist: usize, hint: i32) -> f32 {
     hsum(acc)
 }
 
-/// Stream in K separate regions concurrently (K streams), each 1/K of the buffer.
+/// Stream in K separate regions concurrently (K streams), each 1/K of the buffer, each
+/// prefetching `dist` bytes ahead of itself (hint T0; 0: no software prefetch).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sum_split(p: *const f32, n: usize, k: usize) -> f32 {
+unsafe fn sum_split(p: *const f32, n: usize, k: usize, dist: usize) -> f32 {
     let part = n / k / 64 * 64;
     let mut acc = [_mm256_setzero_ps(); 8];
     let mut i = 0;
     while i < part {
         for s in 0..k {
             let q = p.add(s * part + i);
-            acc[s % 8] = _mm256_add_ps(acc[s % 8], _mm256_loadu_ps(q));
-            acc[(s + 1) % 8] = _mm256_add_ps(acc[(s + 1) % 8], _mm256_loadu_ps(q.add(8)));
-        }
-        i += 16;
-    }
-    hsum(acc)
-}
-
-/// K streams as in `sum_split`, each prefetching `dist` bytes ahead of itself (hint T0).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sum_split_prefetch(p: *const f32, n: usize, k: usize, dist: usize) -> f32 {
-    let part = n / k / 64 * 64;
-    let mut acc = [_mm256_setzero_ps(); 8];
-    let mut i = 0;
-    while i < part {
-        for s in 0..k {
-            let q = p.add(s * part + i);
-            if i % 64 == 0 {
+            if dist > 0 && i % 64 == 0 {
                 prefetch4::<_MM_HINT_T0>((q as *const i8).wrapping_add(dist));
             }
             acc[s % 8] = _mm256_add_ps(acc[s % 8], _mm256_loadu_ps(q));
@@ -149,18 +132,18 @@ fn main() {
         }
     }
     for k in [2, 4, 8] {
-        run(&format!("split {k}"), &|| unsafe { sum_split(p, n, k) });
+        run(&format!("split {k}"), &|| unsafe { sum_split(p, n, k, 0) });
     }
     for k in [1, 2, 4] {
         for d in [512, 1024, 2048] {
-            run(&format!("split {k} prefetch d={d}"), &|| unsafe { sum_split_prefetch(p, n, k, d) });
+            run(&format!("split {k} prefetch d={d}"), &|| unsafe { sum_split(p, n, k, d) });
         }
     }
     run("2 threads: plain", &|| two_threads(p, n, &|p, n| unsafe { sum_plain(p, n, 0, 0) }));
-    run("2 threads: split 4", &|| two_threads(p, n, &|p, n| unsafe { sum_split(p, n, 4) }));
+    run("2 threads: split 4", &|| two_threads(p, n, &|p, n| unsafe { sum_split(p, n, 4, 0) }));
     for d in [512, 1024] {
         run(&format!("2 threads: prefetch d={d}"), &|| two_threads(p, n, &|p, n| unsafe { sum_plain(p, n, d, 0) }));
-        run(&format!("2 threads: split 2 prefetch d={d}"), &|| two_threads(p, n, &|p, n| unsafe { sum_split_prefetch(p, n, 2, d) }));
+        run(&format!("2 threads: split 2 prefetch d={d}"), &|| two_threads(p, n, &|p, n| unsafe { sum_split(p, n, 2, d) }));
     }
 }
 

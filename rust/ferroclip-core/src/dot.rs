@@ -176,6 +176,21 @@ fn prefetch() -> bool {
     })
 }
 
+/// The AVX2 kernel for `d`'s dtype, built with or without software prefetch.
+///
+/// # Safety
+/// As `dots`, and `has_avx2()`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_avx2(q: &[f32], m: usize, d: Rows<'_>, n: usize, dim: usize, out: *mut f32, ldc: usize, prefetch: bool) {
+    match (d, prefetch) {
+        (Rows::F32(d), false) => avx2::dots_f32::<0>(q, m, &d[..n * dim], n, dim, out, ldc),
+        (Rows::F32(d), true) => avx2::dots_f32::<PREFETCH_AHEAD>(q, m, &d[..n * dim], n, dim, out, ldc),
+        (Rows::F16(d), false) => avx2::dots_f16::<0>(q, m, &d[..n * dim], n, dim, out, ldc),
+        (Rows::F16(d), true) => avx2::dots_f16::<PREFETCH_AHEAD>(q, m, &d[..n * dim], n, dim, out, ldc),
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -195,12 +210,7 @@ pub(crate) unsafe fn dots(q: &[f32], m: usize, d: Rows<'_>, n: usize, dim: usize
     debug_assert!(dim > 0 && q.len() >= m * dim);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        return match (d, prefetch()) {
-            (Rows::F32(d), false) => avx2::dots_f32::<0>(q, m, &d[..n * dim], n, dim, out, ldc),
-            (Rows::F32(d), true) => avx2::dots_f32::<PREFETCH_AHEAD>(q, m, &d[..n * dim], n, dim, out, ldc),
-            (Rows::F16(d), false) => avx2::dots_f16::<0>(q, m, &d[..n * dim], n, dim, out, ldc),
-            (Rows::F16(d), true) => avx2::dots_f16::<PREFETCH_AHEAD>(q, m, &d[..n * dim], n, dim, out, ldc),
-        };
+        return dots_avx2(q, m, d, n, dim, out, ldc, prefetch());
     }
     match d {
         Rows::F32(d) => dots_portable::<false>(q, m, &d[..n * dim], n, dim, out, ldc),
@@ -239,14 +249,7 @@ mod tests {
                         // Both builds of the kernel, with and without software prefetch.
                         for pf in [false, true] {
                             let mut got = vec![f32::NAN; m * n];
-                            unsafe {
-                                match (rows, pf) {
-                                    (Rows::F32(d), false) => avx2::dots_f32::<0>(&q, m, d, n, dim, got.as_mut_ptr(), n),
-                                    (Rows::F32(d), true) => avx2::dots_f32::<PREFETCH_AHEAD>(&q, m, d, n, dim, got.as_mut_ptr(), n),
-                                    (Rows::F16(d), false) => avx2::dots_f16::<0>(&q, m, d, n, dim, got.as_mut_ptr(), n),
-                                    (Rows::F16(d), true) => avx2::dots_f16::<PREFETCH_AHEAD>(&q, m, d, n, dim, got.as_mut_ptr(), n),
-                                }
-                            }
+                            unsafe { dots_avx2(&q, m, rows, n, dim, got.as_mut_ptr(), n, pf) };
                             let g: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
                             assert_eq!(g, w, "dim={dim} n={n} m={m} prefetch={pf}");
                         }

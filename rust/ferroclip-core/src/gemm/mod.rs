@@ -68,7 +68,7 @@ pub(crate) fn isa() -> Option<Isa> {
         };
         match asked.as_str() {
             "matrixmultiply" => None,
-            "avx2" => widest.and(avx2::supported().then_some(Isa::Avx2)),
+            "avx2" => avx2::supported().then_some(Isa::Avx2),
             _ => widest,
         }
     })

@@ -59,7 +59,7 @@ def plain_loop(cfg, train, epochs):
     from torch.utils.data import DataLoader, TensorDataset
 
     from ferroclip.train.heads import build_model
-    from ferroclip.train.losses import infonce_loss
+    from ferroclip.losses import infonce_loss
 
     torch.manual_seed(0)
     model = build_model(cfg, train.image_dim, train.text_dim)

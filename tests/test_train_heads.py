@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from ferroclip.train import HeadsConfig, build_model, evaluate_heads, load_checkpoint, split_images, train_heads  # noqa: E402
 from ferroclip.train.config import HEAD_TYPES, LOSS_TYPES  # noqa: E402
 from ferroclip.train.data import PairedEmbeddings  # noqa: E402
-from ferroclip.train.losses import FeatureQueue, Objective, infonce_loss  # noqa: E402
+from ferroclip.losses import infonce_loss  # noqa: E402
+from ferroclip.train.losses import FeatureQueue, Objective  # noqa: E402
 
 from ._train_data import planted  # noqa: E402
 

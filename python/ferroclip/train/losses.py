@@ -1,4 +1,7 @@
-"""Contrastive objectives over L2-normalised image/text features.
+"""The training objectives of projection heads, over L2-normalised image/text features.
+
+The InfoNCE and sigmoid losses themselves live in :mod:`ferroclip.losses`, shared with
+whole-model fine-tuning; this module adds the stateful objectives that only heads use.
 
 - ``infonce``: CLIP's symmetric softmax cross-entropy over the in-batch similarity matrix.
 - ``sigmoid``: SigLIP's pairwise sigmoid loss with a learnable bias (no batch-wide softmax).
@@ -21,23 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import infonce_loss, sigmoid_loss
 from .heads import ProjectionModel
 
-__all__ = ["FeatureQueue", "Objective", "infonce_loss", "sigmoid_loss"]
-
-
-def infonce_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy; row ``i`` of ``img`` and ``txt`` are the positive pair."""
-    logits = scale * img @ txt.T
-    target = torch.arange(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-def sigmoid_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """SigLIP: every (image, text) pair is a binary problem; mean over images of the row sums."""
-    logits = scale * img @ txt.T + bias
-    labels = 2.0 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1.0
-    return -F.logsigmoid(labels * logits).sum() / len(img)
+__all__ = ["FeatureQueue", "Objective"]
 
 
 class FeatureQueue:

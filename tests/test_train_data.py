@@ -149,7 +149,7 @@ def test_yaml_config_reads_seed_style_and_rejects_typos(tmp_path):
     assert HeadsConfig.from_dict({"model": {"type": "blip"}}).loss_type == "momentum_distill"
     assert HeadsConfig.from_dict({"model": {"type": "siglip"}}).loss_type == "sigmoid"
     cases = [
-        ("training:\n  learning_rat: 0.1\n", r"c.yaml.*unknown keys \['learning_rat'\]"),
+        ("training:\n  learning_rat: 0.1\n", r"c.yaml.*unknown keys 'learning_rat' \(did you mean 'learning_rate'\?\)"),
         ("model:\n  type: transformer\n", r"model.type.*not one of"),
         ("training:\n  batch_size: big\n", r"training.batch_size: expected an integer"),
         ("loss:\n  type: hinge\n", r"loss.type: unknown loss 'hinge'"),

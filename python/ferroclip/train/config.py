@@ -325,7 +325,10 @@ def _build(cls: type, body: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(body) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(names)}")
+        import difflib
+
+        hints_ = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, names, n=1)) else repr(k) for k in unknown]
+        raise ConfigError(f"{where}: unknown keys {', '.join(hints_)}; allowed: {sorted(names)}")
     kwargs = {}
     for k, v in body.items():
         if k in skip:

@@ -210,18 +210,21 @@ def test_bad_rows_are_reported_with_file_and_line_and_good_rows_kept(corpus, tmp
         f"{imgs / 'img3.png'},a bird\n",             # 11 good
         encoding="utf-8",
     )  # fmt: skip
+    with open(bad_csv, "ab") as fh:
+        fh.write(f"{imgs / 'img3.png'},caf".encode() + b"\xe9 latin-1\n")  # 12 not UTF-8
     ds = load_pairs(bad_csv)
     assert [p.caption for p in ds.pairs] == ["a red square", "a bird"]
     where = str(bad_csv)
-    assert [(b.origin, b.line) for b in ds.bad_rows] == [(where, n) for n in (3, 4, 6, 7, 9, 10)]
+    assert [(b.origin, b.line) for b in ds.bad_rows] == [(where, n) for n in (3, 4, 6, 7, 9, 10, 12)]
     reasons = [b.reason for b in ds.bad_rows]
     assert "no image file" in reasons[0] and str(tmp_path / "missing.png") in reasons[0]
     assert reasons[1] == "caption is empty"
     assert reasons[2] == "1 fields where the header has 2"
     assert "empty (0 bytes)" in reasons[4]
     assert "unquoted separator" in reasons[5]
+    assert reasons[6] == "caption is not UTF-8 text"
     assert str(ds.bad_rows[1]) == f"{where}:4: caption is empty"
-    assert ds.summary() == f"2 pairs of 2 images from {where}; 6 bad rows skipped"
+    assert ds.summary() == f"2 pairs of 2 images from {where}; 7 bad rows skipped"
 
     bad_json = tmp_path / "bad.json"
     bad_json.write_text(

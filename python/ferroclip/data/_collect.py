@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from typing import Any
 
 from .pairs import BadRow, CaptionDataset, ImageCaptionPair
@@ -20,6 +21,8 @@ __all__ = ["PairCollector", "resolve_path"]
 
 log = logging.getLogger("ferroclip.data")
 _LOGGED = 10  # bad rows logged one by one; the rest are counted in one line
+# Bytes that were not UTF-8, as read_text keeps them (surrogateescape).
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 def resolve_path(value: str, base: str) -> str:
@@ -64,6 +67,8 @@ class PairCollector:
                 self.bad(origin, line, f"{which} is missing")
             elif not isinstance(v, str):
                 self.bad(origin, line, f"{which} is {_kind(v)}, not text")
+            elif _NOT_UTF8.search(v):
+                self.bad(origin, line, f"{which} is not UTF-8 text")
             elif not v.strip():
                 self.bad(origin, line, f"{which} is empty")
             else:

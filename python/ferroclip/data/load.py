@@ -22,7 +22,8 @@ from .tables import read_csv, read_json, read_jsonl
 
 __all__ = ["FORMATS", "PairSource", "load_pairs"]
 
-PairSource = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]], Any]
+# A path, a glob, a list of paths, or a datasets.Dataset / DatasetDict (typed Any: datasets is optional).
+PairSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Any]
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "captions", "folder", "hf", "parquet", "webdataset")
 _BY_SUFFIX = {

@@ -24,19 +24,26 @@ _WS = " \t\n\r"
 
 
 def text_lines(text: str) -> Iterator[str]:
-    """Lines split at ``\\n``, ``\\r\\n`` or ``\\r`` only, as an editor numbers them (not str.splitlines,
-    which also splits at form feeds and Unicode separators a caption may hold)."""
+    """Lines as an editor numbers them: split at ``\\n``, ``\\r\\n`` or ``\\r`` only.
+
+    ``str.splitlines`` also splits at form feeds and Unicode line separators, which a
+    caption may hold, and would shift every line number after them.
+    """
     for raw in io.StringIO(text, newline=""):
         yield raw.rstrip("\r\n")
 
 
 def read_text(path: Path) -> str:
+    """The file as text; bytes that are not UTF-8 are kept as surrogates (PEP 383).
+
+    One badly encoded caption then makes one bad row (see ``PairCollector.captions``)
+    instead of failing the whole file, and a non-UTF-8 file name still opens.
+    """
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}", str(path)) from e
+        data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}", str(path)) from e
+    return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
 
 
 def read_csv(

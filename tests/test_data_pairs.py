@@ -123,13 +123,16 @@ def _every_source(corpus: Path, tmp_path: Path):
     yield "webdataset dir", load_pairs(corpus / "shards")
     yield "webdataset glob", load_pairs(str(corpus / "shards" / "train-*.tar"))
     yield "webdataset list", load_pairs(sorted((corpus / "shards").glob("*.tar")))
-    pytest.importorskip("datasets")
+    datasets = pytest.importorskip("datasets")
     yield "hf paths", load_pairs(_hf(corpus, "paths"), root=corpus)
     pil = _hf(corpus, "pil")
     yield "hf pil", load_pairs(pil, image_column="image")
     yield "hf dict", load_pairs(pil.train_test_split(test_size=1, shuffle=False), hf_split="train")  # 4 of 5 rows
+    yield "hf dict, one split", load_pairs(datasets.DatasetDict({"validation": pil}))
     pil.save_to_disk(str(tmp_path / "saved"))
     yield "load_from_disk", load_pairs(tmp_path / "saved")
+    datasets.DatasetDict({"train": pil, "test": pil.select([0])}).save_to_disk(str(tmp_path / "saved_dict"))
+    yield "load_from_disk dict", load_pairs(tmp_path / "saved_dict")
     pil.to_parquet(str(tmp_path / "pairs.parquet"))
     yield "parquet", load_pairs(tmp_path / "pairs.parquet", cache_dir=tmp_path / "hf-cache")
 
@@ -150,7 +153,7 @@ def test_every_format_yields_the_same_pairs(corpus, expected, tmp_path):
         assert len(ds) == len(PAIRS), name
         # The two captions of img0 share one image id, in every format.
         assert ds.pairs[0].image_id == ds.pairs[1].image_id != ds.pairs[2].image_id, name
-    assert len(seen) == 19
+    assert len(seen) == 21
 
 
 def test_path_sources_name_images_by_absolute_path(corpus):

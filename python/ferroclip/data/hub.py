@@ -73,12 +73,17 @@ def read_hf_dataset(
     base: str,
     image_column: str | None,
     caption_column: str | None,
-    hf_split: str,
+    hf_split: str | None,
 ) -> None:
-    """Rows of a ``Dataset`` (or of split ``hf_split`` of a ``DatasetDict``); origins are ``name[row]``."""
+    """Rows of a ``Dataset``, or of one split of a ``DatasetDict``; origins are ``name[row]``.
+
+    The split is ``hf_split``, else ``train``, else the only split there is.
+    """
     datasets = import_datasets()
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)
+        if hf_split is None:
+            hf_split = splits[0] if len(splits) == 1 else "train"
         if hf_split not in ds:
             near = closest(hf_split, splits)
             hint = f"; did you mean {near!r}?" if near else ""

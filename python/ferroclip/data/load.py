@@ -22,8 +22,8 @@ from .tables import read_csv, read_json, read_jsonl
 
 __all__ = ["FORMATS", "PairSource", "load_pairs"]
 
-# A path, a glob, a list of paths, or a datasets.Dataset / DatasetDict (typed Any: datasets is optional).
-PairSource = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Any]
+# A path, a glob, a list of paths, or a datasets.Dataset / DatasetDict (Any: datasets is optional).
+PairSource = Union[str, os.PathLike[str], Sequence[Union[str, os.PathLike[str]]], Any]
 
 FORMATS = ("csv", "tsv", "json", "jsonl", "captions", "folder", "hf", "parquet", "webdataset")
 _BY_SUFFIX = {
@@ -48,7 +48,7 @@ def load_pairs(
     sep: str | None = None,
     json_image_key: str | None = None,
     json_caption_key: str | None = None,
-    hf_split: str = "train",
+    hf_split: str | None = None,
     root: str | os.PathLike[str] | None = None,
     check_files: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -66,7 +66,7 @@ def load_pairs(
     ``None`` they are ``image_path`` (or ``image`` when only that exists; JSON: ``image``,
     or ``image_path``) and ``caption`` (or ``captions``/``text``). A caption cell may hold a
     list of captions. ``sep`` defaults to ``","`` (``"\\t"`` for ``.tsv``). ``hf_split``
-    picks the split of a ``DatasetDict``; ``root`` is where relative paths of an in-memory
+    picks the split of a ``DatasetDict`` (default ``train``, or its only split); ``root`` is where relative paths of an in-memory
     dataset start (default: the working directory); elsewhere they start at the folder of
     the file naming them. ``check_files`` reports path images that are missing or empty.
     ``cache_dir`` is handed to ``datasets`` when parquet is read.

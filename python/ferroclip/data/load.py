@@ -104,9 +104,14 @@ def load_pairs(
         out = PairCollector("dataset", check_files=check_files)
         base = os.path.abspath(os.fspath(root)) if root is not None else os.getcwd()
         read_hf_dataset(
-            source, out, name="dataset", base=base,
-            image_column=image_column, caption_column=caption_column, hf_split=hf_split,
-        )  # fmt: skip
+            source,
+            out,
+            name="dataset",
+            base=base,
+            image_column=image_column,
+            caption_column=caption_column,
+            hf_split=hf_split,
+        )
         return out.result()
     paths = _expand(source)
     if len(paths) > 1:
@@ -201,14 +206,19 @@ def _load_one(path: Path, opts: dict[str, Any]) -> CaptionDataset:
 def _load_many(paths: list[Path], fmt: str, opts: dict[str, Any], name: str = "") -> CaptionDataset:
     if not paths:
         raise DataError(f"{name}: no {fmt} files here", name)
-    out = PairCollector(name or (str(paths[0]) if len(paths) == 1 else str(paths[0].parent)), check_files=opts["check_files"])
+    name = name or (str(paths[0]) if len(paths) == 1 else str(paths[0].parent))
+    out = PairCollector(name, check_files=opts["check_files"])
     if fmt == "webdataset":
         read_shards(paths, out)
     else:
         read_parquet(
-            paths, out, cache_dir=opts["cache_dir"], hf_split=opts["hf_split"],
-            image_column=opts["image_column"], caption_column=opts["caption_column"],
-        )  # fmt: skip
+            paths,
+            out,
+            cache_dir=opts["cache_dir"],
+            hf_split=opts["hf_split"],
+            image_column=opts["image_column"],
+            caption_column=opts["caption_column"],
+        )
     return out.result()
 
 

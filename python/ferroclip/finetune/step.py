@@ -88,7 +88,7 @@ def contrastive_backward(
         img, txt = _encode(towers, micro_batches[0], autocast)
         out = loss_fn(img, txt)
         scale_loss(out["loss"]).backward()
-        return out
+        return _detached(out)
     devices = sorted({mb.pixel_values.device for mb in micro_batches} - {torch.device("cpu")}, key=str)
     states, imgs, txts = [], [], []
     with torch.no_grad():
@@ -121,4 +121,8 @@ def contrastive_backward(
         if tensors:
             torch.autograd.backward(tensors, grads)
     _set_rng_state(devices, after)
+    return _detached(out)
+
+
+def _detached(out: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import register as register_train
 
     register_train(sub)
+    from .finetune.cli import register as register_finetune
+
+    register_finetune(sub)
     return parser
 
 

@@ -322,6 +322,7 @@ def finetune(
 
     has_val = val_set is not None and len(val_set) > 0
     step = 0
+    run_loss, run_n = 0.0, 0
     best: dict[str, Any] = {"val_r1": -1.0, "step": None}
     stale = 0
     if resume:
@@ -339,6 +340,7 @@ def finetune(
                 loss_fn.temperature = temp_sched.current  # type: ignore[attr-defined]
             history, best, stale = st.meta["history"], st.meta["best"], int(st.meta.get("stale", 0))
             metrics["base"] = st.meta.get("base_metrics")
+            run_loss, run_n = st.meta.get("running_loss", [0.0, 0])  # the log window spans the cut
             log.info("resumed from %s (step %d)", ckpt, step)
     if has_val and "base" not in metrics:
         metrics["base"] = evaluate()
@@ -350,7 +352,7 @@ def finetune(
     show = progress if progress is not None else None
     bar = tqdm(total=total, initial=step, unit="step", desc="finetune", disable=(show is False), dynamic_ncols=True)
     towers.train()
-    run_loss, run_n, t0, pairs = 0.0, 0, time.perf_counter(), 0
+    t0, pairs = time.perf_counter(), 0
     failed_train: list[str] = []
     last_ckpt: Path | None = None
     stop = False
@@ -410,7 +412,7 @@ def finetune(
                 ckpt_path = None
                 if step % cfg.save_steps == 0 or step == total or stop:
                     meta = {"epoch": epoch, "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                            "stale": stale, "base_metrics": metrics.get("base"),
+                            "stale": stale, "base_metrics": metrics.get("base"), "running_loss": [run_loss, run_n],
                             "scaler": scaler.state_dict() if scaler is not None else None,
                             "temperature_scheduler": temp_sched.state_dict() if temp_sched is not None else None,
                             "config": cfg.to_dict()}

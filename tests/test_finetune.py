@@ -1,0 +1,195 @@
+"""Whole-model fine-tuning end to end on tiny random CLIP/SigLIP models and a planted task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from ferroclip.errors import ConfigError  # noqa: E402
+from ferroclip.finetune import FinetuneConfig, finetune  # noqa: E402
+
+from ._captions import shapes_dataset  # noqa: E402
+from ._models import tiny_clip, tiny_siglip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shapes_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_clip(tmp_path_factory.mktemp("clip") / "m", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SigLIP whose logit scale and bias start where SigLIP pre-training starts
+    (log 10, -10), as a real checkpoint's trained ones would be, not at HF's (0, 0)."""
+    import math
+
+    from transformers import SiglipModel
+
+    path = tiny_siglip(tmp_path_factory.mktemp("siglip") / "m", image_size=32)
+    model = SiglipModel.from_pretrained(path)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    model.save_pretrained(path)
+    return path
+
+
+def _cfg(model: Path, data: Path, out: Path, **kw: object) -> FinetuneConfig:
+    base: dict[str, object] = dict(
+        model_name=str(model), data_path=str(data), output_dir=str(out), batch_size=16, learning_rate=1e-3,
+        num_epochs=100, warmup_steps=5, eval_steps=1000, save_steps=1000, logging_steps=10, num_workers=1,
+        train_split=0.8, val_split=0.2, test_split=0.0, weight_decay=0.0, augment_images=False,
+        wise_ft_alphas=[0.0, 0.5, 1.0],
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)  # type: ignore[arg-type]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_finetuning_learns_the_planted_task(family: str, shapes: Path, clip_dir: Path, siglip_dir: Path, tmp_path: Path) -> None:
+    model = clip_dir if family == "clip" else siglip_dir
+    lr, steps = (1e-3, 60) if family == "clip" else (3e-3, 150)
+    res = finetune(_cfg(model, shapes, tmp_path / "out", max_steps=steps, learning_rate=lr, learnable_temp=True, eval_steps=50),
+                   progress=False)
+    base, best = res.metrics["base"], res.metrics["best"]["metrics"]
+    chance = 1.0 / 19  # 19 validation images
+    assert base["val_r1"] < 3 * chance
+    assert best["i2t_R@1"] > 4 * chance and best["t2i_R@1"] > 4 * chance, (base, best)
+    assert res.metrics["loss_type"] == ("contrastive" if family == "clip" else "sigmoid")
+    # the output dir: an HF model dir with the history, metrics, curves and WiSE-FT report
+    out = res.output_dir
+    for name in ("config.json", "model.safetensors", "history.json", "metrics.json", "training_curves.png",
+                 "wise_ft.json", "wise_ft.md", "wise_ft.png", "finetune_config.yaml"):
+        assert (out / name).is_file(), name
+    wise = json.loads((out / "wise_ft.json").read_text())
+    r1 = {row["alpha"]: row["val_r1"] for row in wise["alphas"]}
+    assert r1[0.0] == pytest.approx(base["val_r1"])  # alpha 0 is the base model
+    assert r1[1.0] == pytest.approx(best["val_r1"])  # alpha 1 is the fine-tuned one
+    assert wise["chosen_alpha"] in r1
+
+
+def test_output_dir_loads_and_embeds_like_the_trained_model(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    import ferroclip
+
+    res = finetune(_cfg(clip_dir, shapes, tmp_path / "out", max_steps=4, val_split=0.0, train_split=1.0), progress=False)
+    assert res.best_checkpoint is None  # no validation: the top level is the last step
+    from transformers import CLIPModel
+
+    trained = CLIPModel.from_pretrained(res.output_dir).eval()
+    loaded = ferroclip.load_model(res.output_dir, device="cpu")
+    texts = ["a small red circle at the top left", "bottom right: large square, blue"]
+    got = loaded.encode_texts(texts)
+    with torch.no_grad():
+        tok = loaded.tokenizer(texts, padding=True, return_tensors="pt")
+        ref = trained.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
+        ref = getattr(ref, "pooler_output", ref)
+    ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+    assert np.abs(got - ref).max() < 1e-5
+    before = ferroclip.load_model(clip_dir, device="cpu").encode_texts(texts)
+    assert np.abs(before - got).max() > 1e-3  # training changed the model
+
+
+def test_resumed_run_equals_the_uninterrupted_one(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    kw = dict(max_steps=6, save_steps=3, val_split=0.0, train_split=1.0, batch_size=8, gradient_accumulation_steps=2,
+              augment_text=True)
+    full = finetune(_cfg(clip_dir, shapes, tmp_path / "full", **kw), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def kill_at_4(info: object) -> None:
+        if getattr(info, "step") == 4:  # after checkpoint-3, before the next save
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(_cfg(clip_dir, shapes, tmp_path / "cut", **kw), progress=False, callbacks=[kill_at_4])
+    with pytest.raises(ConfigError, match="resume"):
+        finetune(_cfg(clip_dir, shapes, tmp_path / "cut", **kw), progress=False)
+    resumed = finetune(_cfg(clip_dir, shapes, tmp_path / "cut", **kw), resume=True, progress=False)
+    a, b = _weights(full.output_dir), _weights(resumed.output_dir)
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst == 0.0 or worst < 1e-6, worst
+    assert [h["loss"] for h in full.history] == pytest.approx([h["loss"] for h in resumed.history], rel=1e-6)
+    initial = _weights(clip_dir)
+    assert max((a[k] - initial[k]).abs().max().item() for k in a) > 1e-3
+
+
+def test_locked_text_tower_does_not_change(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    res = finetune(_cfg(clip_dir, shapes, tmp_path / "out", max_steps=3, lock_text=True, val_split=0.0, train_split=1.0), progress=False)
+    a, b = _weights(clip_dir), _weights(res.output_dir)
+    text = [k for k in a if k.startswith(("text_model.", "text_projection"))]
+    vision = [k for k in a if k.startswith(("vision_model.", "visual_projection"))]
+    assert text and vision
+    assert all(torch.equal(a[k], b[k]) for k in text)
+    assert any(not torch.equal(a[k], b[k]) for k in vision)
+
+
+def test_bad_rows_are_reported_and_good_rows_trained(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = shapes.read_text().splitlines()
+    for line in lines[1:]:
+        name = line.split(",")[0]
+        (data / name).write_bytes((shapes.parent / name).read_bytes())
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    extra = ["missing.png,a caption of nothing", "broken.png,a broken file", "red_circle_top_left_small.png,"]
+    (data / "data.csv").write_text("\n".join(lines + extra) + "\n")
+    res = finetune(_cfg(clip_dir, data / "data.csv", tmp_path / "out", max_steps=8, val_split=0.0, train_split=1.0,
+                        batch_size=97 // 2, gradient_accumulation_steps=2), progress=False)
+    assert res.steps == 8
+    assert res.bad_rows == 2  # the missing file and the empty caption, with file and line
+    assert any("data.csv:194" in r and "missing" in r.lower() for r in res.metrics["bad_rows"]), res.metrics["bad_rows"]
+    assert any("broken.png" in f for f in res.failed_images), res.failed_images
+
+
+def test_config_errors_name_the_key_and_the_closest_one(tmp_path: Path) -> None:
+    p = tmp_path / "ft.yaml"
+    p.write_text("model_name: x\nlearning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"ft.yaml.*'learning_rat' \(did you mean 'learning_rate'\?\)"):
+        FinetuneConfig.from_yaml(p)
+    p.write_text("domain: medical\ndata_path: d.csv\nnum_epochs: 2\n")
+    cfg = FinetuneConfig.from_yaml(p)
+    assert cfg.learning_rate == 3e-5 and cfg.num_epochs == 2  # the preset fills what the file leaves out
+    assert cfg.data_path == str(tmp_path / "d.csv") and cfg.output_dir == str(tmp_path / "outputs" / "ft")
+    assert FinetuneConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
+        FinetuneConfig.from_dict({"gradient_accumulation_steps": 0})
+    with pytest.raises(ConfigError, match="batch_size"):
+        FinetuneConfig.from_dict({"batch_size": 1})
+
+
+def test_cli_fails_fast_on_a_bad_config_and_runs_a_good_one(shapes: Path, clip_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from ferroclip.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modle_name: x\n")
+    assert main(["finetune", str(bad)]) == 2
+    assert "did you mean 'model_name'" in capsys.readouterr().err
+    good = tmp_path / "ft.yaml"
+    good.write_text(
+        f"model_name: {clip_dir}\ndata_path: {shapes}\nbatch_size: 16\nlearning_rate: 1.0e-3\nwarmup_steps: 1\n"
+        "train_split: 0.8\nval_split: 0.2\ntest_split: 0.0\nnum_workers: 1\naugment_images: false\n"
+    )
+    assert main(["finetune", str(good), "--max-steps", "2", "--output-dir", str(tmp_path / "o"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "val R@1" in err and (tmp_path / "o" / "model.safetensors").is_file()

@@ -43,7 +43,13 @@ def decode_image(
     item: Any, *, exif_transpose: bool = True, alpha: str = "white", max_pixels: int = ...
 ) -> npt.NDArray[np.uint8]: ...
 def resize_image(
-    image: npt.NDArray[np.uint8], width: int, height: int, *, resample: str = "bicubic", pil_version: str = "13"
+    image: npt.NDArray[np.uint8],
+    width: int,
+    height: int,
+    *,
+    resample: str = "bicubic",
+    pil_version: str = "13",
+    box: tuple[int, int, int, int] | None = None,
 ) -> npt.NDArray[np.uint8]: ...
 def resolve_num_threads(num_threads: int | None = None) -> int: ...
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use ferroclip_core::decode::{self, AlphaMode, DecodeOptions};
 use ferroclip_core::geometry::{CropRounding, CropSpec, ResizeSpec};
 use ferroclip_core::normalize::{NormalizeSpec, OutElem, Rescale};
-use ferroclip_core::resize::{resize_window, Filter, PassOrder};
+use ferroclip_core::resize::{resize_box, resize_window, Filter, PassOrder};
 use ferroclip_core::{batch, pipeline, PreprocessSpec, Source};
 use numpy::ndarray::Array3;
 use numpy::{
@@ -293,9 +293,11 @@ fn decode_image<'py>(
     Ok(arr.into_pyarray(py))
 }
 
-/// Resize an RGB8 HWC array exactly as `PIL.Image.resize` (stage hook for parity tests).
+/// Resize an RGB8 HWC array exactly as `PIL.Image.resize`, optionally of an integer
+/// `box=(x0, y0, x1, y1)` (stage hook for parity tests).
 #[pyfunction]
-#[pyo3(signature = (image, width, height, *, resample="bicubic", pil_version="13"))]
+#[pyo3(signature = (image, width, height, *, resample="bicubic", pil_version="13", r#box=None))]
+#[allow(clippy::too_many_arguments)]
 fn resize_image<'py>(
     py: Python<'py>,
     image: PyReadonlyArrayDyn<'py, u8>,
@@ -303,6 +305,7 @@ fn resize_image<'py>(
     height: usize,
     resample: &str,
     pil_version: &str,
+    r#box: Option<(usize, usize, usize, usize)>,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
     let filter = parse_filter(resample)?;
     let order = parse_pass_order(pil_version)?;
@@ -318,7 +321,13 @@ fn resize_image<'py>(
     let xs = ferroclip_core::geometry::Span { src: 0, dst: 0, len: width };
     let ys = ferroclip_core::geometry::Span { src: 0, dst: 0, len: height };
     let mut out = Vec::new();
-    run_detached(py, || resize_window(&src, width, height, xs, ys, filter, order, &mut out))?;
+    match r#box {
+        None => run_detached(py, || resize_window(&src, width, height, xs, ys, filter, order, &mut out))?,
+        Some((x0, y0, x1, y1)) => {
+            let bx = decode::Rect { x0, y0, x1, y1 };
+            run_detached(py, || resize_box(ferroclip_core::resize::Source::whole(&src), bx, width, height, filter, order, &mut out))?;
+        }
+    }
     let arr = Array3::from_shape_vec((height, width, 3), out).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(arr.into_pyarray(py))
 }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 
 from ferroclip import AugmentParams, PreprocessConfig, TrainAugment, _native
 from ferroclip.errors import ImageError
@@ -92,19 +92,24 @@ def test_resize_of_any_box_equals_pil(width, height, out_w, out_h, resample, dat
     fmt_mode=st.sampled_from([("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("JPEG", "RGB"), ("JPEG", "L")]),
     resample=st.sampled_from(sorted(FILTERS)),
     scale_lo=st.sampled_from([0.08, 0.5, 1.0]),
+    orientation=st.sampled_from([1, 3, 6, 8]),
     index=st.integers(0, 2**40),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_sampled_crop_equals_pil_resize_of_its_box(width, height, out, fmt_mode, resample, scale_lo, index, seed):
-    """End to end (decode only where the taps read, then crop+resize), photometric ops off."""
+def test_sampled_crop_equals_pil_resize_of_its_box(
+    width, height, out, fmt_mode, resample, scale_lo, orientation, index, seed
+):
+    """End to end (decode only where the taps read, then crop+resize), photometric ops off;
+    the box lives in the EXIF-oriented image, as after ``ImageOps.exif_transpose``."""
     fmt, mode = fmt_mode
-    data = encode(make_image(np.random.default_rng(seed), width, height, mode), fmt)
+    data = encode(make_image(np.random.default_rng(seed), width, height, mode), fmt, orientation=orientation)
     aug = TrainAugment(raw_config(resample), scale=(scale_lo, 1.0), hflip=0.0, seed=seed, alpha="drop")
     res = aug.augment([data], epoch=2, indices=[index], size=out)
     assert res.ok.all(), res.errors
-    (p,) = aug.params(width, height, epoch=2, indices=[index])
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    (p,) = aug.params(img.width, img.height, epoch=2, indices=[index])
     assert not p.flip and not p.grayscale and p.jitter == ()
-    want = as_chw(reference(Image.open(io.BytesIO(data)), p, out, resample))
+    want = as_chw(reference(img, p, out, resample))
     np.testing.assert_array_equal(res.pixel_values[0], want)
 
 

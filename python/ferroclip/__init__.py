@@ -22,6 +22,7 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .preprocess import PreprocessResult, Preprocessor, decode_image
+from .augment import AugmentParams, TrainAugment
 from .retrieval import near_duplicates, recall_at_k, similarity, topk, zero_shot_classify
 from .index import EmbeddingIndex
 from .cache import FolderEmbeddings, embed_folder
@@ -38,6 +39,7 @@ from .models import (
 )
 
 __all__ = [
+    "AugmentParams",
     "CLIP_MEAN",
     "CLIP_STD",
     "ConfigError",
@@ -63,6 +65,7 @@ __all__ = [
     "SIGLIP_MEAN",
     "SIGLIP_STD",
     "ShapeError",
+    "TrainAugment",
     "UnsupportedFormatError",
     "ZeroShotResult",
     "__version__",

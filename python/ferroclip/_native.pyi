@@ -43,9 +43,54 @@ def decode_image(
     item: Any, *, exif_transpose: bool = True, alpha: str = "white", max_pixels: int = ...
 ) -> npt.NDArray[np.uint8]: ...
 def resize_image(
-    image: npt.NDArray[np.uint8], width: int, height: int, *, resample: str = "bicubic", pil_version: str = "13"
+    image: npt.NDArray[np.uint8],
+    width: int,
+    height: int,
+    *,
+    resample: str = "bicubic",
+    pil_version: str = "13",
+    box: tuple[int, int, int, int] | None = None,
 ) -> npt.NDArray[np.uint8]: ...
 def resolve_num_threads(num_threads: int | None = None) -> int: ...
+
+# Training augmentation (ferroclip/augment.py validates).
+class AugmentSpec:
+    def __init__(
+        self,
+        *,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = ...,
+        hflip: float = 0.5,
+        color_jitter: tuple[float, float, float, float] | None = None,
+        grayscale: float = 0.0,
+        seed: int = 0,
+        resample: str = "bicubic",
+        pil_version: str = "13",
+        rescale: str = "mul",
+        rescale_factor: float = ...,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        exif_transpose: bool = True,
+        alpha: str = "white",
+        max_pixels: int = ...,
+        max_scans: int = ...,
+        max_file_bytes: int = ...,
+    ) -> None: ...
+    def params(
+        self, width: int, height: int, epoch: int, indices: Sequence[int]
+    ) -> list[tuple[tuple[int, int, int, int], bool, bool, list[tuple[str, float]]]]: ...
+
+def augment_batch(
+    items: Sequence[Any],
+    spec: AugmentSpec,
+    *,
+    epoch: int,
+    indices: Sequence[int],
+    size: tuple[int, int],
+    out: npt.NDArray[Any] | None = None,
+    dtype: str = "float32",
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[Any], list[tuple[int, str | None, str, str]]]: ...
 
 # Retrieval (ferroclip/retrieval.py validates; these take C-contiguous 2-d float32 arrays,
 # float16 allowed where noted).

@@ -49,6 +49,26 @@ class PreprocessResult:
         raise_first(self.errors)
 
 
+def collect_result(
+    pixels: npt.NDArray[np.floating[Any]],
+    n: int,
+    raw_errors: list[tuple[int, str | None, str, str]],
+    failed: dict[int, ImageError | Exception],
+    urls: dict[int, str],
+) -> PreprocessResult:
+    """One result from the core's per-item errors and those found before it ran (in Python)."""
+    errors: dict[int, ImageError | Exception] = {
+        index: item_error(index, urls.get(index, path), kind, reason) for index, path, kind, reason in raw_errors
+    }
+    for index, exc in failed.items():
+        if getattr(exc, "index", None) is None:
+            exc.index = index  # type: ignore[union-attr]  (plain TypeError/ValueError too)
+        errors[index] = exc
+    ok = np.ones(n, dtype=bool)
+    ok[list(errors)] = False
+    return PreprocessResult(pixel_values=pixels, ok=ok, errors=[errors[i] for i in sorted(errors)])
+
+
 class Preprocessor:
     """Turns images into ``(N, 3, H, W)`` batches as ``config`` prescribes.
 
@@ -146,16 +166,7 @@ class Preprocessor:
         pixels, raw_errors = _native.preprocess_batch(
             items, self._spec, out=out, dtype=self.dtype, num_threads=self.num_threads
         )
-        errors: dict[int, ImageError | Exception] = {
-            index: item_error(index, urls.get(index, path), kind, reason) for index, path, kind, reason in raw_errors
-        }
-        for index, exc in failed.items():
-            if getattr(exc, "index", None) is None:
-                exc.index = index  # type: ignore[union-attr]  (plain TypeError/ValueError too)
-            errors[index] = exc
-        ok = np.ones(len(items), dtype=bool)
-        ok[list(errors)] = False
-        result = PreprocessResult(pixel_values=pixels, ok=ok, errors=[errors[i] for i in sorted(errors)])
+        result = collect_result(pixels, len(items), raw_errors, failed, urls)
         if on_error == "raise":
             result.raise_for_errors()
         return result

@@ -81,8 +81,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic with a non-string payload".into())
 }
 
-fn one<T: OutElem>(index: usize, source: &Source<'_>, spec: &PreprocessSpec, slot: &mut [T]) -> Option<ItemError> {
-    let result = catch_unwind(AssertUnwindSafe(|| preprocess_one(source, spec, slot)))
+fn one<T: OutElem>(
+    index: usize,
+    source: &Source<'_>,
+    slot: &mut [T],
+    work: &(impl Fn(usize, &Source<'_>, &mut [T]) -> Result<()> + Sync),
+) -> Option<ItemError> {
+    let result = catch_unwind(AssertUnwindSafe(|| work(index, source, slot)))
         .unwrap_or_else(|p| Err(Error::Internal(panic_message(&*p))));
     match result {
         Ok(()) => None,
@@ -101,16 +106,28 @@ pub fn preprocess_batch<T: OutElem>(
     num_threads: Option<usize>,
 ) -> Result<Vec<ItemError>> {
     let (h, w) = spec.output_hw()?;
-    let per = 3 * h * w;
+    run_items(sources, 3 * h * w, out, num_threads, |_, src, slot| preprocess_one(src, spec, slot))
+}
+
+/// Run `work(i, source_i, slot_i)` for every source, in parallel, where slot `i` is the
+/// `per` values of `out` at row `i`: the shared frame of every batch entry point. A
+/// failed or panicking item gets zeros and an `ItemError`; the others are unaffected.
+pub fn run_items<T: OutElem>(
+    sources: &[Source<'_>],
+    per: usize,
+    out: &mut [T],
+    num_threads: Option<usize>,
+    work: impl Fn(usize, &Source<'_>, &mut [T]) -> Result<()> + Sync,
+) -> Result<Vec<ItemError>> {
     if out.len() != sources.len() * per {
         return Err(Error::Shape(format!(
-            "output buffer holds {} values, {} images of 3x{h}x{w} need {}",
+            "output buffer holds {} values, {} images of {per} values need {}",
             out.len(),
             sources.len(),
             sources.len() * per
         )));
     }
-    if sources.is_empty() {
+    if sources.is_empty() || per == 0 {
         return Ok(Vec::new());
     }
     run_parallel(num_threads, |parallel| {
@@ -119,10 +136,10 @@ pub fn preprocess_batch<T: OutElem>(
                 .zip(sources.par_iter())
                 .enumerate()
                 .with_max_len(1)
-                .filter_map(|(i, (slot, src))| one(i, src, spec, slot))
+                .filter_map(|(i, (slot, src))| one(i, src, slot, &work))
                 .collect()
         } else {
-            out.chunks_mut(per).zip(sources).enumerate().filter_map(|(i, (slot, src))| one(i, src, spec, slot)).collect()
+            out.chunks_mut(per).zip(sources).enumerate().filter_map(|(i, (slot, src))| one(i, src, slot, &work)).collect()
         };
         errors.sort_by_key(|e| e.index);
         errors

@@ -4,6 +4,7 @@
 //! reproduces PIL + Hugging Face image processors (and torchvision/open_clip transforms)
 //! bit for bit, computing only the pixels that survive the crop.
 
+pub mod augment;
 pub mod batch;
 pub mod blas;
 pub mod decode;

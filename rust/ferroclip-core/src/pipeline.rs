@@ -85,19 +85,42 @@ thread_local! {
 }
 
 fn array_to_rgb(data: &[u8], height: usize, width: usize, channels: usize, alpha: AlphaMode) -> Result<RgbImage> {
+    Ok(array_part_to_rgb(data, height, width, channels, alpha, Rect::whole(width, height))?.image)
+}
+
+/// The rectangle `part` of a uint8 HWC array as RGB (the whole array is validated):
+/// a decoded source that holds only the pixels its resize reads.
+pub(crate) fn array_part_to_rgb(
+    data: &[u8],
+    height: usize,
+    width: usize,
+    channels: usize,
+    alpha: AlphaMode,
+    part: Rect,
+) -> Result<Decoded> {
     if height == 0 || width == 0 {
         return Err(Error::Shape(format!("array image has an empty side ({height}x{width})")));
     }
     if data.len() != height * width * channels {
         return Err(Error::Shape(format!("array of {} bytes is not {height}x{width}x{channels}", data.len())));
     }
-    let data = match channels {
-        3 => data.to_vec(),
-        1 => data.iter().flat_map(|&g| [g, g, g]).collect(),
-        4 => decode::rgba_to_rgb(data, alpha),
-        n => return Err(Error::Shape(format!("array image must have 1, 3 or 4 channels, got {n}"))),
+    if !matches!(channels, 1 | 3 | 4) {
+        return Err(Error::Shape(format!("array image must have 1, 3 or 4 channels, got {channels}")));
+    }
+    let part = if part.is_empty() || part.x1 > width || part.y1 > height { Rect::whole(width, height) } else { part };
+    let row_bytes = (part.x1 - part.x0) * channels;
+    let mut pixels = Vec::with_capacity((part.y1 - part.y0) * row_bytes);
+    for y in part.y0..part.y1 {
+        let start = (y * width + part.x0) * channels;
+        pixels.extend_from_slice(&data[start..start + row_bytes]);
+    }
+    let rgb = match channels {
+        3 => pixels,
+        1 => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+        _ => decode::rgba_to_rgb(&pixels, alpha),
     };
-    Ok(RgbImage { width, height, data })
+    let image = RgbImage { width: part.x1 - part.x0, height: part.y1 - part.y0, data: rgb };
+    Ok(Decoded { image, placed: part, frame_width: width, frame_height: height, full_width: width, full_height: height })
 }
 
 /// Decode (or take) one source as the reference would see it, skipping (JPEG only) the

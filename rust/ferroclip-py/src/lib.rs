@@ -1,6 +1,7 @@
 //! `ferroclip._native`: the thin PyO3 layer over `ferroclip-core`. Conversion, GIL release
 //! and error mapping only; no algorithm lives here.
 
+mod augment;
 mod detach;
 mod errors;
 mod preprocess;
@@ -23,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         libc::pthread_atfork(None, None, Some(child_after_fork));
     });
     preprocess::register(m)?;
+    augment::register(m)?;
     retrieval::register(m)?;
     probe::register(m)?;
     Ok(())

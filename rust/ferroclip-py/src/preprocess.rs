@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use ferroclip_core::decode::{self, AlphaMode, DecodeOptions};
 use ferroclip_core::geometry::{CropRounding, CropSpec, ResizeSpec};
 use ferroclip_core::normalize::{NormalizeSpec, OutElem, Rescale};
-use ferroclip_core::resize::{resize_window, Filter, PassOrder};
+use ferroclip_core::resize::{resize_box, resize_window, Filter, PassOrder};
 use ferroclip_core::{batch, pipeline, PreprocessSpec, Source};
 use numpy::ndarray::Array3;
 use numpy::{
@@ -24,7 +24,7 @@ pub struct PyPreprocessSpec {
     pub inner: PreprocessSpec,
 }
 
-fn parse_filter(s: &str) -> PyResult<Filter> {
+pub(crate) fn parse_filter(s: &str) -> PyResult<Filter> {
     match s {
         "bicubic" => Ok(Filter::Bicubic),
         "bilinear" => Ok(Filter::Bilinear),
@@ -34,7 +34,7 @@ fn parse_filter(s: &str) -> PyResult<Filter> {
 }
 
 /// The Python layer's `pil_version` values (`PreprocessConfig` resolves versions to these).
-fn parse_pass_order(s: &str) -> PyResult<PassOrder> {
+pub(crate) fn parse_pass_order(s: &str) -> PyResult<PassOrder> {
     match s {
         "12.1" => Ok(PassOrder::HorizontalFirst),
         "12" => Ok(PassOrder::Pillow12),
@@ -43,12 +43,33 @@ fn parse_pass_order(s: &str) -> PyResult<PassOrder> {
     }
 }
 
-fn parse_alpha(s: &str) -> PyResult<AlphaMode> {
+pub(crate) fn parse_alpha(s: &str) -> PyResult<AlphaMode> {
     match s {
         "white" => Ok(AlphaMode::White),
         "drop" => Ok(AlphaMode::Drop),
         _ => Err(PyValueError::new_err(format!("alpha must be 'white' or 'drop', got {s:?}"))),
     }
+}
+
+/// `rescale` / `rescale_factor` / `mean` / `std` as the Python layer passes them.
+pub(crate) fn parse_normalize(
+    rescale: &str,
+    rescale_factor: f64,
+    mean: Option<[f64; 3]>,
+    std: Option<[f64; 3]>,
+) -> PyResult<NormalizeSpec> {
+    let rescale = match rescale {
+        "mul" => Rescale::MulF64(rescale_factor),
+        "div255" => Rescale::DivF32(255.0),
+        "none" => Rescale::None,
+        other => return Err(PyValueError::new_err(format!("rescale must be 'mul', 'div255' or 'none', got {other:?}"))),
+    };
+    let mean_std = match (mean, std) {
+        (Some(m), Some(s)) => Some((m, s)),
+        (None, None) => None,
+        _ => return Err(PyValueError::new_err("mean and std must be given together")),
+    };
+    Ok(NormalizeSpec { rescale, mean_std })
 }
 
 #[pymethods]
@@ -104,24 +125,13 @@ impl PyPreprocessSpec {
             other => return Err(PyValueError::new_err(format!("crop_rounding must be 'floor' or 'round', got {other:?}"))),
         };
         let crop = crop_size.map(|(height, width)| CropSpec { height, width, rounding });
-        let rescale = match rescale {
-            "mul" => Rescale::MulF64(rescale_factor),
-            "div255" => Rescale::DivF32(255.0),
-            "none" => Rescale::None,
-            other => return Err(PyValueError::new_err(format!("rescale must be 'mul', 'div255' or 'none', got {other:?}"))),
-        };
-        let mean_std = match (mean, std) {
-            (Some(m), Some(s)) => Some((m, s)),
-            (None, None) => None,
-            _ => return Err(PyValueError::new_err("mean and std must be given together")),
-        };
         let decode = DecodeOptions { apply_exif_orientation: exif_transpose, alpha: parse_alpha(alpha)?, max_pixels, max_scans };
         let inner = PreprocessSpec::new(
             resize,
             crop,
             parse_filter(resample)?,
             parse_pass_order(pil_version)?,
-            NormalizeSpec { rescale, mean_std },
+            parse_normalize(rescale, rescale_factor, mean, std)?,
             [pad_value.0, pad_value.1, pad_value.2],
             decode,
             jpeg_draft,
@@ -142,13 +152,13 @@ impl PyPreprocessSpec {
 }
 
 /// Python objects kept alive (and borrowed) while the batch runs without the GIL.
-enum Held<'py> {
+pub(crate) enum Held<'py> {
     Path(PathBuf),
     Bytes(Bound<'py, PyBytes>),
     Array(PyReadonlyArrayDyn<'py, u8>),
 }
 
-fn hold<'py>(index: usize, item: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
+pub(crate) fn hold<'py>(index: usize, item: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     if let Ok(b) = item.cast::<PyBytes>() {
         return Ok(Held::Bytes(b.clone()));
     }
@@ -166,7 +176,7 @@ fn hold<'py>(index: usize, item: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     })
 }
 
-fn source<'a>(index: usize, held: &'a Held<'_>) -> PyResult<Source<'a>> {
+pub(crate) fn source<'a>(index: usize, held: &'a Held<'_>) -> PyResult<Source<'a>> {
     Ok(match held {
         Held::Path(p) => Source::Path(p),
         Held::Bytes(b) => Source::Bytes(b.as_bytes()),
@@ -194,8 +204,20 @@ fn fill<'py, T: OutElem + Element>(
     out: Option<&Bound<'py, PyUntypedArray>>,
     num_threads: Option<usize>,
 ) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>)> {
-    let (h, w) = spec.output_hw().map_err(PyCoreError)?;
-    let shape = [sources.len(), 3, h, w];
+    let hw = spec.output_hw().map_err(PyCoreError)?;
+    fill_batch::<T>(py, sources.len(), hw, out, |slice| batch::preprocess_batch(sources, spec, slice, num_threads))
+}
+
+/// The `(n, 3, h, w)` output (`out` when given, checked, else a new array) filled by
+/// `work` without the GIL: the frame every batch binding shares.
+pub(crate) fn fill_batch<'py, T: OutElem + Element>(
+    py: Python<'py>,
+    n: usize,
+    (h, w): (usize, usize),
+    out: Option<&Bound<'py, PyUntypedArray>>,
+    work: impl Send + FnOnce(&mut [T]) -> ferroclip_core::Result<Vec<ferroclip_core::ItemError>>,
+) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>)> {
+    let shape = [n, 3, h, w];
     let array: Bound<'py, PyArray4<T>> = match out {
         Some(o) => {
             let a = o.cast::<PyArray4<T>>().map_err(|_| {
@@ -214,7 +236,7 @@ fn fill<'py, T: OutElem + Element>(
     let errors = {
         let mut rw: PyReadwriteArray4<'py, T> = array.try_readwrite().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
         let slice = rw.as_slice_mut().map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
-        run_detached(py, || batch::preprocess_batch(sources, spec, slice, num_threads))?
+        run_detached(py, || work(slice))?
     };
     Ok((array.into_any().cast_into::<PyUntypedArray>()?, errors.iter().map(item_error_tuple).collect()))
 }
@@ -271,9 +293,11 @@ fn decode_image<'py>(
     Ok(arr.into_pyarray(py))
 }
 
-/// Resize an RGB8 HWC array exactly as `PIL.Image.resize` (stage hook for parity tests).
+/// Resize an RGB8 HWC array exactly as `PIL.Image.resize`, optionally of an integer
+/// `box=(x0, y0, x1, y1)` (stage hook for parity tests).
 #[pyfunction]
-#[pyo3(signature = (image, width, height, *, resample="bicubic", pil_version="13"))]
+#[pyo3(signature = (image, width, height, *, resample="bicubic", pil_version="13", r#box=None))]
+#[allow(clippy::too_many_arguments)]
 fn resize_image<'py>(
     py: Python<'py>,
     image: PyReadonlyArrayDyn<'py, u8>,
@@ -281,6 +305,7 @@ fn resize_image<'py>(
     height: usize,
     resample: &str,
     pil_version: &str,
+    r#box: Option<(usize, usize, usize, usize)>,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
     let filter = parse_filter(resample)?;
     let order = parse_pass_order(pil_version)?;
@@ -296,7 +321,13 @@ fn resize_image<'py>(
     let xs = ferroclip_core::geometry::Span { src: 0, dst: 0, len: width };
     let ys = ferroclip_core::geometry::Span { src: 0, dst: 0, len: height };
     let mut out = Vec::new();
-    run_detached(py, || resize_window(&src, width, height, xs, ys, filter, order, &mut out))?;
+    match r#box {
+        None => run_detached(py, || resize_window(&src, width, height, xs, ys, filter, order, &mut out))?,
+        Some((x0, y0, x1, y1)) => {
+            let bx = decode::Rect { x0, y0, x1, y1 };
+            run_detached(py, || resize_box(ferroclip_core::resize::Source::whole(&src), bx, width, height, filter, order, &mut out))?;
+        }
+    }
     let arr = Array3::from_shape_vec((height, width, 3), out).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(arr.into_pyarray(py))
 }

@@ -123,8 +123,18 @@ impl Coeffs {
     /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box `[0, in_size)`.
     #[must_use]
     pub fn new(in_size: usize, out_size: usize, filter: Filter) -> Self {
-        let (in0, in1) = (0.0f64, in_size as f32 as f64);
-        let scale = (in1 - in0) / out_size as f64;
+        Self::for_box(in_size, 0.0, in_size as f64, out_size, filter)
+    }
+
+    /// The same for the box `[in0, in1)` of an axis of `in_size` pixels, as
+    /// `Image.resize(box=...)`: the kernel is centred over the box, but its taps still read
+    /// (and are clamped to) the whole axis, so pixels just outside the box contribute.
+    /// Pillow receives the box as C `float`s and subtracts them in `float`; so does this.
+    #[must_use]
+    pub fn for_box(in_size: usize, in0: f64, in1: f64, out_size: usize, filter: Filter) -> Self {
+        let (in0, in1) = (in0 as f32, in1 as f32);
+        let scale = f64::from(in1 - in0) / out_size as f64;
+        let in0 = f64::from(in0);
         let filterscale = scale.max(1.0);
         let support = filter.support() * filterscale;
         let ksize = support.ceil() as usize * 2 + 1;
@@ -275,16 +285,18 @@ const COEFF_CACHE_LEN: usize = 8;
 /// Larger sets (huge upscales) are rebuilt each time rather than pinned in memory.
 const COEFF_CACHE_MAX_TAPS: usize = 1 << 18;
 
-type CoeffKey = (usize, usize, Filter);
+/// `(in_size, box start, box end, out_size, filter)`.
+type CoeffKey = (usize, usize, usize, usize, Filter);
 
 thread_local! {
     static COEFFS: std::cell::RefCell<Vec<(CoeffKey, std::rc::Rc<Coeffs>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `Coeffs::new`, memoised per thread.
-fn cached_coeffs(in_size: usize, out_size: usize, filter: Filter) -> std::rc::Rc<Coeffs> {
-    let key = (in_size, out_size, filter);
+/// `Coeffs::for_box` over an integer box `[b0, b1)` (`(0, in_size)`: `Coeffs::new`),
+/// memoised per thread.
+fn cached_box_coeffs(in_size: usize, (b0, b1): (usize, usize), out_size: usize, filter: Filter) -> std::rc::Rc<Coeffs> {
+    let key = (in_size, b0, b1, out_size, filter);
     COEFFS.with(|cache| {
         let mut cache = cache.borrow_mut();
         if let Some(pos) = cache.iter().position(|(k, _)| *k == key) {
@@ -293,7 +305,7 @@ fn cached_coeffs(in_size: usize, out_size: usize, filter: Filter) -> std::rc::Rc
             cache.insert(0, hit);
             return c;
         }
-        let c = std::rc::Rc::new(Coeffs::new(in_size, out_size, filter));
+        let c = std::rc::Rc::new(Coeffs::for_box(in_size, b0 as f64, b1 as f64, out_size, filter));
         if c.k.len() <= COEFF_CACHE_MAX_TAPS {
             cache.insert(0, (key, std::rc::Rc::clone(&c)));
             cache.truncate(COEFF_CACHE_LEN);
@@ -385,22 +397,46 @@ impl<'a> Source<'a> {
 /// and rows. `None` when the window is empty.
 #[must_use]
 pub fn source_window(frame_w: usize, frame_h: usize, out_w: usize, out_h: usize, xs: Span, ys: Span, filter: Filter) -> Option<Rect> {
+    box_source_window(frame_w, frame_h, Rect::whole(frame_w, frame_h), out_w, out_h, xs, ys, filter)
+}
+
+/// `source_window` for the resize of the box `bx` of the frame (`Image.resize(box=...)`):
+/// the taps reach a little past the box where the frame has pixels there.
+#[must_use]
+#[allow(clippy::too_many_arguments)]
+pub fn box_source_window(
+    frame_w: usize,
+    frame_h: usize,
+    bx: Rect,
+    out_w: usize,
+    out_h: usize,
+    xs: Span,
+    ys: Span,
+    filter: Filter,
+) -> Option<Rect> {
     if xs.len == 0 || ys.len == 0 || xs.src + xs.len > out_w || ys.src + ys.len > out_h {
         return None;
     }
-    let span = |in_size: usize, out_size: usize, w: Span| -> (usize, usize) {
-        if in_size == out_size {
+    let span = |in_size: usize, b: (usize, usize), out_size: usize, w: Span| -> (usize, usize) {
+        if !needs_pass(in_size, b, out_size) {
             return (w.src, w.src + w.len);
         }
-        let c = cached_coeffs(in_size, out_size, filter);
+        let c = cached_box_coeffs(in_size, b, out_size, filter);
         let taps = (w.src..w.src + w.len).map(|i| c.bounds[i]).filter(|&(_, n)| n > 0);
         let lo = taps.clone().map(|(s, _)| s).min().unwrap_or(0);
         let hi = taps.map(|(s, n)| s + n).max().unwrap_or(in_size);
         (lo, hi.max(lo))
     };
-    let (x0, x1) = span(frame_w, out_w, xs);
-    let (y0, y1) = span(frame_h, out_h, ys);
+    let (x0, x1) = span(frame_w, (bx.x0, bx.x1), out_w, xs);
+    let (y0, y1) = span(frame_h, (bx.y0, bx.y1), out_h, ys);
     Some(Rect { x0, y0, x1, y1 })
+}
+
+/// Whether an axis resamples at all: Pillow's `need_horizontal` / `need_vertical`
+/// (`xsize != imIn->xsize || box[0] || box[2] != xsize`), i.e. unless the box is the whole
+/// axis and the size is kept.
+fn needs_pass(in_size: usize, (b0, b1): (usize, usize), out_size: usize) -> bool {
+    out_size != in_size || b0 != 0 || b1 != out_size
 }
 
 /// Resize `src` to `out_w` x `out_h` as Pillow would, but produce only the window
@@ -420,7 +456,8 @@ pub fn resize_window(
     order: PassOrder,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    resize_impl(Source::whole(src), out_w, out_h, xs, ys, filter, order, out, Kernels::detect())
+    let whole = Rect::whole(src.width, src.height);
+    resize_impl(Source::whole(src), whole, out_w, out_h, xs, ys, filter, order, out, Kernels::detect())
 }
 
 /// `resize_window` over a source that may hold only part of its frame; the window's
@@ -436,12 +473,34 @@ pub fn resize_source(
     order: PassOrder,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    resize_impl(src, out_w, out_h, xs, ys, filter, order, out, Kernels::detect())
+    let whole = Rect::whole(src.frame_w, src.frame_h);
+    resize_impl(src, whole, out_w, out_h, xs, ys, filter, order, out, Kernels::detect())
+}
+
+/// `Image.resize((out_w, out_h), filter, box=bx)` of the frame `src` belongs to, whole
+/// (packed RGB into `out`); `src.placed` must hold what `box_source_window` names.
+///
+/// The pass order follows `order` with the rule reading the frame's sizes, not the
+/// box's: Pillow 12's `Image.resize` tests `self.size`, and Pillow 13's
+/// `ImagingResampleInner` compares `imIn`'s C `int` sizes with the output's.
+#[allow(clippy::too_many_arguments)]
+pub fn resize_box(
+    src: Source<'_>,
+    bx: Rect,
+    out_w: usize,
+    out_h: usize,
+    filter: Filter,
+    order: PassOrder,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let (xs, ys) = (Span { src: 0, dst: 0, len: out_w }, Span { src: 0, dst: 0, len: out_h });
+    resize_impl(src, bx, out_w, out_h, xs, ys, filter, order, out, Kernels::detect())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn resize_impl(
     src: Source<'_>,
+    bx: Rect,
     out_w: usize,
     out_h: usize,
     xs: Span,
@@ -457,6 +516,9 @@ fn resize_impl(
         )));
     }
     let Source { image, placed, frame_w, frame_h } = src;
+    if bx.is_empty() || bx.x1 > frame_w || bx.y1 > frame_h {
+        return Err(Error::InvalidArgument(format!("box {bx:?} is empty or outside the {frame_w}x{frame_h} image")));
+    }
     if image.width != placed.x1 - placed.x0 || image.height != placed.y1 - placed.y0 {
         return Err(Error::InvalidArgument(format!("image {}x{} does not fill {placed:?}", image.width, image.height)));
     }
@@ -466,29 +528,30 @@ fn resize_impl(
     if xs.len == 0 || ys.len == 0 {
         return Ok(());
     }
-    let need = source_window(frame_w, frame_h, out_w, out_h, xs, ys, filter).unwrap_or(placed);
+    let need = box_source_window(frame_w, frame_h, bx, out_w, out_h, xs, ys, filter).unwrap_or(placed);
     if need.x0 < placed.x0 || need.x1 > placed.x1 || need.y0 < placed.y0 || need.y1 > placed.y1 {
         return Err(Error::InvalidArgument(format!("the window reads {need:?}, the source holds only {placed:?}")));
     }
     let (x0, y0) = (placed.x0, placed.y0);
-    let need_h = out_w != frame_w;
-    let need_v = out_h != frame_h;
+    let (bx_x, bx_y) = ((bx.x0, bx.x1), (bx.y0, bx.y1));
+    let need_h = needs_pass(frame_w, bx_x, out_w);
+    let need_v = needs_pass(frame_h, bx_y, out_h);
     // Vertical pass first where the chosen Pillow does so (see `PassOrder`). The window
     // is still all that is computed: the vertical pass makes only the window's rows (over
     // the columns the source holds), the horizontal pass only the window's columns. The
     // decision uses the whole frame's sizes, as Pillow sees the whole image.
     if need_h && need_v && order.vertical_first(frame_w, frame_h, out_w, out_h) {
-        let vcoeffs = cached_coeffs(frame_h, out_h, filter);
+        let vcoeffs = cached_box_coeffs(frame_h, bx_y, out_h, filter);
         let mut rows = INTER.take();
         rows.resize(image.width * ys.len * 3, 0);
         kernels.vertical(&image.data, image.width, y0, &vcoeffs, ys, &mut rows);
         let tall = RgbImage { width: image.width, height: ys.len, data: rows };
-        let hcoeffs = cached_coeffs(frame_w, out_w, filter);
+        let hcoeffs = cached_box_coeffs(frame_w, bx_x, out_w, filter);
         kernels.horizontal(&tall, x0, 0..ys.len, &hcoeffs, xs, out);
         INTER.set(tall.data);
         return Ok(());
     }
-    let vcoeffs = need_v.then(|| cached_coeffs(frame_h, out_h, filter));
+    let vcoeffs = need_v.then(|| cached_box_coeffs(frame_h, bx_y, out_h, filter));
     // Source rows (of the frame) the window needs.
     let (row0, row1) = match &vcoeffs {
         Some(c) => {
@@ -500,7 +563,7 @@ fn resize_impl(
     };
     let mut tmp = INTER.take();
     let (inter, inter_w): (&[u8], usize) = if need_h {
-        let hcoeffs = cached_coeffs(frame_w, out_w, filter);
+        let hcoeffs = cached_box_coeffs(frame_w, bx_x, out_w, filter);
         kernels.horizontal(image, x0, row0 - y0..row1 - y0, &hcoeffs, xs, &mut tmp);
         (&tmp, xs.len)
     } else {
@@ -586,7 +649,7 @@ mod tests {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for order in ORDERS {
                 resize_window(&src, ow, oh, all(ow), all(oh), Filter::Bicubic, order, &mut a).unwrap();
-                resize_impl(Source::whole(&src), ow, oh, all(ow), all(oh), Filter::Bicubic, order, &mut b, Kernels::Portable).unwrap();
+                resize_impl(Source::whole(&src), Rect::whole(w, h), ow, oh, all(ow), all(oh), Filter::Bicubic, order, &mut b, Kernels::Portable).unwrap();
                 assert_eq!(a, b, "{w}x{h} -> {ow}x{oh} {order:?}");
             }
         }
@@ -634,7 +697,7 @@ mod tests {
     fn assert_same(src: &RgbImage, ow: usize, oh: usize, xs: Span, ys: Span, filter: Filter, order: PassOrder) {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         resize_window(src, ow, oh, xs, ys, filter, order, &mut a).unwrap();
-        resize_impl(Source::whole(src), ow, oh, xs, ys, filter, order, &mut b, Kernels::Portable).unwrap();
+        resize_impl(Source::whole(src), Rect::whole(src.width, src.height), ow, oh, xs, ys, filter, order, &mut b, Kernels::Portable).unwrap();
         if a != b {
             let at = a.iter().zip(&b).position(|(x, y)| x != y);
             panic!(
@@ -667,6 +730,58 @@ mod tests {
             let (xs, ys) = (random_span(&mut rng, ow), random_span(&mut rng, oh));
             assert_same(&src, ow, oh, xs, ys, filters[case % 3], ORDERS[rng.below(3)]);
         }
+    }
+
+    /// `Image.resize(box=...)`: the dispatched kernels equal the portable ones on random
+    /// boxes (taps reaching past the box edges), in every pass order; the whole-image box
+    /// is the plain resize.
+    #[test]
+    fn simd_kernels_equal_portable_on_boxes() {
+        let mut rng = Rng(0x5eed_cafe_f00d_0006);
+        let filters = [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos];
+        for case in 0..600 {
+            let (w, h) = (rng.between(1, 300), rng.between(1, 300));
+            let (x0, y0) = (rng.below(w), rng.below(h));
+            let bx = Rect { x0, y0, x1: rng.between(x0 + 1, w), y1: rng.between(y0 + 1, h) };
+            let (ow, oh) = (rng.between(1, 260), rng.between(1, 260));
+            let src = random_image(&mut rng, w, h);
+            let all = |n| Span { src: 0, dst: 0, len: n };
+            let (filter, order) = (filters[case % 3], ORDERS[rng.below(3)]);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            resize_box(Source::whole(&src), bx, ow, oh, filter, order, &mut a).unwrap();
+            resize_impl(Source::whole(&src), bx, ow, oh, all(ow), all(oh), filter, order, &mut b, Kernels::Portable).unwrap();
+            assert_eq!(a, b, "{w}x{h} box {bx:?} -> {ow}x{oh} {filter:?} {order:?}");
+            // The source part `box_source_window` names is enough.
+            let need = box_source_window(w, h, bx, ow, oh, all(ow), all(oh), filter).unwrap();
+            let mut data = Vec::new();
+            for y in need.y0..need.y1 {
+                data.extend_from_slice(&src.row(y)[need.x0 * 3..need.x1 * 3]);
+            }
+            let part = RgbImage { width: need.x1 - need.x0, height: need.y1 - need.y0, data };
+            let mut c = Vec::new();
+            resize_box(Source { image: &part, placed: need, frame_w: w, frame_h: h }, bx, ow, oh, filter, order, &mut c).unwrap();
+            assert_eq!(a, c, "partial source {need:?}");
+        }
+        let src = random_image(&mut rng, 90, 70);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        resize_box(Source::whole(&src), Rect::whole(90, 70), 40, 30, Filter::Bicubic, PassOrder::Pillow13, &mut a).unwrap();
+        resize_window(&src, 40, 30, Span { src: 0, dst: 0, len: 40 }, Span { src: 0, dst: 0, len: 30 }, Filter::Bicubic, PassOrder::Pillow13, &mut b).unwrap();
+        assert_eq!(a, b);
+        assert!(resize_box(Source::whole(&src), Rect { x0: 5, y0: 5, x1: 5, y1: 9 }, 4, 4, Filter::Bicubic, PassOrder::Pillow13, &mut a).is_err());
+        assert!(resize_box(Source::whole(&src), Rect { x0: 0, y0: 0, x1: 91, y1: 9 }, 4, 4, Filter::Bicubic, PassOrder::Pillow13, &mut a).is_err());
+    }
+
+    #[test]
+    fn box_coefficients_of_the_whole_axis_are_the_plain_ones() {
+        for (i, o) in [(640, 224), (224, 640), (7, 3), (1, 5)] {
+            let (a, b) = (Coeffs::new(i, o, Filter::Lanczos), Coeffs::for_box(i, 0.0, i as f64, o, Filter::Lanczos));
+            assert_eq!((a.ksize, &a.bounds, &a.k), (b.ksize, &b.bounds, &b.k));
+        }
+        // A box's taps reach outside it, but never outside the axis.
+        let c = Coeffs::for_box(100, 40.0, 60.0, 10, Filter::Bicubic);
+        assert!(c.bounds[0].0 < 40 && c.bounds[9].0 + c.bounds[9].1 > 60);
+        let c = Coeffs::for_box(100, 0.0, 10.0, 10, Filter::Bicubic);
+        assert_eq!(c.bounds[0].0, 0);
     }
 
     #[test]
@@ -809,7 +924,7 @@ mod tests {
             let src = Source { image: &image, placed, frame_w: fw, frame_h: fh };
             for kernels in [Kernels::Portable, Kernels::detect()] {
                 let mut got = Vec::new();
-                resize_impl(src, ow, oh, xs, ys, Filter::Bicubic, order, &mut got, kernels).unwrap();
+                resize_impl(src, Rect::whole(fw, fh), ow, oh, xs, ys, Filter::Bicubic, order, &mut got, kernels).unwrap();
                 assert_eq!(got, want, "{fw}x{fh} -> {ow}x{oh}, slack {slack}, {kernels:?}, {order:?}");
             }
         }

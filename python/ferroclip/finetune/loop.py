@@ -532,13 +532,10 @@ def _fmt(m: dict[str, float]) -> str:
 def _train_prepare(cfg: FinetuneConfig, pre_cfg: PreprocessConfig, exact: Any, threads: int) -> Callable[..., Any]:
     """The training images' pipeline: the Rust augmentation, or the exact preprocessing."""
     if cfg.augment_images:
-        try:
-            from ..augment import TrainAugment
-        except ImportError:  # pragma: no cover - the augmentation ships with the core
-            TrainAugment = None  # type: ignore[assignment,misc]
-        if TrainAugment is not None:
-            aug = TrainAugment(pre_cfg, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio), hflip=cfg.hflip,
-                               color_jitter=tuple(cfg.color_jitter) if cfg.color_jitter else None,
-                               grayscale=cfg.grayscale, seed=cfg.seed, num_threads=threads)
-            return lambda images, epoch, idx, out: aug.augment(images, epoch=epoch, indices=idx, out=out)
+        from ..augment import TrainAugment
+
+        aug = TrainAugment(pre_cfg, scale=(cfg.crop_scale[0], cfg.crop_scale[1]), ratio=(cfg.crop_ratio[0], cfg.crop_ratio[1]),
+                           hflip=cfg.hflip, color_jitter=tuple(cfg.color_jitter) if cfg.color_jitter else None,  # type: ignore[arg-type]
+                           grayscale=cfg.grayscale, seed=cfg.seed, num_threads=threads)
+        return lambda images, epoch, idx, out: aug.augment(images, epoch=epoch, indices=idx, out=out)
     return lambda images, epoch, idx, out: exact.preprocess(images, out=out)

@@ -1,0 +1,409 @@
+"""Whole-model fine-tuning: ferroclip against the loops people run today, one run.
+
+    python benches/bench_finetune.py            # 256 photos, 2 batch sizes, 1 and 2 threads
+    python benches/bench_finetune.py --quick    # fewer images and steps, 2 threads
+
+Model: a ViT-B/32-sized CLIP with random weights (transformers' default ``CLIPConfig``),
+data: generated 640x480 JPEG photos with captions. Three measurements:
+
+(a) **Data pipeline alone**, training augmentation at 224 (random resized crop, scale
+    (0.9, 1), bicubic, horizontal flip, CLIP normalisation): ferroclip's Rust
+    ``TrainAugment`` (1 and 2 threads) against torchvision ``RandomResizedCrop`` +
+    ``RandomHorizontalFlip`` + ``ToTensor`` + ``Normalize`` on PIL images in a torch
+    ``DataLoader`` with 0, 1 and 2 workers. Images/s, median of repeats; JPEG decode alone
+    (Pillow, one thread) is the physical floor printed beside them.
+(b) **Training step time**, same model, batch, AdamW, threads: ferroclip's ``finetune``
+    (augmentation, tokenisation, prefetch, logging included; no checkpoint or evaluation
+    falls inside the timed steps) against an open_clip-style loop (torchvision transforms
+    in a DataLoader, tokenise in the collate, ``ClipLoss``-style InfoNCE) and transformers'
+    ``Trainer`` as ``run_clip.py`` drives it (``return_loss=True``), and against the bare
+    forward + backward + optimiser step on ready tensors (the floor: what the model costs).
+    Median step time over the timed steps, after one warm-up step.
+(c) **Memory**: peak RSS of one step with a contrastive batch of 256 as 8 micro-batches of
+    32 (ferroclip's exact accumulation) against the naive full batch of 256, each in a fresh
+    process (quick: 64 as 4 x 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import machine_header, markdown_table, median_time  # noqa: E402
+from bench_models import CAPTIONS, build_checkpoint  # noqa: E402
+from bench_preprocess import photo  # noqa: E402
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def make_data(root: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    rows = ["image_path,caption"]
+    for i in range(n):
+        name = f"img{i:04d}.jpg"
+        Image.fromarray(photo(rng, 640, 480)).save(root / name, quality=90)
+        rows.append(f"{name},{CAPTIONS[i % len(CAPTIONS)]} number {i}")
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    return root / "data.csv"
+
+
+# ----------------------------------------------------------------------------- (a) data pipeline
+class _TorchvisionSet:
+    def __init__(self, paths: list[str], transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.paths[i]) as im:
+            return self.transform(im.convert("RGB"))
+
+
+def torchvision_transform():
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(224, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ToTensor(),
+        T.Normalize(MEAN, STD),
+    ])
+
+
+def bench_pipeline(paths: list[str], ckpt: Path, repeats: int, batch: int) -> list[list[str]]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    import ferroclip
+
+    torch.set_num_threads(1)
+    rows = []
+    n = len(paths)
+
+    def decode_only() -> None:
+        for p in paths:
+            with Image.open(p) as im:
+                im.convert("RGB").load()
+
+    t = median_time(decode_only, repeats)
+    rows.append(["JPEG decode only (Pillow, the floor for 1 core)", "1", f"{n / t:.0f}", ""])
+    best_peer: dict[int, float] = {}
+    for workers in (0, 1, 2):
+        ds = _TorchvisionSet(paths, torchvision_transform())
+
+        def run() -> None:
+            for _ in DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=True, drop_last=False):
+                pass
+
+        t = median_time(run, repeats)
+        cores = max(1, workers)
+        best_peer[cores] = max(best_peer.get(cores, 0.0), n / t)
+        rows.append([f"torchvision RandomResizedCrop+flip, DataLoader num_workers={workers}", str(cores), f"{n / t:.0f}", ""])
+    cfg = ferroclip.PreprocessConfig.from_pretrained(ckpt)
+    for threads in (1, 2):
+        aug = ferroclip.TrainAugment(cfg, scale=(0.9, 1.0), hflip=0.5, seed=0, num_threads=threads)
+        out = np.empty((batch, 3, 224, 224), np.float32)
+        epoch = [0]
+
+        def run_fc() -> None:
+            epoch[0] += 1
+            for s in range(0, n, batch):
+                chunk = paths[s : s + batch]
+                aug.augment(chunk, epoch=epoch[0], indices=list(range(s, s + len(chunk))), out=out[: len(chunk)])
+
+        t = median_time(run_fc, repeats)
+        ratio = (n / t) / best_peer[threads]
+        rows.append([f"ferroclip TrainAugment, {threads} thread(s)", str(threads), f"{n / t:.0f}", f"{ratio:.2f}x"])
+    return rows
+
+
+# ----------------------------------------------------------------------------- (b) step time
+def _model_and_batch(ckpt: Path, batch: int):
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    model = CLIPModel.from_pretrained(ckpt).train()
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    return model, tok
+
+
+def bare_steps(ckpt: Path, batch: int, steps: int) -> list[float]:
+    """Forward + backward + AdamW on tensors already in memory: what the model alone costs."""
+    import torch
+
+    from ferroclip.losses import CLIPContrastiveLoss
+
+    model, tok = _model_and_batch(ckpt, batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    loss_fn = CLIPContrastiveLoss()
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(batch, 3, 224, 224, generator=g)
+    enc = tok([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)], padding=True, return_tensors="pt")
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        img = model.get_image_features(pixel_values=pixels)
+        txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        img, txt = getattr(img, "pooler_output", img), getattr(txt, "pooler_output", txt)
+        loss_fn(img, txt, logit_scale=model.logit_scale.exp())["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return times[1:]
+
+
+def ferroclip_steps(ckpt: Path, data: Path, out: Path, batch: int, steps: int, threads: int) -> list[float]:
+    from ferroclip.finetune import FinetuneConfig, finetune
+
+    stamps: list[float] = []
+    cfg = FinetuneConfig(
+        model_name=str(ckpt), data_path=str(data), output_dir=str(out), batch_size=batch, max_steps=steps + 1,
+        learning_rate=1e-5, warmup_steps=0, train_split=1.0, val_split=0.0, test_split=0.0, save_steps=10_000,
+        eval_steps=10_000, logging_steps=1, num_workers=threads, augment_images=True, learnable_temp=True,
+        wise_ft_alphas=[], device="cpu",
+    )
+    t0 = [time.perf_counter()]
+
+    def stamp(_info) -> None:
+        now = time.perf_counter()
+        stamps.append(now - t0[0])
+        t0[0] = now
+
+    finetune(cfg, progress=False, callbacks=[stamp])
+    return stamps[1:]
+
+
+def openclip_style_steps(ckpt: Path, paths: list[str], batch: int, steps: int, workers: int) -> list[float]:
+    """open_clip's training loop shape (its ``train_one_epoch``): DataLoader of transformed PIL
+    images, tokenise in the collate, features, InfoNCE with the model's logit scale, AdamW."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    model, tok = _model_and_batch(ckpt, batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    tf = torchvision_transform()
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(paths))]
+
+    class DS:
+        def __len__(self) -> int:
+            return len(paths)
+
+        def __getitem__(self, i):
+            with Image.open(paths[i]) as im:
+                return tf(im.convert("RGB")), captions[i]
+
+    def collate(items):
+        ims, caps = zip(*items)
+        enc = tok(list(caps), padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return torch.stack(ims), enc["input_ids"]
+
+    loader = DataLoader(DS(), batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate, drop_last=True,
+                        persistent_workers=workers > 0)
+    times: list[float] = []
+    t0 = time.perf_counter()
+    while len(times) < steps + 1:
+        for pixels, ids in loader:
+            opt.zero_grad(set_to_none=True)
+            img = model.get_image_features(pixel_values=pixels)
+            txt = model.get_text_features(input_ids=ids)
+            img = F.normalize(getattr(img, "pooler_output", img), dim=-1)
+            txt = F.normalize(getattr(txt, "pooler_output", txt), dim=-1)
+            logits = model.logit_scale.exp() * img @ txt.T
+            labels = torch.arange(len(img))
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            now = time.perf_counter()
+            times.append(now - t0)
+            t0 = now
+            if len(times) >= steps + 1:
+                break
+    return times[1:]
+
+
+def trainer_steps(ckpt: Path, paths: list[str], batch: int, steps: int, workers: int, tmp: Path) -> list[float]:
+    """transformers' ``examples/pytorch/contrastive-image-text/run_clip.py`` shape: a dataset
+    with a torchvision transform applied on the fly, its collate_fn, ``return_loss=True``."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    model, tok = _model_and_batch(ckpt, batch)
+    tf = torchvision_transform()
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(paths))]
+    enc = tok(captions, padding="max_length", max_length=77, truncation=True)
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(paths)
+
+        def __getitem__(self, i):
+            with Image.open(paths[i]) as im:
+                return {"pixel_values": tf(im.convert("RGB")), "input_ids": enc["input_ids"][i],
+                        "attention_mask": enc["attention_mask"][i]}
+
+    def collate_fn(examples):  # run_clip.py's
+        return {
+            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+            "input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long),
+            "attention_mask": torch.tensor([e["attention_mask"] for e in examples], dtype=torch.long),
+            "return_loss": True,
+        }
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        t0 = 0.0
+
+        def on_step_begin(self, *a, **k):
+            if not self.t0:
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            now = time.perf_counter()
+            times.append(now - self.t0)
+            self.t0 = now
+
+    args = TrainingArguments(
+        output_dir=str(tmp / "trainer"), per_device_train_batch_size=batch, max_steps=steps + 1, learning_rate=1e-5,
+        use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", dataloader_num_workers=workers,
+        remove_unused_columns=False, disable_tqdm=True, max_grad_norm=1.0, dataloader_drop_last=True,
+    )
+    Trainer(model=model, args=args, train_dataset=DS(), data_collator=collate_fn, callbacks=[Clock()]).train()
+    return times[1:]
+
+
+def _child(kind: str, conn, *a) -> None:
+    import torch
+
+    torch.set_num_threads(a[-1])
+    fn = {"bare": bare_steps, "ferroclip": ferroclip_steps, "openclip": openclip_style_steps, "trainer": trainer_steps}[kind]
+    conn.send(fn(*a[:-1]))
+
+
+def in_process(kind: str, *a) -> list[float]:
+    """Each loop in a fresh process, so one's threads and caches do not slow the next."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_child, args=(kind, child, *a))
+    p.start()
+    out = parent.recv()
+    p.join()
+    return out
+
+
+# ----------------------------------------------------------------------------- (c) memory
+MEM_CHILD = r"""
+import json, resource, sys, torch
+from transformers import CLIPModel
+from ferroclip.finetune.step import MicroBatch, contrastive_backward
+from ferroclip.finetune.towers import Towers
+from ferroclip.losses import CLIPContrastiveLoss
+torch.set_num_threads(2)
+ckpt, total, micro = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+towers = Towers(CLIPModel.from_pretrained(ckpt)).train()
+loss = CLIPContrastiveLoss()
+pix = torch.randn(total, 3, 224, 224); ids = torch.randint(0, 49000, (total, 16)); ids[:, -1] = 49407
+mbs = [MicroBatch(pix[i:i + micro], ids[i:i + micro], None) for i in range(0, total, micro)]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import time; t = time.perf_counter()
+contrastive_backward(towers, mbs, lambda i, t_: loss(i, t_, logit_scale=towers.logit_scale.exp()))
+print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mib": before / 1024,
+                  "seconds": time.perf_counter() - t}))
+"""
+
+
+def bench_memory(ckpt: Path, total: int, micro: int) -> list[list[str]]:
+    rows = []
+    for m, label in ((micro, f"ferroclip exact accumulation, {total // micro} x {micro}"), (total, f"naive full batch of {total}")):
+        r = subprocess.run([sys.executable, "-c", MEM_CHILD, str(ckpt), str(total), str(m)], capture_output=True, text=True)
+        if r.returncode != 0:
+            rows.append([label, "failed", r.stderr.strip().splitlines()[-1] if r.stderr else "?", ""])
+            continue
+        d = json.loads(r.stdout.strip().splitlines()[-1])
+        rows.append([label, f"{d['peak_mib']:.0f}", f"{d['peak_mib'] - d['before_mib']:.0f}", f"{d['seconds']:.1f}"])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    n_images = 64 if args.quick else 256
+    repeats = 2 if args.quick else 3
+    batch = 16 if args.quick else 32
+    steps = 3 if args.quick else 5
+    thread_list = [2] if args.quick else [1, 2]
+    tmp = Path(tempfile.mkdtemp(prefix="ferroclip-bench-finetune-"))
+    try:
+        print(f"building a random ViT-B/32 CLIP and {n_images} JPEGs in {tmp}", file=sys.stderr)
+        ckpt = build_checkpoint(tmp)
+        data = make_data(tmp, n_images)
+        paths = [str(tmp / f"img{i:04d}.jpg") for i in range(n_images)]
+        print("(a) data pipeline", file=sys.stderr)
+        pipe_rows = bench_pipeline(paths, ckpt, repeats, 32)
+        step_rows = []
+        for threads in thread_list:
+            print(f"(b) training steps, {threads} thread(s)", file=sys.stderr)
+            bare = statistics.median(in_process("bare", ckpt, batch, steps, threads))
+            res = {
+                "bare forward + backward + AdamW on ready tensors (floor)": bare,
+                "ferroclip finetune (Rust augmentation, prefetch)": statistics.median(
+                    in_process("ferroclip", ckpt, data, tmp / f"ft{threads}", batch, steps, threads, threads)),
+                f"open_clip-style loop (torchvision, DataLoader num_workers={threads})": statistics.median(
+                    in_process("openclip", ckpt, paths, batch, steps, threads, threads)),
+                f"transformers Trainer, run_clip.py-style (num_workers={threads})": statistics.median(
+                    in_process("trainer", ckpt, paths, batch, steps, threads, tmp, threads)),
+            }
+            for name, t in res.items():
+                step_rows.append([name, str(threads), str(batch), f"{t:.2f}", f"{batch / t:.1f}", f"{t / bare:.3f}x"])
+        print("(c) memory", file=sys.stderr)
+        mem_rows = bench_memory(ckpt, 64 if args.quick else 256, 16 if args.quick else 32)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report = [
+        "# Fine-tuning (CPU, ViT-B/32-sized CLIP, random weights)\n",
+        machine_header(["torch", "torchvision", "transformers", "pillow"]),
+        f"{n_images} JPEG photos 640x480. Medians of {repeats} runs (a) and of {steps} timed steps after one warm-up (b).\n",
+        "## (a) Training augmentation at 224 (images/s)\n",
+        "`cores` is what the pipeline uses: torchvision with `num_workers=0` runs in the main process, with N workers "
+        "in N processes (the main one waits); ferroclip in N Rust threads. Ratio: ferroclip over the best torchvision "
+        "setting on the same number of cores.\n",
+        markdown_table(["pipeline", "cores", "images/s", "vs best peer"], pipe_rows),
+        f"\n## (b) Training step time (batch {batch}, AdamW, grad clipping)\n",
+        "`threads`: torch intra-op threads, and the data pipeline's workers/threads. The last column is each loop's "
+        "step time over the bare step's in the same run: what the data pipeline and bookkeeping add.\n",
+        markdown_table(["loop", "threads", "batch", "s/step", "pairs/s", "vs bare"], step_rows),
+        "\n## (c) Peak memory of one step (2 threads)\n",
+        markdown_table(["contrastive batch", "peak RSS MiB", "step's growth MiB", "step s"], mem_rows),
+        "\nNo GPU was used: the GPU figures (loader images/s and GPU busy time against torchvision's) need a machine "
+        "with one.\n",
+    ]
+    text = "\n".join(report)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

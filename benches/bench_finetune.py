@@ -51,13 +51,18 @@ MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def caption(i: int) -> str:
+    """The caption of image ``i``, the same text in every loop (text length changes step time)."""
+    return f"{CAPTIONS[i % len(CAPTIONS)]} number {i}"
+
+
 def make_data(root: Path, n: int) -> Path:
     rng = np.random.default_rng(0)
     rows = ["image_path,caption"]
     for i in range(n):
         name = f"img{i:04d}.jpg"
         Image.fromarray(photo(rng, 640, 480)).save(root / name, quality=90)
-        rows.append(f"{name},{CAPTIONS[i % len(CAPTIONS)]} number {i}")
+        rows.append(f"{name},{caption(i)}")
     (root / "data.csv").write_text("\n".join(rows) + "\n")
     return root / "data.csv"
 
@@ -134,6 +139,56 @@ def bench_pipeline(paths: list[str], ckpt: Path, repeats: int, batch: int) -> li
 
 
 # ----------------------------------------------------------------------------- (b) step time
+# (module level: DataLoader workers pickle the dataset and the collate function)
+class _CaptionedImages:
+    def __init__(self, paths, captions, tf) -> None:
+        self.paths, self.captions, self.tf = paths, captions, tf
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as im:
+            return self.tf(im.convert("RGB")), self.captions[i]
+
+
+class _TokenizeCollate:
+    def __init__(self, tok) -> None:
+        self.tok = tok
+
+    def __call__(self, items):
+        import torch
+
+        ims, caps = zip(*items)
+        enc = self.tok(list(caps), padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return torch.stack(ims), enc["input_ids"]
+
+
+class _RunClipSet:
+    def __init__(self, paths, enc, tf) -> None:
+        self.paths, self.enc, self.tf = paths, enc, tf
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as im:
+            return {"pixel_values": self.tf(im.convert("RGB")), "input_ids": self.enc["input_ids"][i],
+                    "attention_mask": self.enc["attention_mask"][i]}
+
+
+def run_clip_collate(examples):
+    """run_clip.py's collate_fn."""
+    import torch
+
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long),
+        "attention_mask": torch.tensor([e["attention_mask"] for e in examples], dtype=torch.long),
+        "return_loss": True,
+    }
+
+
 def _model_and_batch(ckpt: Path, batch: int):
     import torch
     from transformers import AutoTokenizer, CLIPModel
@@ -154,7 +209,7 @@ def bare_steps(ckpt: Path, batch: int, steps: int) -> list[float]:
     loss_fn = CLIPContrastiveLoss()
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, 224, 224, generator=g)
-    enc = tok([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)], padding=True, return_tensors="pt")
+    enc = tok([caption(i) for i in range(batch)], padding=True, return_tensors="pt")
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()
@@ -174,7 +229,7 @@ def ferroclip_steps(ckpt: Path, data: Path, out: Path, batch: int, steps: int, t
 
     stamps: list[float] = []
     cfg = FinetuneConfig(
-        model_name=str(ckpt), data_path=str(data), output_dir=str(out), batch_size=batch, max_steps=steps + 1,
+        model_name=str(ckpt), data_path=str(data), output_dir=str(out), batch_size=batch, max_steps=steps + 2,
         learning_rate=1e-5, warmup_steps=0, train_split=1.0, val_split=0.0, test_split=0.0, save_steps=10_000,
         eval_steps=10_000, logging_steps=1, num_workers=threads, augment_images=True, learnable_temp=True,
         wise_ft_alphas=[], device="cpu",
@@ -187,7 +242,8 @@ def ferroclip_steps(ckpt: Path, data: Path, out: Path, batch: int, steps: int, t
         t0[0] = now
 
     finetune(cfg, progress=False, callbacks=[stamp])
-    return stamps[1:]
+    # the first stamp holds the model loading, the last one the final checkpoint's save
+    return stamps[1:-1] + [stamps[-1]]
 
 
 def openclip_style_steps(ckpt: Path, paths: list[str], batch: int, steps: int, workers: int) -> list[float]:
@@ -200,22 +256,12 @@ def openclip_style_steps(ckpt: Path, paths: list[str], batch: int, steps: int, w
     model, tok = _model_and_batch(ckpt, batch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     tf = torchvision_transform()
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(paths))]
+    captions = [caption(i) for i in range(len(paths))]
 
-    class DS:
-        def __len__(self) -> int:
-            return len(paths)
+    ds = _CaptionedImages(paths, captions, tf)
+    collate = _TokenizeCollate(tok)
 
-        def __getitem__(self, i):
-            with Image.open(paths[i]) as im:
-                return tf(im.convert("RGB")), captions[i]
-
-    def collate(items):
-        ims, caps = zip(*items)
-        enc = tok(list(caps), padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        return torch.stack(ims), enc["input_ids"]
-
-    loader = DataLoader(DS(), batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate, drop_last=True,
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate, drop_last=True,
                         persistent_workers=workers > 0)
     times: list[float] = []
     t0 = time.perf_counter()
@@ -248,25 +294,10 @@ def trainer_steps(ckpt: Path, paths: list[str], batch: int, steps: int, workers:
 
     model, tok = _model_and_batch(ckpt, batch)
     tf = torchvision_transform()
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(paths))]
+    captions = [caption(i) for i in range(len(paths))]
     enc = tok(captions, padding="max_length", max_length=77, truncation=True)
 
-    class DS(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(paths)
-
-        def __getitem__(self, i):
-            with Image.open(paths[i]) as im:
-                return {"pixel_values": tf(im.convert("RGB")), "input_ids": enc["input_ids"][i],
-                        "attention_mask": enc["attention_mask"][i]}
-
-    def collate_fn(examples):  # run_clip.py's
-        return {
-            "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
-            "input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long),
-            "attention_mask": torch.tensor([e["attention_mask"] for e in examples], dtype=torch.long),
-            "return_loss": True,
-        }
+    ds = _RunClipSet(paths, enc, tf)
 
     times: list[float] = []
 
@@ -287,7 +318,7 @@ def trainer_steps(ckpt: Path, paths: list[str], batch: int, steps: int, workers:
         use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", dataloader_num_workers=workers,
         remove_unused_columns=False, disable_tqdm=True, max_grad_norm=1.0, dataloader_drop_last=True,
     )
-    Trainer(model=model, args=args, train_dataset=DS(), data_collator=collate_fn, callbacks=[Clock()]).train()
+    Trainer(model=model, args=args, train_dataset=ds, data_collator=run_clip_collate, callbacks=[Clock()]).train()
     return times[1:]
 
 
@@ -305,7 +336,11 @@ def in_process(kind: str, *a) -> list[float]:
     parent, child = ctx.Pipe()
     p = ctx.Process(target=_child, args=(kind, child, *a))
     p.start()
-    out = parent.recv()
+    child.close()
+    try:
+        out = parent.recv()
+    except EOFError:
+        raise RuntimeError(f"the {kind} benchmark process died (exit code {p.join() or p.exitcode})") from None
     p.join()
     return out
 
@@ -362,13 +397,15 @@ def main() -> None:
         print("(a) data pipeline", file=sys.stderr)
         pipe_rows = bench_pipeline(paths, ckpt, repeats, 32)
         step_rows = []
+        save_s: dict[int, float] = {}
         for threads in thread_list:
             print(f"(b) training steps, {threads} thread(s)", file=sys.stderr)
             bare = statistics.median(in_process("bare", ckpt, batch, steps, threads))
+            fc = in_process("ferroclip", ckpt, data, tmp / f"ft{threads}", batch, steps, threads, threads)
+            save_s[threads] = fc[-1] - statistics.median(fc[:-1])
             res = {
                 "bare forward + backward + AdamW on ready tensors (floor)": bare,
-                "ferroclip finetune (Rust augmentation, prefetch)": statistics.median(
-                    in_process("ferroclip", ckpt, data, tmp / f"ft{threads}", batch, steps, threads, threads)),
+                "ferroclip finetune (Rust augmentation, prefetch)": statistics.median(fc[:-1]),
                 f"open_clip-style loop (torchvision, DataLoader num_workers={threads})": statistics.median(
                     in_process("openclip", ckpt, paths, batch, steps, threads, threads)),
                 f"transformers Trainer, run_clip.py-style (num_workers={threads})": statistics.median(
@@ -394,6 +431,9 @@ def main() -> None:
         "`threads`: torch intra-op threads, and the data pipeline's workers/threads. The last column is each loop's "
         "step time over the bare step's in the same run: what the data pipeline and bookkeeping add.\n",
         markdown_table(["loop", "threads", "batch", "s/step", "pairs/s", "vs bare"], step_rows),
+        "\nferroclip's timed steps hold no checkpoint; its last step (left out above) saves one (weights, AdamW "
+        "moments, RNG: about 3 x the model's 600 MB), which added "
+        + ", ".join(f"{v:.1f} s at {k} thread(s)" for k, v in save_s.items()) + ".\n",
         "\n## (c) Peak memory of one step (2 threads)\n",
         markdown_table(["contrastive batch", "peak RSS MiB", "step's growth MiB", "step s"], mem_rows),
         "\nNo GPU was used: the GPU figures (loader images/s and GPU busy time against torchvision's) need a machine "

@@ -207,3 +207,13 @@ def test_augmented_training_is_reproducible_and_learns(shapes: Path, clip_dir: P
     c = finetune(_cfg(clip_dir, shapes, tmp_path / "c", seed=7, **kw), progress=False)
     assert any(not torch.equal(wa[k], _weights(c.output_dir)[k]) for k in wa)
     assert a.metrics["best"]["metrics"]["val_r1"] > 3 * a.metrics["base"]["val_r1"]
+
+
+def test_lora_trains_only_the_adapted_projections_and_saves_a_merged_model(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": "gaussian"}
+    res = finetune(_cfg(clip_dir, shapes, tmp_path / "out", max_steps=3, lora=lora, val_split=0.0, train_split=1.0), progress=False)
+    a, b = _weights(clip_dir), _weights(res.output_dir)
+    assert a.keys() == b.keys()  # a plain transformers checkpoint, the adapters merged in
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all(("q_proj.weight" in k or "v_proj.weight" in k) for k in changed), sorted(changed)[:5]

@@ -99,6 +99,15 @@ def _model_identity(model: Any) -> dict[str, Any]:
 
     cfg = preprocess_to_dict(model.preprocess_config)
     cfg.pop("name", None)
+    # How the file is read changes the vectors too. Recorded only when not the default,
+    # so caches written before these options existed keep their keys.
+    if cfg.get("alpha") == "white":
+        cfg.pop("alpha")
+    alpha = getattr(model.preprocessor, "alpha", "white")
+    if alpha != model.preprocess_config.alpha:
+        cfg["alpha_override"] = alpha
+    if not getattr(model.preprocessor, "exif_transpose", True):
+        cfg["exif_transpose"] = False
     ident = {
         "format": _FORMAT,
         "model": model.name,

@@ -94,6 +94,8 @@ class EmbeddingModel:
         name: str,
         num_threads: int | None = None,
         fast: bool = False,
+        exif_transpose: bool = True,
+        alpha: str | None = None,
     ) -> None:
         self.backend = backend
         self.preprocess_config = preprocess
@@ -106,7 +108,9 @@ class EmbeddingModel:
             # 640x480) outruns any CPU forward pass, and more threads only preempt the
             # model's spinning intra-op workers.
             num_threads = 1
-        self.preprocessor = Preprocessor(preprocess, num_threads=num_threads, fast=fast)
+        self.preprocessor = Preprocessor(
+            preprocess, num_threads=num_threads, fast=fast, exif_transpose=exif_transpose, alpha=alpha  # type: ignore[arg-type]
+        )
 
     # ------------------------------------------------------------------ facts
     @property

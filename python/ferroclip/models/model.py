@@ -146,11 +146,18 @@ class EmbeddingModel:
         while the model runs the current one, so the accelerator is not kept waiting.
         A file that cannot be read or decoded becomes an entry in ``errors``; the rest of
         the batch is embedded.
+
+        An already preprocessed float ``(N, 3, H, W)`` batch (numpy or torch, e.g. from a
+        user's own DataLoader as in seed 000) is fed to the model as it is, after checking
+        that ``(H, W)`` is the model's input size.
         """
         from tqdm.auto import tqdm
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pixels = self._pixel_batch(images)
+        if pixels is not None:
+            return self._encode_pixel_batch(pixels, batch_size, normalize)
         items = as_list(images)
         n = len(items)
         embeddings = np.zeros((n, self.dim), dtype=np.float32)
@@ -194,6 +201,52 @@ class EmbeddingModel:
         if normalize:
             embeddings[ok] = _l2_normalize(embeddings[ok])
         return EncodeResult(embeddings, ok, errors, images_per_second=n / elapsed if elapsed > 0 else 0.0)
+
+    def embed(self, image: Any, normalize: bool = True) -> npt.NDArray[np.float32]:
+        """One image to one ``(dim,)`` float32 vector, raising instead of reporting.
+
+        Seed 004's ``ClipEmbedder.embed`` contract: a missing file raises
+        :class:`~ferroclip.ImageNotFoundError` (a ``FileNotFoundError``), an undecodable one
+        :class:`~ferroclip.ImageDecodeError` (an ``OSError``, like PIL's
+        ``UnidentifiedImageError``), a failed model run :class:`~ferroclip.ModelError` (a
+        ``RuntimeError``). ``normalize=False`` gives the raw model output.
+
+            >>> vec = model.embed("photo.jpg")   # doctest: +SKIP
+        """
+        res = self.encode_images([image], batch_size=1, progress=False, normalize=normalize)
+        res.raise_for_errors()
+        return res.embeddings[0]
+
+    def _pixel_batch(self, images: Any) -> np.ndarray | None:
+        """The input as a float32 ``(N, 3, H, W)`` array when it is a preprocessed batch."""
+        kind = type(images).__module__.split(".", 1)[0]
+        if kind == "torch" and hasattr(images, "detach") and getattr(images, "is_floating_point", lambda: False)():
+            arr = images.detach().to("cpu").float().numpy()
+        elif isinstance(images, np.ndarray) and images.dtype.kind == "f":
+            arr = images
+        else:
+            return None
+        h, w = self.preprocessor.output_size
+        if arr.ndim != 4 or arr.shape[1] != 3 or tuple(arr.shape[2:]) != (h, w):
+            raise ShapeError(
+                f"a float pixel batch must be (N, 3, {h}, {w}) for {self.name} (already preprocessed), "
+                f"got shape {tuple(arr.shape)}; pass uint8 (H, W, 3) arrays, files or PIL images to have "
+                "ferroclip preprocess them"
+            )
+        if not np.isfinite(arr).all():
+            raise ShapeError("the pixel batch holds NaN or Inf")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def _encode_pixel_batch(self, pixels: np.ndarray, batch_size: int, normalize: bool) -> EncodeResult:
+        t0 = time.perf_counter()
+        n = len(pixels)
+        embeddings = np.zeros((n, self.dim), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            embeddings[start : start + batch_size] = self.backend.encode_pixels(pixels[start : start + batch_size])
+        if normalize and n:
+            embeddings = _l2_normalize(embeddings)
+        elapsed = time.perf_counter() - t0
+        return EncodeResult(embeddings, np.ones(n, dtype=bool), [], images_per_second=n / elapsed if elapsed > 0 else 0.0)
 
     # ------------------------------------------------------------------ texts
     def encode_texts(

@@ -216,8 +216,8 @@ def test_score_and_score_batch(checkpoints, images, tmp_path):
     assert out[3]["sim"] is None and "nope.jpg" in out[3]["error"]
     with pytest.raises(ImageNotFoundError):
         model.score("x", str(tmp_path / "nope.jpg"))
-    with pytest.raises(TypeError, match="inputs\\[0\\]"):
-        model.score_batch([{"image": images[0]}])
+    bad = model.score_batch([{"image": images[0]}, {"query": TEXTS[0], "image": images[0]}], progress=False)
+    assert "inputs[0]" in bad[0].error and bad[0].score is None and bad[1].ok
 
 
 def test_impossible_combinations_are_clear_errors(checkpoints, tmp_path):

@@ -27,6 +27,7 @@ from .retrieval import near_duplicates, recall_at_k, similarity, topk, zero_shot
 from .index import EmbeddingIndex
 from .cache import FolderEmbeddings, embed_folder
 from .fetch import fetch_url
+from .scoring import SimilarityConfig, SimilarityInput, SimilarityResult, SimilarityScorer
 from .models import (
     EmbeddingModel,
     EncodeResult,
@@ -65,6 +66,10 @@ __all__ = [
     "SIGLIP_MEAN",
     "SIGLIP_STD",
     "ShapeError",
+    "SimilarityConfig",
+    "SimilarityInput",
+    "SimilarityResult",
+    "SimilarityScorer",
     "UnsupportedFormatError",
     "ZeroShotResult",
     "__version__",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ from ..errors import ImageError, ShapeError, raise_first
 from .._sources import as_list
 from ..preprocess import PreprocessResult, Preprocessor
 from .text import TextRules
+
+if TYPE_CHECKING:
+    from ..scoring import SimilarityResult
 
 __all__ = ["Backend", "EmbeddingModel", "EncodeResult", "ZeroShotResult"]
 
@@ -295,40 +298,20 @@ class EmbeddingModel:
         col_name: str = "clip_score",
         batch_size: int = 64,
         progress: bool = True,
-    ) -> list[dict[str, Any]]:
-        """Score (query, image) records: dicts or objects with ``query`` and ``image`` (or
-        ``image_url``), optionally ``query_id`` / ``image_id``.
+    ) -> list[SimilarityResult]:
+        """Score (query, image) records: :class:`~ferroclip.SimilarityInput`, dicts or
+        objects with ``query`` and ``image_url`` (or ``image``), optionally ``query_id`` /
+        ``image_id``.
 
-        Returns one dict per input, in order, with the ids, ``col_name`` (the cosine
-        similarity, ``None`` when the image failed) and ``error`` (``None`` or the reason).
-        Each distinct image and query is embedded once.
+        Returns one :class:`~ferroclip.SimilarityResult` per input, in order, with the
+        input's ids and field names, the cosine similarity as ``score`` (and under
+        ``col_name`` in ``result[col_name]`` / ``to_dict()``), and ``error`` (``None`` or the
+        reason). A bad record (no query, no image, unreadable image) fails alone. Each
+        distinct image and query is embedded once.
         """
-        records = [_record(r, i) for i, r in enumerate(inputs)]
-        img_row: dict[Any, int] = {}
-        images: list[Any] = []
-        for r in records:
-            key = _key(r["image"])
-            if key not in img_row:
-                img_row[key] = len(images)
-                images.append(r["image"])
-        queries = list(dict.fromkeys(r["query"] for r in records))
-        img = self.encode_images(images, batch_size=batch_size, progress=progress)
-        txt = self.encode_texts(queries) if queries else np.zeros((0, self.dim), np.float32)
-        txt_row = {key: i for i, key in enumerate(queries)}
-        err_by_row = {e.index: e for e in img.errors if getattr(e, "index", None) is not None}  # type: ignore[union-attr]
-        out = []
-        for r in records:
-            row = img_row[_key(r["image"])]
-            result = {"query_id": r["query_id"], "image_id": r["image_id"], "query": r["query"], "image": r["image"]}
-            if img.ok[row]:
-                result[col_name] = float(img.embeddings[row] @ txt[txt_row[r["query"]]])
-                result["error"] = None
-            else:
-                result[col_name] = None
-                err = err_by_row.get(row)
-                result["error"] = str(err) if err is not None else "image failed"
-            out.append(result)
-        return out
+        from ..scoring import score_records
+
+        return score_records(self, inputs, col_name=col_name, batch_size=batch_size, progress=progress)
 
     def zero_shot(
         self,
@@ -367,18 +350,3 @@ class EmbeddingModel:
         predicted = [labels[b] if o else None for b, o in zip(best, img.ok)]
         return ZeroShotResult(labels, probs, predicted, img.ok, img.errors)
 
-
-def _key(image: Any) -> Any:
-    """Identical paths/URLs/bytes are embedded once; arrays and PIL images by identity."""
-    return image if isinstance(image, (str, bytes)) else ("id", id(image))
-
-
-def _record(r: Any, i: int) -> dict[str, Any]:
-    get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
-    query = get("query")
-    image = get("image", None)
-    if image is None:
-        image = get("image_url", None)
-    if not isinstance(query, str) or image is None:
-        raise TypeError(f"inputs[{i}] needs a str 'query' and an 'image' (or 'image_url'), got {r!r}")
-    return {"query": query, "image": image, "query_id": get("query_id", None), "image_id": get("image_id", None)}

@@ -150,3 +150,43 @@ def test_wrong_dims_are_reported(parts):
     model = build_model(_cfg("mlp", "infonce"), 32, 48)
     with pytest.raises(ShapeError, match=r"\(rows, 32\)"):
         model.project_images(np.zeros((3, 16), np.float32))
+
+
+def test_seed_siglip_temperature_at_the_clamp_still_learns(parts):
+    """Seed 002's SigLIP head: ``temperature: 0.01`` starts at CLIP's clamp (scale 100); the
+    learnable temperature must get a gradient and move."""
+    cfg = HeadsConfig.from_dict({
+        "model": {"type": "siglip", "output_dim": 32, "dropout": 0.0, "learnable_temp": True},
+        "loss": {"type": "siglip", "temperature": 0.01},
+        "training": {"batch_size": 32, "learning_rate": 1e-2, "num_epochs": 2, "patience": 50,
+                     "progress": False, "device": "cpu", "num_threads": 1},
+    })
+    train = parts["train"]
+    model = build_model(cfg, train.image_dim, train.text_dim)
+    start = float(model.logit_scale.detach())
+    assert float(model.scale().detach()) == pytest.approx(100.0, rel=1e-5)
+    objective = Objective(cfg.loss_type)
+    first = np.unique(train.text_to_image, return_index=True)[1][:32]  # one caption per image
+    img = torch.from_numpy(np.ascontiguousarray(train.images[train.text_to_image[first]]))
+    txt = torch.from_numpy(np.ascontiguousarray(train.texts[first]))
+    objective(model, img, txt, torch.from_numpy(train.text_to_image[first])).backward()
+    assert model.logit_scale.grad is not None and float(model.logit_scale.grad.abs()) > 0
+    res = train_heads(cfg, train, parts["val"])
+    assert abs(float(res.model.logit_scale.detach()) - start) > 1e-4
+    # CLIP's usual start (0.07) keeps CLIP's clamp at 100.
+    clip = build_model(_cfg("clip", "infonce"), train.image_dim, train.text_dim)
+    assert clip.max_log_scale == pytest.approx(np.log(100.0))
+
+
+def test_default_output_dir_is_per_config_file(tmp_path, monkeypatch):
+    """Seed 002 loops ``for config in configs/*.yaml``: each must get results/<stem>."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("clip", "siglip"):
+        (configs / f"{name}.yaml").write_text(f"model:\n  type: {name}\n")
+    (configs / "pinned.yaml").write_text("model:\n  type: mlp\noutput_dir: out/here\n")
+    monkeypatch.chdir(tmp_path)
+    outs = {c.stem: HeadsConfig.from_yaml(c).output_dir for c in sorted(configs.glob("*.yaml"))}
+    assert outs["clip"] == str(tmp_path / "results" / "clip")
+    assert outs["siglip"] == str(tmp_path / "results" / "siglip")
+    assert outs["pinned"] == str(configs / "out" / "here")  # an explicit one still resolves against its file

@@ -150,10 +150,19 @@ class HeadsConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> HeadsConfig:
-        """Read and validate a YAML config; relative data paths resolve against its folder."""
+        """Read and validate a YAML config; relative data paths resolve against its folder.
+
+        Without an ``output_dir`` the run writes to ``results/<config file stem>`` under the
+        current directory, as seed 002's ``train.py`` does, so ``for c in configs/*.yaml``
+        gives each config its own folder instead of overwriting one.
+        """
         p = Path(path)
-        cfg = cls.from_dict(_read_yaml(p), str(p))
+        body = _read_yaml(p)
+        cfg = cls.from_dict(body, str(p))
+        has_out = isinstance(body, dict) and body.get("output_dir") is not None
         _resolve_paths(cfg, p.resolve().parent)
+        if not has_out:
+            cfg.output_dir = str(Path.cwd() / "results" / p.stem)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

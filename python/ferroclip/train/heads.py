@@ -101,6 +101,11 @@ class CrossModalCore(nn.Module):
 
 
 def _head(cfg: ModelConfig, in_dim: int) -> nn.Module:
+    from .registry import head_factory
+
+    user = head_factory(cfg.type)
+    if user is not None:
+        return user(cfg, in_dim)
     hidden, dropout = cfg.resolved_hidden(in_dim), cfg.resolved_dropout()
     t = cfg.type
     if t == "siglip":

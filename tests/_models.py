@@ -144,3 +144,40 @@ def tiny_siglip2_naflex(path: Path) -> Path:
     config = Siglip2Config(text_config=dict(TEXT, vocab_size=300, max_position_embeddings=64, bos_token_id=None, eos_token_id=1), vision_config=dict(vision, num_patches=16))
     Siglip2Model(config).save_pretrained(path)
     return path
+
+
+def tiny_chinese_clip(path: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """Chinese-CLIP: a CLIP vision tower with a BERT text tower and WordPiece tokenizer."""
+    import torch
+    from transformers import BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for line in CORPUS for w in line.lower().split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *"abcdefghijklmnopqrstuvwxyz"]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab_file=str(path / "vocab.txt"))
+    text = dict(TEXT, vocab_size=len(vocab), max_position_embeddings=64, pad_token_id=0)
+    config = ChineseCLIPConfig(text_config=text, vision_config=dict(VISION, image_size=image_size), projection_dim=24)
+    torch.manual_seed(seed)
+    ChineseCLIPModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    size = {"height": image_size, "width": image_size}
+    ChineseCLIPImageProcessor(size=size, crop_size=size).save_pretrained(path)
+    return path
+
+
+def tiny_metaclip2(path: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """MetaCLIP 2 (the multilingual CLIP architecture in transformers), with a small BPE."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPTokenizer, MetaClip2Config, MetaClip2Model
+
+    vocab, merges = _byte_level_bpe()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    text = dict(TEXT, vocab_size=len(vocab), max_position_embeddings=77,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    config = MetaClip2Config(text_config=text, vision_config=dict(VISION, image_size=image_size), projection_dim=24)
+    torch.manual_seed(seed)
+    MetaClip2Model(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    return path

@@ -156,3 +156,61 @@ def test_cli_embed_then_probe_over_class_folders(checkpoints, tmp_path, monkeypa
     assert cli_main(["probe", "feats.npz", "--labels-dir", "classes", "--folds", "3", "--out", "probe", "--no-plots"]) == 0
     results = list((tmp_path / "probe").glob("*.json"))
     assert results, "probe wrote no JSON results"
+
+
+def test_unsupported_formats_are_failures_and_other_files_listed(model, folder, tmp_path):
+    """HEIF (the iPhone default) is an image by name: it goes to the decoder and, until the
+    core reads it, comes back as a failure with the reason; never silently left out."""
+    (folder / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    (folder / "sub" / "live.heif").write_bytes(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic" + bytes(64))
+    res = ferroclip.embed_folder(model, folder, tmp_path / "cache", progress=False)
+    assert len(res) == 7
+    assert set(res.errors) == {"broken.jpg", "IMG_0001.HEIC", "sub/live.heif"}
+    assert "unsupported" in res.errors["IMG_0001.HEIC"] or "unrecognised" in res.errors["IMG_0001.HEIC"]
+    assert res.skipped == ["notes.txt"]
+    again = ferroclip.embed_folder(model, folder, tmp_path / "cache", progress=False)
+    assert set(again.errors) == set(res.errors) and again.skipped == ["notes.txt"]
+
+
+def test_force_recompute_embeds_everything_again(model, folder, tmp_path, capsys, checkpoints):  # noqa: F811
+    cache = tmp_path / "cache"
+    first = ferroclip.embed_folder(model, folder, cache, progress=False)
+    # Poison the cache: a forced run must not reuse it.
+    parts = sorted((first.cache_dir / "parts").glob("part-*.npy"))
+    np.save(parts[0], np.zeros_like(np.load(parts[0])))
+    stale = ferroclip.embed_folder(model, folder, cache, progress=False)
+    assert stale.reused == 7 and not stale.embeddings.any()
+    forced = ferroclip.embed_folder(model, folder, cache, force_recompute=True, progress=False)
+    assert forced.embedded == 7 and forced.reused == 0 and list(forced.errors) == ["broken.jpg"]
+    np.testing.assert_allclose(forced.embeddings, first.embeddings, atol=1e-6)
+    after = ferroclip.embed_folder(model, folder, cache, progress=False)
+    assert after.reused == 7 and after.embedded == 0
+    np.testing.assert_allclose(after.embeddings, first.embeddings, atol=1e-6)
+    common = ["--model", str(checkpoints["clip"]), "--device", "cpu", "--cache", str(cache), "--quiet"]
+    assert cli_main(["embed", str(folder), *common, "--force-recompute"]) == 0
+    err = capsys.readouterr().err
+    assert "(7 new, 0 from cache, 1 failed)" in err and "notes.txt" in err
+
+
+def test_cli_embed_npy_with_a_broken_image_then_probe(checkpoints, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`embed --out x.npy` drops the broken image's row; its .paths.json lets probe match rows to labels."""
+    root = tmp_path / "ages"
+    rng = np.random.default_rng(8)
+    for label in ("1", "2", "10"):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(smooth_rgb(rng, 36, 36)).save(root / label / f"{i}.png")
+    (root / "2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    monkeypatch.chdir(tmp_path)
+    common = ["--model", str(checkpoints["clip"]), "--device", "cpu", "--cache", str(tmp_path / "cache"), "--quiet"]
+    assert cli_main(["embed", "ages", *common, "--out", "feats.npy"]) == 0
+    assert np.load(tmp_path / "feats.npy").shape[0] == 12
+    assert len(json.loads((tmp_path / "feats.paths.json").read_text())) == 12
+    capsys.readouterr()
+    assert cli_main(["probe", "feats.npy", "--labels-dir", "ages", "--folds", "2", "--out", "probe", "--no-plots"]) == 0
+    saved = [json.loads(p.read_text()) for p in (tmp_path / "probe").glob("*.json")]
+    assert any(d.get("classes") == ["1", "2", "10"] for d in saved if isinstance(d, dict))
+    # Without the paths file the row-count mismatch points at .npz.
+    (tmp_path / "feats.paths.json").unlink()
+    assert cli_main(["probe", "feats.npy", "--labels-dir", "ages", "--folds", "2", "--out", "p2", "--no-plots"]) == 2
+    assert "ferroclip embed --out x.npz" in capsys.readouterr().err

@@ -216,8 +216,8 @@ def test_score_and_score_batch(checkpoints, images, tmp_path):
     assert out[3]["sim"] is None and "nope.jpg" in out[3]["error"]
     with pytest.raises(ImageNotFoundError):
         model.score("x", str(tmp_path / "nope.jpg"))
-    with pytest.raises(TypeError, match="inputs\\[0\\]"):
-        model.score_batch([{"image": images[0]}])
+    bad = model.score_batch([{"image": images[0]}, {"query": TEXTS[0], "image": images[0]}], progress=False)
+    assert "inputs[0]" in bad[0].error and bad[0].score is None and bad[1].ok
 
 
 def test_impossible_combinations_are_clear_errors(checkpoints, tmp_path):
@@ -268,3 +268,23 @@ def test_pickle_checkpoints_need_opt_in(checkpoints, tmp_path):
     model = ferroclip.load_model(dst, device="cpu", use_safetensors=None)
     ref = ferroclip.load_model(src, device="cpu")
     np.testing.assert_array_equal(model.encode_texts(TEXTS), ref.encode_texts(TEXTS))
+
+
+def test_preprocessed_float_batches_are_model_input(checkpoints, images):
+    """Seed 000 feeds pixel tensors from its own DataLoader: a float (N, 3, H, W) batch,
+    numpy or torch, is embedded as it is, and equals embedding the files."""
+    model = ferroclip.load_model(checkpoints["clip"], device="cpu")
+    pixels = model.preprocessor.preprocess(images, on_error="raise").pixel_values
+    ref = model.encode_images(images, progress=False).embeddings
+    for batch in (pixels, torch.from_numpy(pixels), pixels.astype(np.float64)):
+        res = model.encode_images(batch, batch_size=4, progress=False)
+        assert res.ok.all() and not res.errors
+        np.testing.assert_allclose(res.embeddings, ref, atol=1e-6)
+    raw = model.encode_images(torch.from_numpy(pixels), progress=False, normalize=False).embeddings
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    from ferroclip.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"\(N, 3, 32, 32\)"):
+        model.encode_images(np.zeros((2, 3, 224, 224), np.float32))
+    with pytest.raises(ShapeError, match="NaN"):
+        model.encode_images(np.full((1, 3, 32, 32), np.nan, np.float32))

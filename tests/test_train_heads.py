@@ -150,3 +150,102 @@ def test_wrong_dims_are_reported(parts):
     model = build_model(_cfg("mlp", "infonce"), 32, 48)
     with pytest.raises(ShapeError, match=r"\(rows, 32\)"):
         model.project_images(np.zeros((3, 16), np.float32))
+
+
+def test_seed_siglip_temperature_at_the_clamp_still_learns(parts):
+    """Seed 002's SigLIP head: ``temperature: 0.01`` starts at CLIP's clamp (scale 100); the
+    learnable temperature must get a gradient and move."""
+    cfg = HeadsConfig.from_dict({
+        "model": {"type": "siglip", "output_dim": 32, "dropout": 0.0, "learnable_temp": True},
+        "loss": {"type": "siglip", "temperature": 0.01},
+        "training": {"batch_size": 32, "learning_rate": 1e-2, "num_epochs": 2, "patience": 50,
+                     "progress": False, "device": "cpu", "num_threads": 1},
+    })
+    train = parts["train"]
+    model = build_model(cfg, train.image_dim, train.text_dim)
+    start = float(model.logit_scale.detach())
+    assert float(model.scale().detach()) == pytest.approx(100.0, rel=1e-5)
+    objective = Objective(cfg.loss_type)
+    first = np.unique(train.text_to_image, return_index=True)[1][:32]  # one caption per image
+    img = torch.from_numpy(np.ascontiguousarray(train.images[train.text_to_image[first]]))
+    txt = torch.from_numpy(np.ascontiguousarray(train.texts[first]))
+    objective(model, img, txt, torch.from_numpy(train.text_to_image[first])).backward()
+    assert model.logit_scale.grad is not None and float(model.logit_scale.grad.abs()) > 0
+    res = train_heads(cfg, train, parts["val"])
+    assert abs(float(res.model.logit_scale.detach()) - start) > 1e-4
+    # CLIP's usual start (0.07) keeps CLIP's clamp at 100.
+    clip = build_model(_cfg("clip", "infonce"), train.image_dim, train.text_dim)
+    assert clip.max_log_scale == pytest.approx(np.log(100.0))
+
+
+def test_default_output_dir_is_per_config_file(tmp_path, monkeypatch):
+    """Seed 002 loops ``for config in configs/*.yaml``: each must get results/<stem>."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("clip", "siglip"):
+        (configs / f"{name}.yaml").write_text(f"model:\n  type: {name}\n")
+    (configs / "pinned.yaml").write_text("model:\n  type: mlp\noutput_dir: out/here\n")
+    monkeypatch.chdir(tmp_path)
+    outs = {c.stem: HeadsConfig.from_yaml(c).output_dir for c in sorted(configs.glob("*.yaml"))}
+    assert outs["clip"] == str(tmp_path / "results" / "clip")
+    assert outs["siglip"] == str(tmp_path / "results" / "siglip")
+    assert outs["pinned"] == str(configs / "out" / "here")  # an explicit one still resolves against its file
+
+
+PLUGIN = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ferroclip.train.registry import register_head, register_loss, register_metric
+
+
+class TransformerProjectionHead(nn.Module):  # seed 002's "Adding New Models" example
+    def __init__(self, input_dim, output_dim, num_layers, num_heads, dropout=0.1):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(input_dim, num_heads, dropout=dropout, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, num_layers)
+        self.projection = nn.Linear(input_dim, output_dim)
+
+    def forward(self, x):
+        return self.projection(self.transformer(x.unsqueeze(1)).squeeze(1))
+
+
+register_head("transformer", lambda cfg, in_dim: TransformerProjectionHead(in_dim, cfg.output_dim, cfg.num_layers, 2))
+
+
+@register_loss("custom")
+def custom_loss(image_proj, text_proj, scale):
+    logits = scale * image_proj @ text_proj.T
+    target = torch.arange(len(logits), device=logits.device)
+    return F.cross_entropy(logits, target)
+
+
+@register_metric("mean_diag_cos")
+def mean_diag_cos(images, texts, text_to_image):
+    return float((images[text_to_image] * texts).sum(1).mean())
+'''
+
+
+def test_user_head_loss_and_metric_registered_from_a_yaml_config(parts, tmp_path):
+    (tmp_path / "my_plugin.py").write_text(PLUGIN)
+    (tmp_path / "transformer.yaml").write_text(
+        "plugins: [my_plugin.py]\n"
+        "model: {type: transformer, output_dim: 16, num_layers: 1}\n"
+        "loss: {type: custom, temperature: 0.07}\n"
+        "training: {batch_size: 32, learning_rate: 3.0e-3, num_epochs: 3, progress: false, device: cpu, num_threads: 1}\n"
+        "output_dir: out\n"
+    )
+    cfg = HeadsConfig.from_yaml(tmp_path / "transformer.yaml")
+    assert cfg.model.type == "transformer" and cfg.loss_type == "custom"
+    res = train_heads(cfg, parts["train"], parts["val"])
+    assert type(res.model.image_head).__name__ == "TransformerProjectionHead"
+    got = evaluate_heads(res.model, parts["test"], plots=False)
+    assert "mean_diag_cos" in got and -1.0 <= got["mean_diag_cos"] <= 1.0
+    from ferroclip.errors import ConfigError
+    from ferroclip.train.registry import register_head
+
+    with pytest.raises(ConfigError, match="built in"):
+        register_head("mlp", lambda cfg, d: None)
+    (tmp_path / "bad.yaml").write_text("model: {type: transfomer}\n")
+    with pytest.raises(ConfigError, match="register_head"):
+        HeadsConfig.from_yaml(tmp_path / "bad.yaml")

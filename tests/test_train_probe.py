@@ -130,3 +130,22 @@ def test_cli_probe_with_image_folder_csv_and_cache(tmp_path, capsys):
     np.save(tmp_path / "short.npy", x[:10])
     with pytest.raises(DataError, match="120 labels but .*short.npy has 10 rows"):
         _probe_cli([str(tmp_path / "short.npy"), "--labels-dir", str(root), "--out", str(tmp_path / "o3")])
+
+
+def test_integer_class_names_are_ordered_numerically():
+    """Seed 000's classes are ages in folders ``1, 2, 10``: its label encoder sorts them as
+    ints, so the probe and its confusion matrix must too (strings would give 1, 10, 2)."""
+    x, names = _blobs(classes=3, n=90)
+    ages = np.array([{"coat": "1", "dress": "10", "shirt": "2"}[n] for n in names])
+    res = linear_probe(x, ages, "ridge", folds=3)
+    assert res.classes == ["1", "2", "10"]
+    as_ints = linear_probe(x, ages.astype(int), "ridge", folds=3)
+    assert as_ints.classes == ["1", "2", "10"]
+    np.testing.assert_array_equal(res.confusion, as_ints.confusion)
+    # Row i of the confusion matrix counts true class classes[i].
+    true = {"1": 0, "2": 0, "10": 0}
+    for a in ages:
+        true[a] += 1
+    assert res.confusion.sum(axis=1).tolist() == [true["1"], true["2"], true["10"]]
+    mixed = linear_probe(x, np.where(ages == "10", "ten", ages), "ridge", folds=3)
+    assert mixed.classes == ["1", "2", "ten"]

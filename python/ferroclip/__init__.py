@@ -17,6 +17,7 @@ from .errors import (
     ImageReadError,
     ImageTooLargeError,
     ModelError,
+    ModelNotFoundError,
     NotAFileError,
     ShapeError,
     UnsupportedFormatError,
@@ -27,6 +28,7 @@ from .retrieval import near_duplicates, recall_at_k, similarity, topk, zero_shot
 from .index import EmbeddingIndex
 from .cache import FolderEmbeddings, embed_folder
 from .fetch import fetch_url
+from .scoring import SimilarityConfig, SimilarityInput, SimilarityResult, SimilarityScorer
 from .models import (
     EmbeddingModel,
     EncodeResult,
@@ -58,6 +60,7 @@ __all__ = [
     "ImageTooLargeError",
     "ModelError",
     "ModelInfo",
+    "ModelNotFoundError",
     "NotAFileError",
     "PreprocessConfig",
     "PreprocessResult",
@@ -65,6 +68,10 @@ __all__ = [
     "SIGLIP_MEAN",
     "SIGLIP_STD",
     "ShapeError",
+    "SimilarityConfig",
+    "SimilarityInput",
+    "SimilarityResult",
+    "SimilarityScorer",
     "TrainAugment",
     "UnsupportedFormatError",
     "ZeroShotResult",

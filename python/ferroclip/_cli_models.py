@@ -24,6 +24,9 @@ def _add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="cache root (default: $FERROCLIP_CACHE or ~/.cache/ferroclip/embeddings)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--force-recompute", action="store_true", help="embed every image again, replacing what the cache holds"
+    )
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -42,9 +45,19 @@ def _load(args: argparse.Namespace) -> Any:
 def _embed(args: argparse.Namespace, model: Any) -> Any:
     from .cache import embed_folder
 
-    res = embed_folder(model, args.folder, args.cache, batch_size=args.batch_size, progress=not args.quiet)
+    res = embed_folder(
+        model,
+        args.folder,
+        args.cache,
+        batch_size=args.batch_size,
+        force_recompute=args.force_recompute,
+        progress=not args.quiet,
+    )
     for path, reason in sorted(res.errors.items()):
         print(f"error: {path}: {reason}", file=sys.stderr)
+    if res.skipped:
+        shown = ", ".join(res.skipped[:5]) + (", ..." if len(res.skipped) > 5 else "")
+        print(f"note: {len(res.skipped)} file(s) are not images by name and were not embedded: {shown}", file=sys.stderr)
     print(
         f"{len(res)} images embedded ({res.embedded} new, {res.reused} from cache, {len(res.errors)} failed) "
         f"with {model.name} [{model.backend.name}, {model.device}, {model.dtype}] -> {res.cache_dir}",

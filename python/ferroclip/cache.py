@@ -28,9 +28,27 @@ import numpy.typing as npt
 from ._atomic import atomic_write
 from .errors import ConfigError
 
-__all__ = ["IMAGE_SUFFIXES", "FolderEmbeddings", "default_cache_dir", "embed_folder", "list_images"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "OTHER_IMAGE_SUFFIXES",
+    "FolderEmbeddings",
+    "default_cache_dir",
+    "embed_folder",
+    "list_images",
+    "scan_folder",
+]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+#: Image formats by name that the core may not decode (HEIF is the iPhone default). They are
+#: handed to the decoder anyway, so each one is embedded or listed as a failure with the
+#: decoder's reason; none is skipped without a word.
+OTHER_IMAGE_SUFFIXES = frozenset(
+    {
+        ".heic", ".heif", ".hif", ".avif", ".jxl", ".jp2", ".j2k", ".jpe", ".jfif", ".psd", ".ico", ".svg",
+        ".tga", ".qoi", ".pnm", ".pbm", ".pgm", ".ppm", ".exr", ".hdr", ".dds",
+        ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2",
+    }
+)
 _FORMAT = 1
 
 
@@ -42,6 +60,8 @@ class FolderEmbeddings:
     paths: list[str]
     embeddings: npt.NDArray[np.float32]
     errors: dict[str, str] = field(default_factory=dict)
+    #: Files under ``root`` that are not images by name (``notes.txt``): not embedded, listed.
+    skipped: list[str] = field(default_factory=list)
     embedded: int = 0  # computed in this run
     reused: int = 0  # taken from the cache
     cache_dir: Path | None = None
@@ -70,20 +90,31 @@ def default_cache_dir() -> Path:
     return Path(base) / "ferroclip" / "embeddings"
 
 
-def list_images(root: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None) -> list[Path]:
-    """Image files under ``root`` by suffix, sorted, hidden directories and ``exclude`` skipped."""
+def scan_folder(
+    root: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None
+) -> tuple[list[Path], list[Path]]:
+    """``(images, others)`` under ``root``, sorted: files that are images by suffix (those
+    the core reads and :data:`OTHER_IMAGE_SUFFIXES`), and every other regular file.
+    Hidden files and directories and ``exclude`` are left out."""
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
-    out = []
+    images, others = [], []
     walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
     for dirpath, dirnames, filenames in walker:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (exclude is None or Path(dirpath, d) != exclude))
         for name in filenames:
             p = Path(dirpath, name)
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-                out.append(p)
-    return sorted(out)
+            if name.startswith(".") or not p.is_file():
+                continue
+            suffix = p.suffix.lower()
+            (images if suffix in IMAGE_SUFFIXES or suffix in OTHER_IMAGE_SUFFIXES else others).append(p)
+    return sorted(images), sorted(others)
+
+
+def list_images(root: str | os.PathLike[str], *, recursive: bool = True, exclude: Path | None = None) -> list[Path]:
+    """Image files under ``root`` by suffix, sorted, hidden directories and ``exclude`` skipped."""
+    return scan_folder(root, recursive=recursive, exclude=exclude)[0]
 
 
 def _file_hash(path: Path) -> str:
@@ -99,6 +130,15 @@ def _model_identity(model: Any) -> dict[str, Any]:
 
     cfg = preprocess_to_dict(model.preprocess_config)
     cfg.pop("name", None)
+    # How the file is read changes the vectors too. Recorded only when not the default,
+    # so caches written before these options existed keep their keys.
+    if cfg.get("alpha") == "white":
+        cfg.pop("alpha")
+    alpha = getattr(model.preprocessor, "alpha", "white")
+    if alpha != model.preprocess_config.alpha:
+        cfg["alpha_override"] = alpha
+    if not getattr(model.preprocessor, "exif_transpose", True):
+        cfg["exif_transpose"] = False
     ident = {
         "format": _FORMAT,
         "model": model.name,
@@ -198,6 +238,7 @@ def embed_folder(
     commit_every: int = 1024,
     recursive: bool = True,
     retry_failed: bool = False,
+    force_recompute: bool = False,
     progress: bool = True,
 ) -> FolderEmbeddings:
     """Embed every image under ``folder`` with ``model``, reusing the on-disk cache.
@@ -210,16 +251,20 @@ def embed_folder(
         commit_every: images embedded between commits: at most this much work is redone
             after a crash.
         retry_failed: also retry files that failed before and did not change since.
+        force_recompute: embed every file again, ignoring (and then replacing) the cache;
+            seed 000's ``force_recompute``, for when the cached vectors are in doubt.
 
     Returns:
         :class:`FolderEmbeddings` over the readable images (unit-norm rows); unreadable
-        ones are in ``errors`` (path -> reason).
+        ones, and images of formats the core does not decode (HEIF, ...), are in
+        ``errors`` (path -> reason); files that are not images by name are in ``skipped``.
     """
     root = Path(folder).resolve()
     store_dir = model_cache_dir(model, cache_dir)
     store = _Store(store_dir, _model_identity(model))
-    files = list_images(root, recursive=recursive, exclude=store_dir)
+    files, others = scan_folder(root, recursive=recursive, exclude=store_dir)
     rels = [f.relative_to(root).as_posix() for f in files]
+    skipped = [f.relative_to(root).as_posix() for f in others]
 
     todo: list[tuple[str, Path, dict[str, Any]]] = []
     current: dict[str, dict[str, Any]] = {}
@@ -229,7 +274,7 @@ def embed_folder(
     for rel, path in zip(rels, files):
         try:
             st = path.stat()
-            rec = store.stats.get(rel)
+            rec = None if force_recompute else store.stats.get(rel)
             if rec is not None and rec["size"] == st.st_size and rec["mtime_ns"] == st.st_mtime_ns:
                 digest = rec["hash"]
             else:
@@ -238,10 +283,10 @@ def embed_folder(
             errors[rel] = f"cannot read: {exc.strerror or exc}"
             continue
         rec = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "hash": digest}
-        if digest in store.vectors:
+        if digest in store.vectors and not force_recompute:
             current[rel] = rec
             reused += 1
-        elif digest in store.failures and not retry_failed:
+        elif digest in store.failures and not (retry_failed or force_recompute):
             errors[rel] = store.failures[digest]
             failed_recs[rel] = dict(rec, reason=errors[rel])
         else:
@@ -270,5 +315,7 @@ def embed_folder(
     if todo or stale or len(store.part_names) > 1:
         store.compact(rows, live_failed)
     emb = np.stack([store.vectors[r["hash"]] for r in rows]).astype(np.float32) if rows else np.zeros((0, model.dim), np.float32)
-    return FolderEmbeddings(root, ordered, emb, errors, embedded=embedded, reused=reused, cache_dir=store_dir)
+    return FolderEmbeddings(
+        root, ordered, emb, errors, skipped=skipped, embedded=embedded, reused=reused, cache_dir=store_dir
+    )
 

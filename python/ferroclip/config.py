@@ -165,6 +165,10 @@ class PreprocessConfig:
             (torchvision ``ToTensor``: float32 ``v / 255``), or ``"none"``.
         image_mean, image_std: per-channel normalisation, or ``None`` to skip it.
         fill_color: padding colour (0-255), a gray level or an RGB triple.
+        alpha: what the reference does with transparency: ``"white"`` composites onto
+            white (HF processors' ``convert_to_rgb``), ``"drop"`` discards the alpha
+            channel (PIL ``convert("RGB")``: MobileCLIP's and open_clip's pipelines). A
+            :class:`Preprocessor` may override it.
         pil_version: which Pillow's resize to reproduce byte for byte. Pillow 13 runs the
             vertical pass first when the height shrinks by more than twice as many pixels
             as the width (python-pillow/Pillow#9549); Pillow 12.2-12.x only for images
@@ -187,6 +191,7 @@ class PreprocessConfig:
     image_mean: tuple[float, float, float] | None = CLIP_MEAN
     image_std: tuple[float, float, float] | None = CLIP_STD
     fill_color: int | tuple[int, int, int] = 0
+    alpha: Literal["white", "drop"] = "white"
     name: str = field(default="custom", compare=False)
     pil_version: str | int | None = None
     # Whether `pil_version` was asked for rather than detected; an ONNX export records only
@@ -212,6 +217,8 @@ class PreprocessConfig:
             raise ConfigError(f"resample must be 'bicubic', 'bilinear' or 'lanczos', got {self.resample!r}")
         if self.crop_rounding not in ("floor", "round"):
             raise ConfigError(f"crop_rounding must be 'floor' or 'round', got {self.crop_rounding!r}")
+        if self.alpha not in ("white", "drop"):
+            raise ConfigError(f"alpha must be 'white' or 'drop', got {self.alpha!r}")
         if self.rescale not in ("mul", "div255", "none"):
             raise ConfigError(f"rescale must be 'mul', 'div255' or 'none', got {self.rescale!r}")
         if (self.image_mean is None) != (self.image_std is None):
@@ -267,8 +274,16 @@ class PreprocessConfig:
 
     @classmethod
     def mobileclip(cls, size: int = 256, *, pil_version: str | int | None = None) -> PreprocessConfig:
-        """MobileCLIP ONNX (PIL bicubic resize to ``size`` x ``size``, CLIP mean/std)."""
-        return cls(size=(size, size), resize_mode="squash", name=f"mobileclip-{size}", pil_version=pil_version)
+        """MobileCLIP ONNX as seed 004 runs it: ``convert("RGB")`` (alpha dropped), PIL bicubic
+        resize to ``size`` x ``size``, float32 ``v / 255``, CLIP mean/std."""
+        return cls(
+            size=(size, size),
+            resize_mode="squash",
+            rescale="div255",
+            alpha="drop",
+            name=f"mobileclip-{size}",
+            pil_version=pil_version,
+        )
 
     @classmethod
     def from_open_clip(
@@ -390,8 +405,10 @@ class PreprocessConfig:
             defaults = dict(size={"height": 224, "width": 224}, do_center_crop=False, mean=SIGLIP_MEAN, std=SIGLIP_STD)
         elif family in ("CLIPImageProcessor", "CLIPFeatureExtractor", ""):
             defaults = dict(size={"shortest_edge": 224}, do_center_crop=True, mean=CLIP_MEAN, std=CLIP_STD)
+        elif family in ("ChineseCLIPImageProcessor", "ChineseCLIPFeatureExtractor"):
+            defaults = dict(size={"height": 224, "width": 224}, do_center_crop=True, mean=CLIP_MEAN, std=CLIP_STD)
         else:
-            raise ConfigError(f"{name}: unsupported image processor {kind!r} (CLIP and SigLIP families are)")
+            raise ConfigError(f"{name}: unsupported image processor {kind!r} (CLIP, Chinese-CLIP and SigLIP families are)")
         size = d.get("size", defaults["size"])
         if isinstance(size, int):
             size = {"height": size, "width": size} if is_siglip else {"shortest_edge": size}

@@ -19,6 +19,7 @@ __all__ = [
     "ImageTooLargeError",
     "InternalError",
     "ModelError",
+    "ModelNotFoundError",
     "NotAFileError",
     "ShapeError",
     "UnsupportedFormatError",
@@ -61,8 +62,13 @@ class ImageError(FerroclipError):
         return (type(self), (self.message, self.path, self.reason, self.kind, self.index))
 
 
-class ImageDecodeError(ImageError, ValueError):
-    """The bytes are not a valid image: empty, truncated, corrupt."""
+class ImageDecodeError(ImageError, ValueError, OSError):
+    """The bytes are not a valid image: empty, truncated, corrupt.
+
+    Also an ``OSError``, as Pillow's ``UnidentifiedImageError`` is, so code written against
+    ``Image.open`` (``except OSError``) keeps catching corrupt files; it stays a
+    ``ValueError`` for the callers who treat bad data as such.
+    """
 
 
 class UnsupportedFormatError(ImageDecodeError):
@@ -99,6 +105,25 @@ class ConfigError(FerroclipError, ValueError):
 
 class ModelError(FerroclipError, RuntimeError):
     """A model cannot be loaded or run as asked (missing weights, unknown family, device)."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """A local model path (a name that can only be a path) does not exist.
+
+    A ``FileNotFoundError`` too, so a seed's ``except FileNotFoundError`` around loading a
+    model still works; ``path`` names what was looked for.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.path))
 
 
 class DataError(FerroclipError, ValueError):

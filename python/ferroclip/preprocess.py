@@ -80,7 +80,8 @@ class Preprocessor:
             bit-exact (see the benchmark report for the measured difference).
         exif_transpose: apply EXIF orientation, as ``ImageOps.exif_transpose``.
         alpha: ``"white"`` composites transparency onto white (what HF's ``convert_to_rgb``
-            does), ``"drop"`` discards alpha (PIL ``convert("RGB")``, open_clip).
+            does), ``"drop"`` discards alpha (PIL ``convert("RGB")``, open_clip); default
+            ``None``: what the config says (``config.alpha``).
         max_pixels: images whose header announces more pixels fail with
             :class:`ImageTooLargeError` before any pixel memory is allocated.
         max_file_bytes: larger files fail without being read.
@@ -102,7 +103,7 @@ class Preprocessor:
         num_threads: int | None = None,
         fast: bool = False,
         exif_transpose: bool = True,
-        alpha: Literal["white", "drop"] = "white",
+        alpha: Literal["white", "drop"] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         dtype: Literal["float32", "float16"] = "float32",
@@ -115,7 +116,12 @@ class Preprocessor:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if alpha is None:
+            alpha = config.alpha
+        if alpha not in ("white", "drop"):
+            raise ValueError(f"alpha must be 'white', 'drop' or None, got {alpha!r}")
         self.config = config
+        self.alpha = alpha
         self.num_threads = num_threads
         self.fast = fast
         self.exif_transpose = exif_transpose

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,9 @@ from ..errors import ImageError, ShapeError, raise_first
 from .._sources import as_list
 from ..preprocess import PreprocessResult, Preprocessor
 from .text import TextRules
+
+if TYPE_CHECKING:
+    from ..scoring import SimilarityResult
 
 __all__ = ["Backend", "EmbeddingModel", "EncodeResult", "ZeroShotResult"]
 
@@ -94,6 +97,8 @@ class EmbeddingModel:
         name: str,
         num_threads: int | None = None,
         fast: bool = False,
+        exif_transpose: bool = True,
+        alpha: str | None = None,
     ) -> None:
         self.backend = backend
         self.preprocess_config = preprocess
@@ -106,7 +111,9 @@ class EmbeddingModel:
             # 640x480) outruns any CPU forward pass, and more threads only preempt the
             # model's spinning intra-op workers.
             num_threads = 1
-        self.preprocessor = Preprocessor(preprocess, num_threads=num_threads, fast=fast)
+        self.preprocessor = Preprocessor(
+            preprocess, num_threads=num_threads, fast=fast, exif_transpose=exif_transpose, alpha=alpha  # type: ignore[arg-type]
+        )
 
     # ------------------------------------------------------------------ facts
     @property
@@ -142,11 +149,18 @@ class EmbeddingModel:
         while the model runs the current one, so the accelerator is not kept waiting.
         A file that cannot be read or decoded becomes an entry in ``errors``; the rest of
         the batch is embedded.
+
+        An already preprocessed float ``(N, 3, H, W)`` batch (numpy or torch, e.g. from a
+        user's own DataLoader as in seed 000) is fed to the model as it is, after checking
+        that ``(H, W)`` is the model's input size.
         """
         from tqdm.auto import tqdm
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        pixels = self._pixel_batch(images)
+        if pixels is not None:
+            return self._encode_pixel_batch(pixels, batch_size, normalize)
         items = as_list(images)
         n = len(items)
         embeddings = np.zeros((n, self.dim), dtype=np.float32)
@@ -190,6 +204,52 @@ class EmbeddingModel:
         if normalize:
             embeddings[ok] = _l2_normalize(embeddings[ok])
         return EncodeResult(embeddings, ok, errors, images_per_second=n / elapsed if elapsed > 0 else 0.0)
+
+    def embed(self, image: Any, normalize: bool = True) -> npt.NDArray[np.float32]:
+        """One image to one ``(dim,)`` float32 vector, raising instead of reporting.
+
+        Seed 004's ``ClipEmbedder.embed`` contract: a missing file raises
+        :class:`~ferroclip.ImageNotFoundError` (a ``FileNotFoundError``), an undecodable one
+        :class:`~ferroclip.ImageDecodeError` (an ``OSError``, like PIL's
+        ``UnidentifiedImageError``), a failed model run :class:`~ferroclip.ModelError` (a
+        ``RuntimeError``). ``normalize=False`` gives the raw model output.
+
+            >>> vec = model.embed("photo.jpg")   # doctest: +SKIP
+        """
+        res = self.encode_images([image], batch_size=1, progress=False, normalize=normalize)
+        res.raise_for_errors()
+        return res.embeddings[0]
+
+    def _pixel_batch(self, images: Any) -> np.ndarray | None:
+        """The input as a float32 ``(N, 3, H, W)`` array when it is a preprocessed batch."""
+        kind = type(images).__module__.split(".", 1)[0]
+        if kind == "torch" and hasattr(images, "detach") and getattr(images, "is_floating_point", lambda: False)():
+            arr = images.detach().to("cpu").float().numpy()
+        elif isinstance(images, np.ndarray) and images.dtype.kind == "f":
+            arr = images
+        else:
+            return None
+        h, w = self.preprocessor.output_size
+        if arr.ndim != 4 or arr.shape[1] != 3 or tuple(arr.shape[2:]) != (h, w):
+            raise ShapeError(
+                f"a float pixel batch must be (N, 3, {h}, {w}) for {self.name} (already preprocessed), "
+                f"got shape {tuple(arr.shape)}; pass uint8 (H, W, 3) arrays, files or PIL images to have "
+                "ferroclip preprocess them"
+            )
+        if not np.isfinite(arr).all():
+            raise ShapeError("the pixel batch holds NaN or Inf")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def _encode_pixel_batch(self, pixels: np.ndarray, batch_size: int, normalize: bool) -> EncodeResult:
+        t0 = time.perf_counter()
+        n = len(pixels)
+        embeddings = np.zeros((n, self.dim), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            embeddings[start : start + batch_size] = self.backend.encode_pixels(pixels[start : start + batch_size])
+        if normalize and n:
+            embeddings = _l2_normalize(embeddings)
+        elapsed = time.perf_counter() - t0
+        return EncodeResult(embeddings, np.ones(n, dtype=bool), [], images_per_second=n / elapsed if elapsed > 0 else 0.0)
 
     # ------------------------------------------------------------------ texts
     def encode_texts(
@@ -238,40 +298,20 @@ class EmbeddingModel:
         col_name: str = "clip_score",
         batch_size: int = 64,
         progress: bool = True,
-    ) -> list[dict[str, Any]]:
-        """Score (query, image) records: dicts or objects with ``query`` and ``image`` (or
-        ``image_url``), optionally ``query_id`` / ``image_id``.
+    ) -> list[SimilarityResult]:
+        """Score (query, image) records: :class:`~ferroclip.SimilarityInput`, dicts or
+        objects with ``query`` and ``image_url`` (or ``image``), optionally ``query_id`` /
+        ``image_id``.
 
-        Returns one dict per input, in order, with the ids, ``col_name`` (the cosine
-        similarity, ``None`` when the image failed) and ``error`` (``None`` or the reason).
-        Each distinct image and query is embedded once.
+        Returns one :class:`~ferroclip.SimilarityResult` per input, in order, with the
+        input's ids and field names, the cosine similarity as ``score`` (and under
+        ``col_name`` in ``result[col_name]`` / ``to_dict()``), and ``error`` (``None`` or the
+        reason). A bad record (no query, no image, unreadable image) fails alone. Each
+        distinct image and query is embedded once.
         """
-        records = [_record(r, i) for i, r in enumerate(inputs)]
-        img_row: dict[Any, int] = {}
-        images: list[Any] = []
-        for r in records:
-            key = _key(r["image"])
-            if key not in img_row:
-                img_row[key] = len(images)
-                images.append(r["image"])
-        queries = list(dict.fromkeys(r["query"] for r in records))
-        img = self.encode_images(images, batch_size=batch_size, progress=progress)
-        txt = self.encode_texts(queries) if queries else np.zeros((0, self.dim), np.float32)
-        txt_row = {key: i for i, key in enumerate(queries)}
-        err_by_row = {e.index: e for e in img.errors if getattr(e, "index", None) is not None}  # type: ignore[union-attr]
-        out = []
-        for r in records:
-            row = img_row[_key(r["image"])]
-            result = {"query_id": r["query_id"], "image_id": r["image_id"], "query": r["query"], "image": r["image"]}
-            if img.ok[row]:
-                result[col_name] = float(img.embeddings[row] @ txt[txt_row[r["query"]]])
-                result["error"] = None
-            else:
-                result[col_name] = None
-                err = err_by_row.get(row)
-                result["error"] = str(err) if err is not None else "image failed"
-            out.append(result)
-        return out
+        from ..scoring import score_records
+
+        return score_records(self, inputs, col_name=col_name, batch_size=batch_size, progress=progress)
 
     def zero_shot(
         self,
@@ -310,18 +350,3 @@ class EmbeddingModel:
         predicted = [labels[b] if o else None for b, o in zip(best, img.ok)]
         return ZeroShotResult(labels, probs, predicted, img.ok, img.errors)
 
-
-def _key(image: Any) -> Any:
-    """Identical paths/URLs/bytes are embedded once; arrays and PIL images by identity."""
-    return image if isinstance(image, (str, bytes)) else ("id", id(image))
-
-
-def _record(r: Any, i: int) -> dict[str, Any]:
-    get = r.get if isinstance(r, dict) else lambda k, d=None: getattr(r, k, d)
-    query = get("query")
-    image = get("image", None)
-    if image is None:
-        image = get("image_url", None)
-    if not isinstance(query, str) or image is None:
-        raise TypeError(f"inputs[{i}] needs a str 'query' and an 'image' (or 'image_url'), got {r!r}")
-    return {"query": query, "image": image, "query_id": get("query_id", None), "image_id": get("image_id", None)}

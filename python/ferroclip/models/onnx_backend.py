@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..config import IMAGE_PROCESSOR_CONFIG, PROCESSOR_CONFIG, PreprocessConfig
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, ModelNotFoundError
 from .model import EmbeddingModel
 from .text import TextRules
 
@@ -89,7 +89,15 @@ class _Tower:
         outs = []
         for start in range(0, n, step):
             chunk = {k: v[start : start + step] for k, v in feeds.items()}
-            out = self.session.run(None, chunk)[0]
+            try:
+                out = self.session.run(None, chunk)[0]
+            except Exception as exc:  # onnxruntime's own classes (Fail, InvalidArgument, ...), not ours
+                shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in chunk.items())
+                expected = ", ".join(f"{i.name} {i.shape}" for i in self.session.get_inputs())
+                raise ModelError(
+                    f"{self.path}: ONNX Runtime failed on input {shapes} (the graph takes {expected}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             outs.append(np.asarray(out, dtype=np.float32).reshape(len(next(iter(chunk.values()))), -1))
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
@@ -135,7 +143,7 @@ def _resolve_dir(source: str, revision: str | None, local_files_only: bool) -> P
     if p.exists():
         return p
     if "/" not in source or source.startswith((".", "/")):
-        raise ModelError(f"{source}: no such ONNX file or directory")
+        raise ModelNotFoundError(f"{source}: no such ONNX file or directory", source)
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -175,6 +183,7 @@ def load_onnx_model(
     num_threads: int | None,
     fast: bool,
     family_hint: str | None,
+    image_options: dict[str, Any] | None = None,
 ) -> EmbeddingModel:
     try:
         import onnxruntime  # noqa: F401
@@ -184,10 +193,13 @@ def load_onnx_model(
         raise ConfigError(f"dtype={dtype!r}: the ONNX backend runs the exported float32 graphs")
     providers = _providers(device)
     resolved_device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+    options = dict(image_options or {})
+    if family_hint == "mobileclip" and options.get("alpha") is None:
+        options["alpha"] = "drop"  # seed 004's reference pipeline: image.convert("RGB")
     root = _resolve_dir(source, revision, local_files_only)
     manifest_path = (root / MANIFEST) if root.is_dir() else None
     if manifest_path is not None and manifest_path.is_file():
-        return _load_export(root, manifest_path, name, providers, resolved_device, preprocess, num_threads, fast)
+        return _load_export(root, manifest_path, name, providers, resolved_device, preprocess, num_threads, fast, options)
 
     # A third-party ONNX model: find the towers by name.
     files = [root] if root.is_file() else sorted(root.glob("*.onnx"))
@@ -224,7 +236,15 @@ def load_onnx_model(
         vision, text, device=resolved_device, dim=int(vision.output_dim), logit_scale=100.0, logit_bias=None
     )
     return EmbeddingModel(
-        backend, preprocess, tokenizer, rules, family=family_hint or "clip", name=name, num_threads=num_threads, fast=fast
+        backend,
+        preprocess,
+        tokenizer,
+        rules,
+        family=family_hint or "clip",
+        name=name,
+        num_threads=num_threads,
+        fast=fast,
+        **options,
     )
 
 
@@ -237,6 +257,7 @@ def _load_export(
     preprocess: PreprocessConfig | None,
     num_threads: int | None,
     fast: bool,
+    options: dict[str, Any],
 ) -> EmbeddingModel:
     try:
         meta = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -263,6 +284,6 @@ def _load_export(
         logit_bias=meta.get("logit_bias"),
     )
     return EmbeddingModel(
-        backend, preprocess, tokenizer, rules, family=meta["family"], name=name, num_threads=num_threads, fast=fast
+        backend, preprocess, tokenizer, rules, family=meta["family"], name=name, num_threads=num_threads, fast=fast, **options
     )
 

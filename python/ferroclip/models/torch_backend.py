@@ -2,12 +2,15 @@
 
 Only the two towers' ``get_image_features`` / ``get_text_features`` are used: that is the
 public contract of every CLIP-like model in transformers, so the same code serves CLIP,
-SigLIP and fixed-resolution SigLIP2 checkpoints.
+SigLIP and fixed-resolution SigLIP2 checkpoints, and the CLIP-architecture dual encoders
+with other text towers (AltCLIP's XLM-R, Chinese-CLIP's BERT, MetaCLIP 2's multilingual
+vocabulary).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +20,27 @@ from .device import torch_dtype
 
 __all__ = ["TorchBackend", "features_tensor", "load_hf_model"]
 
-SUPPORTED_MODEL_TYPES = ("clip", "siglip")
+SUPPORTED_MODEL_TYPES = ("clip", "siglip", "altclip", "chinese_clip", "metaclip_2")
+_SUPPORTED = (
+    "transformers dual encoders with model_type " + ", ".join(SUPPORTED_MODEL_TYPES) + " (SigLIP2 at fixed resolution)"
+)
+
+
+def _not_supported_hint(source: str) -> str:
+    """Why a checkpoint people expect to work does not, from the files it holds."""
+    p = Path(source)
+    if (p / "open_clip_config.json").is_file() or "open_clip" in source.lower():
+        return (
+            "it is an open_clip checkpoint (open_clip_config.json, no transformers config); "
+            "load the transformers export of the same model, or convert it"
+        )
+    if (p / "modules.json").is_file() or source.startswith("sentence-transformers/"):
+        return (
+            "it is a sentence-transformers model: a text encoder trained into a CLIP model's space, not a "
+            "dual encoder; embed its texts with sentence-transformers and the images with that CLIP "
+            "(e.g. clip-vit-b-32 for clip-ViT-B-32-multilingual-v1)"
+        )
+    return ""
 
 
 def features_tensor(out: Any) -> Any:
@@ -45,16 +68,19 @@ def load_hf_model(
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read a model config from {source!s}: {exc}") from None
+        hint = _not_supported_hint(str(source))
+        hint = f"; {hint}. ferroclip loads {_SUPPORTED}" if hint else ""
+        raise ModelError(f"cannot read a model config from {source!s}: {exc}{hint}") from None
     if config.model_type == "siglip2":
         raise ConfigError(
             f"{source}: SigLIP2 NaFlex (variable resolution) checkpoints are not supported yet; "
             "use a fixed-resolution SigLIP2 checkpoint such as google/siglip2-so400m-patch14-384"
         )
     if config.model_type not in SUPPORTED_MODEL_TYPES:
+        hint = _not_supported_hint(str(source))
         raise ConfigError(
-            f"{source}: model_type {config.model_type!r} is not a supported CLIP-family model "
-            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            f"{source}: model_type {config.model_type!r} is not a supported CLIP-family model"
+            f"{'; ' + hint if hint else ''} (supported: {_SUPPORTED})"
         )
     try:
         model = AutoModel.from_pretrained(

@@ -42,7 +42,21 @@ def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[s
                         extra[k] = z[k]
         except ValueError as e:
             raise DataError(f"{p}: cannot be read safely: {e}", str(p)) from e
-    return name, p, load_array(p, key), extra
+    sidecar = p.with_suffix(".paths.json")
+    if p.suffix.lower() == ".npy" and sidecar.is_file():
+        # `ferroclip embed --out x.npy` writes its rows' paths here: without them, a folder
+        # with one unreadable image gives one row fewer than the folder has labels.
+        try:
+            listed = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{sidecar}: unreadable paths file: {e}", str(sidecar)) from e
+        if not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
+            raise DataError(f"{sidecar}: must be a JSON list of paths", str(sidecar))
+        extra["paths"] = np.array(listed)
+    features = load_array(p, key)
+    if "paths" in extra and len(extra["paths"]) != len(features):
+        raise DataError(f"{p}: {len(features)} rows but {len(extra['paths'])} paths stored beside them", str(p))
+    return name, p, features, extra
 
 
 def _labels(args: argparse.Namespace, n: int, cache: dict[str, np.ndarray], where: Path) -> list[str]:
@@ -67,7 +81,13 @@ def _labels(args: argparse.Namespace, n: int, cache: dict[str, np.ndarray], wher
             raise DataError(f"{src}: no label for {len(missing)} rows of {where}, e.g. {missing[0]}", str(src))
         return [by_path[q] for q in wanted]
     if len(labels) != n:
-        raise DataError(f"{src}: {len(labels)} labels but {where} has {n} rows", str(src))
+        hint = (
+            f" (no paths stored with {where.name}: write it with `ferroclip embed --out x.npz`, which keeps "
+            "each row's path, so rows can be matched to labels)"
+            if paths is not None
+            else ""
+        )
+        raise DataError(f"{src}: {len(labels)} labels but {where} has {n} rows{hint}", str(src))
     return labels
 
 

@@ -66,7 +66,7 @@ class DataConfig:
 class ModelConfig:
     """The projection head architecture; ``None`` fields take the type's default."""
 
-    type: HeadType = "mlp"
+    type: str = "mlp"  # a HeadType, or a head registered with ferroclip.train.registry
     output_dim: int = 512
     hidden_dim: Optional[int] = None
     dropout: Optional[float] = None
@@ -135,6 +135,9 @@ class HeadsConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output_dir: str = "results/heads"
+    #: Modules (or ``.py`` files beside the config) imported first, so heads, losses and
+    #: metrics they register (:mod:`ferroclip.train.registry`) can be named here.
+    plugins: Optional[list] = None
 
     @property
     def loss_type(self) -> str:
@@ -143,17 +146,30 @@ class HeadsConfig:
         return LOSS_ALIASES.get(t, t)
 
     @classmethod
-    def from_dict(cls, body: Any, where: str = "config") -> HeadsConfig:
+    def from_dict(cls, body: Any, where: str = "config", base: Path | None = None) -> HeadsConfig:
+        from .registry import import_plugins
+
+        if isinstance(body, dict):
+            import_plugins(body.get("plugins"), base, where)
         cfg = _build(cls, body, where)
         cfg.validate(where)
         return cfg
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> HeadsConfig:
-        """Read and validate a YAML config; relative data paths resolve against its folder."""
+        """Read and validate a YAML config; relative data paths resolve against its folder.
+
+        Without an ``output_dir`` the run writes to ``results/<config file stem>`` under the
+        current directory, as seed 002's ``train.py`` does, so ``for c in configs/*.yaml``
+        gives each config its own folder instead of overwriting one.
+        """
         p = Path(path)
-        cfg = cls.from_dict(_read_yaml(p), str(p))
+        body = _read_yaml(p)
+        cfg = cls.from_dict(body, str(p), base=p.resolve().parent)
+        has_out = isinstance(body, dict) and body.get("output_dir") is not None
         _resolve_paths(cfg, p.resolve().parent)
+        if not has_out:
+            cfg.output_dir = str(Path.cwd() / "results" / p.stem)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,8 +188,17 @@ class HeadsConfig:
             if not ok:
                 raise ConfigError(f"{where}: {key}: {msg}")
 
+        from .registry import head_names, loss_names
+
+        heads = (*HEAD_TYPES, *head_names())
+        need(
+            m.type in heads,
+            "model.type",
+            f"{m.type!r} is not one of {list(heads)} (register your own with ferroclip.train.registry.register_head)",
+        )
         loss = self.loss_type
-        need(loss in LOSS_TYPES, "loss.type", f"unknown loss {lo.type!r}; use one of {LOSS_TYPES} (or {sorted(LOSS_ALIASES)})")
+        losses = (*LOSS_TYPES, *loss_names())
+        need(loss in losses, "loss.type", f"unknown loss {lo.type!r}; use one of {losses} (or {sorted(LOSS_ALIASES)})")
         need(m.output_dim >= 1, "model.output_dim", "must be >= 1")
         need(m.hidden_dim is None or m.hidden_dim >= 1, "model.hidden_dim", "must be >= 1")
         need(m.dropout is None or 0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")

@@ -29,6 +29,10 @@ def retrieval_metrics(images: np.ndarray, texts: np.ndarray, text_to_image: np.n
     out["r1_mean"] = 0.5 * (out["i2t_R@1"] + out["t2i_R@1"])
     out["images"] = float(len(images))
     out["captions"] = float(len(texts))
+    from .registry import metrics
+
+    for name, fn in metrics().items():  # a user's own (ferroclip.train.registry.register_metric)
+        out[name] = float(fn(images, texts, text_to_image))
     return out
 
 

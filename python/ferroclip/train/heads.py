@@ -101,6 +101,11 @@ class CrossModalCore(nn.Module):
 
 
 def _head(cfg: ModelConfig, in_dim: int) -> nn.Module:
+    from .registry import head_factory
+
+    user = head_factory(cfg.type)
+    if user is not None:
+        return user(cfg, in_dim)
     hidden, dropout = cfg.resolved_hidden(in_dim), cfg.resolved_dropout()
     t = cfg.type
     if t == "siglip":
@@ -134,7 +139,12 @@ class ProjectionModel(nn.Module):
         self.text_head = _head(m, text_dim)
         self.shared = CrossModalCore(m.resolved_hidden(max(image_dim, text_dim)), m.output_dim, m, m.resolved_dropout()) if m.type == "cross_modal" else None
         learnable = m.resolved_learnable_temp()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.loss.temperature)), requires_grad=learnable)
+        init = math.log(1.0 / config.loss.temperature)
+        self.logit_scale = nn.Parameter(torch.tensor(init), requires_grad=learnable)
+        # CLIP clamps the scale at 100. A run that starts at or past it (seed 002's SigLIP
+        # temperature 0.01 is exactly 100) would sit on the clamp with zero gradient and
+        # never learn; its bound is raised a decade above the start instead.
+        self.max_log_scale = _MAX_LOGIT_SCALE if init < _MAX_LOGIT_SCALE - 1e-6 else init + math.log(10.0)
         sigmoid = config.loss_type == "sigmoid"
         self.logit_bias = nn.Parameter(torch.tensor(float(config.loss.bias_init)), requires_grad=sigmoid)
         self.momentum = m.momentum
@@ -155,8 +165,9 @@ class ProjectionModel(nn.Module):
         return [p for mod in mods for p in mod.parameters()]
 
     def scale(self) -> torch.Tensor:
-        """The logit multiplier ``1/temperature``, clamped at 100 as CLIP does."""
-        return self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
+        """The logit multiplier ``1/temperature``, clamped at 100 as CLIP does (or a decade
+        above the initial value when training starts at 100 or higher)."""
+        return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
     def _encode(self, head: nn.Module, shared: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
         h = head(x)

@@ -96,6 +96,11 @@ class Objective(nn.Module):
         """Loss of one training step; ``ids`` are the batch's image indices (unique)."""
         img, txt, scale = model.encode_image(images), model.encode_text(texts), model.scale()
         t = self.loss_type
+        from .registry import loss_fn
+
+        user = loss_fn(t)
+        if user is not None:
+            return user(img, txt, scale)
         if t == "infonce":
             return infonce_loss(img, txt, scale)
         if t == "sigmoid":
@@ -124,6 +129,11 @@ class Objective(nn.Module):
     def eval_loss(self, model: ProjectionModel, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
         """In-batch loss without queue or teacher, comparable across epochs and trials."""
         img, txt, scale = model.encode_image(images), model.encode_text(texts), model.scale()
+        from .registry import loss_fn
+
+        user = loss_fn(self.loss_type)
+        if user is not None:
+            return user(img, txt, scale)
         if self.loss_type == "sigmoid":
             return sigmoid_loss(img, txt, scale, model.logit_bias)
         return infonce_loss(img, txt, scale)

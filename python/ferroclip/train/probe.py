@@ -24,6 +24,7 @@ import csv
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ def _prepare(features: Any, labels: Sequence[Any] | np.ndarray, folds: int) -> t
     if y_raw.ndim != 1 or len(y_raw) != len(x):
         raise DataError(f"{len(y_raw) if y_raw.ndim == 1 else y_raw.shape} labels for {len(x)} feature rows")
     classes, y = np.unique(y_raw, return_inverse=True)
+    classes, y = _numeric_order(classes, y)
     if len(classes) < 2:
         raise DataError("a probe needs at least two classes")
     counts = np.bincount(y)
@@ -152,6 +154,21 @@ def _prepare(features: Any, labels: Sequence[Any] | np.ndarray, folds: int) -> t
             "lower folds or drop the class"
         )
     return x, y.astype(np.int64), [str(c) for c in classes]
+
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _numeric_order(classes: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes named by integers (ages ``1, 2, 10`` in seed 000) in numeric order, as the
+    seed's label encoder sorts them, not as strings (``1, 10, 2``); others stay sorted."""
+    names = [str(c).strip() for c in classes]
+    if not all(_INT.fullmatch(n) for n in names):
+        return classes, y
+    order = sorted(range(len(names)), key=lambda i: (int(names[i]), names[i]))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return classes[order], rank[y]
 
 
 def _ridge_loo(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, alphas: Sequence[float]) -> tuple[np.ndarray, float]:

@@ -41,8 +41,10 @@ FAMILIES = {
     "clip-224": (PreprocessConfig.clip(224), CLIPImageProcessorPil()),
     "clip-336": (PreprocessConfig.clip(336), CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size=336)),
     "siglip-384": (PreprocessConfig.siglip(384), SiglipImageProcessorPil(size={"height": 384, "width": 384})),
+    # MobileCLIP's geometry and scaling against HF's processor, which composites alpha onto
+    # white; the preset itself drops alpha as seed 004 does (tests/test_mobileclip_contract.py)
     "mobileclip-256": (
-        PreprocessConfig.mobileclip(256),
+        dataclasses.replace(PreprocessConfig.mobileclip(256), alpha="white"),
         SiglipImageProcessorPil(
             size={"height": 256, "width": 256},
             image_mean=list(ferroclip.CLIP_MEAN),
@@ -290,7 +292,7 @@ CORPUS_FAMILIES = {
     "clip-32": (PreprocessConfig.clip(32), CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=32)),
     "siglip-48": (PreprocessConfig.siglip(48), SiglipImageProcessorPil(size={"height": 48, "width": 48})),
     "mobileclip-40": (
-        PreprocessConfig.mobileclip(40),
+        dataclasses.replace(PreprocessConfig.mobileclip(40), alpha="white"),
         SiglipImageProcessorPil(
             size={"height": 40, "width": 40}, image_mean=list(ferroclip.CLIP_MEAN), image_std=list(ferroclip.CLIP_STD)
         ),

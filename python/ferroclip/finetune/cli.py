@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.output_dir is not None:
         cfg.output_dir = args.output_dir
     cfg.validate(args.config)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from .loop import finetune
 
@@ -36,6 +39,20 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           "-m", "ferroclip", "finetune", args.config]
+    for flag, value in (("--max-steps", args.max_steps), ("--output-dir", args.output_dir)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    cmd += [f for f, on in (("--resume", args.resume), ("--offline", args.offline), ("--quiet", args.quiet)) if on]
+    print("launching: " + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "finetune",
@@ -49,4 +66,6 @@ def register(sub: Any) -> None:
     p.add_argument("--output-dir", default=None, help="override the config's output_dir")
     p.add_argument("--offline", action="store_true", help="use only locally cached model files")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (launches torchrun; gloo on CPU, NCCL on CUDA); batch_size is per process")
     p.set_defaults(func=_cmd_finetune)

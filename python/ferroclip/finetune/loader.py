@@ -53,7 +53,11 @@ class Batch:
 
 
 class PairLoader:
-    """Iterable over one epoch's global batches (``len()`` of them); ``set_epoch`` as DDP's sampler."""
+    """Iterable over one epoch's batches (``len()`` of them); ``set_epoch`` as DDP's sampler.
+
+    ``batch_size`` is the global batch (all ranks, all micro-batches); each rank prepares its
+    ``1/world`` share.
+    """
 
     def __init__(
         self,
@@ -68,6 +72,8 @@ class PairLoader:
         augment_text: bool = False,
         pin_memory: bool = False,
         prefetch: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         groups = data.by_image()
         self.ids = list(groups)
@@ -82,6 +88,9 @@ class PairLoader:
         self.batch_size, self.image_hw = int(batch_size), image_hw
         self.seed, self.shuffle, self.augment_text = int(seed), shuffle, augment_text
         self.pin_memory, self.prefetch = pin_memory, prefetch
+        if batch_size % world:
+            raise ValueError(f"the global batch {batch_size} does not split over {world} ranks")
+        self.rank, self.world = int(rank), int(world)
         self.epoch = 0
         self.reported: set[int] = set()
 
@@ -104,8 +113,12 @@ class PairLoader:
         return caps[epoch % len(caps)]
 
     def make_batch(self, epoch: int, index: int) -> Batch:
-        """Batch ``index`` of ``epoch`` (pure: the same arguments give the same batch)."""
+        """Batch ``index`` of ``epoch`` (pure: the same arguments give the same batch); under
+        torch.distributed, this rank's contiguous share of it, so the ranks together see
+        exactly the single-process batch."""
         rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        per = self.batch_size // self.world
+        rows = rows[self.rank * per : (self.rank + 1) * per]
         h, w = self.image_hw
         shape = (len(rows), 3, h, w)
         buf = torch.empty(shape, dtype=torch.float32, pin_memory=self.pin_memory)

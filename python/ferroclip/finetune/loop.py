@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import math
-import shutil
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ from ..losses import (
     SigLIPLoss,
     TemperatureScheduler,
 )
+from .distributed import from_env
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .evaluate import EvalSet, evaluate_retrieval, interpolate_weights
@@ -234,6 +235,11 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = _device(cfg)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    ctx = from_env(device)
+    main = ctx is None or ctx.main
+    world = 1 if ctx is None else ctx.world
     precision = _precision(cfg, device)
     autocast = _autocast(device, precision)
 
@@ -249,9 +255,10 @@ def finetune(
     if resume and split_path.is_file():
         if json.loads(split_path.read_text(encoding="utf-8")) != split_body:
             raise DataError(f"{split_path}: the data or split settings changed since this run started; resume needs the same data")
-    with atomic_write(split_path) as fh:
-        fh.write(json.dumps(split_body).encode("utf-8"))
-    log.info("data: %s; train %d / val %d / test %d images", ds.summary(), parts["train"].num_images,
+    if main:
+        with atomic_write(split_path) as fh:
+            fh.write(json.dumps(split_body).encode("utf-8"))
+    _info(main, "data: %s; train %d / val %d / test %d images", ds.summary(), parts["train"].num_images,
              parts["val"].num_images, parts["test"].num_images)
 
     # model
@@ -287,17 +294,21 @@ def finetune(
     if micro is None:
         micro = (_probe_batch_size(towers, loss_of, image_hw, rules.max_length, device, autocast)
                  if device.type == "cuda" else _default_batch_size(device))
-        log.info("batch_size: %d (%s)", micro, "largest that fits" if device.type == "cuda" else f"{device.type} default")
-    global_batch = micro * cfg.gradient_accumulation_steps
+        _info(main, "batch_size: %d (%s)", micro, "largest that fits" if device.type == "cuda" else f"{device.type} default")
+    global_batch = micro * cfg.gradient_accumulation_steps * world  # the contrastive batch of one step
     prepare = _train_prepare(cfg, pre_cfg, exact, threads)
     loader = PairLoader(parts["train"], prepare=prepare, tokenize=tokenize, batch_size=global_batch, image_hw=image_hw,
                         seed=cfg.seed, shuffle=cfg.shuffle, augment_text=cfg.augment_text,
-                        pin_memory=device.type == "cuda", prefetch=cfg.num_workers > 0)
+                        pin_memory=device.type == "cuda", prefetch=cfg.num_workers > 0,
+                        rank=0 if ctx is None else ctx.rank, world=world)
     steps_per_epoch = len(loader)
     total = cfg.num_epochs * steps_per_epoch
     if cfg.max_steps is not None:  # as in transformers' Trainer: max_steps overrides num_epochs
         total = cfg.max_steps
     params = [p for g in _param_groups(towers, loss_fn, cfg.weight_decay) for p in g["params"]]
+    loss_params = [p for n, p in towers.named_parameters() if p.requires_grad and "logit_" in n]
+    loss_params += [p for p in loss_fn.parameters() if p.requires_grad]
+    tower_params = [p for p in params if all(p is not q for q in loss_params)]
     optimizer = torch.optim.AdamW(_param_groups(towers, loss_fn, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_steps))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -313,7 +324,7 @@ def finetune(
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"device": str(device), "precision": precision, "family": family,
                                "loss_type": cfg.resolved_loss(family), "batch_size": micro,
-                               "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+                               "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "world_size": world,
                                "contrastive_batch": global_batch, "steps_per_epoch": steps_per_epoch, "total_steps": total}
     base_state = {k: v.detach().to("cpu").clone() for k, v in towers.merged_model().state_dict().items()}
     def evaluate(t: Towers = towers) -> dict[str, float]:
@@ -341,34 +352,36 @@ def finetune(
             history, best, stale = st.meta["history"], st.meta["best"], int(st.meta.get("stale", 0))
             metrics["base"] = st.meta.get("base_metrics")
             run_loss, run_n = st.meta.get("running_loss", [0.0, 0])  # the log window spans the cut
-            log.info("resumed from %s (step %d)", ckpt, step)
+            _info(main, "resumed from %s (step %d)", ckpt, step)
     if has_val and "base" not in metrics:
         metrics["base"] = evaluate()
-        log.info("base model on val: %s", _fmt(metrics["base"]))
+        _info(main, "base model on val: %s", _fmt(metrics["base"]))
 
     # the loop
     from tqdm.auto import tqdm
 
     show = progress if progress is not None else None
-    bar = tqdm(total=total, initial=step, unit="step", desc="finetune", disable=(show is False), dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, unit="step", desc="finetune", disable=(show is False) or not main, dynamic_ncols=True)
     towers.train()
     t0, pairs = time.perf_counter(), 0
     failed_train: list[str] = []
-    last_ckpt: Path | None = None
     stop = False
     try:
         while step < total and not stop:
             epoch, index = divmod(step, steps_per_epoch)
             for batch in loader.batches(epoch, index):
                 failed_train += [str(e) for e in batch.failures]
-                if len(batch) < 2:
+                if ctx is None and len(batch) < 2:
                     log.warning("step %d: fewer than 2 decodable images in the batch; skipped", step)
                     step += 1
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 mbs = split_micro(batch, micro, device, non_blocking=device.type == "cuda")
                 out_d = contrastive_backward(towers, mbs, loss_of, autocast=autocast,
-                                             scale_loss=scaler.scale if scaler is not None else (lambda x: x))
+                                             scale_loss=scaler.scale if scaler is not None else (lambda x: x),
+                                             gather=None if ctx is None else ctx.gather)
+                if ctx is not None:
+                    ctx.reduce_gradients(tower_params, loss_params)
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 if cfg.max_grad_norm > 0:
@@ -395,19 +408,20 @@ def finetune(
                             v = out_d[k]
                             entry[k] = v.tolist() if v.ndim else float(v)
                     history.append(entry)
-                    log.info("step %d/%d epoch %d loss %.4f lr %.3g %.1f pairs/s", step, total, epoch, entry["loss"], entry["lr"], rate)
+                    _info(main, "step %d/%d epoch %d loss %.4f lr %.3g %.1f pairs/s", step, total, epoch, entry["loss"], entry["lr"], rate)
                     run_loss, run_n = 0.0, 0
                 if has_val and (step % cfg.eval_steps == 0 or step == total):
                     m = evaluate()
                     history.append({"step": step, "epoch": epoch, **{f"val_{k}" if not k.startswith("val_") else k: v for k, v in m.items()}})
-                    log.info("step %d val: %s", step, _fmt(m))
+                    _info(main, "step %d val: %s", step, _fmt(m))
                     if m["val_r1"] > best["val_r1"]:
                         best, stale = {"val_r1": m["val_r1"], "step": step, "metrics": m}, 0
-                        _save_model_dir(towers.merged_model(), out / "best", tokenizer, source, local_files_only)
+                        if main:
+                            _save_model_dir(towers.merged_model(), out / "best", tokenizer, source, local_files_only)
                     else:
                         stale += 1
                         if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
-                            log.info("early stopping: %d evaluations without a better val R@1", stale)
+                            _info(main, "early stopping: %d evaluations without a better val R@1", stale)
                             stop = True
                 ckpt_path = None
                 if step % cfg.save_steps == 0 or step == total or stop:
@@ -416,7 +430,10 @@ def finetune(
                             "scaler": scaler.state_dict() if scaler is not None else None,
                             "temperature_scheduler": temp_sched.state_dict() if temp_sched is not None else None,
                             "config": cfg.to_dict()}
-                    ckpt_path = last_ckpt = save_checkpoint(out, step, model=towers.model, loss_fn=loss_fn, optimizer=optimizer, meta=meta)
+                    if main:
+                        ckpt_path = save_checkpoint(out, step, model=towers.model, loss_fn=loss_fn, optimizer=optimizer, meta=meta)
+                    if ctx is not None:
+                        ctx.barrier()  # no rank runs ahead of a checkpoint it could be resumed from
                 for cb in callbacks:
                     cb(StepInfo(step=step, epoch=epoch, loss=loss_val, checkpoint=ckpt_path))
                 if step >= total or stop:
@@ -424,6 +441,10 @@ def finetune(
     finally:
         bar.close()
 
+    if not main:  # rank 0 writes the model, evaluates WiSE-FT and the test split
+        assert ctx is not None
+        ctx.barrier()
+        return FinetuneResult(output_dir=out, best_checkpoint=None, history=history, metrics=metrics, steps=step)
     # the final model at the top level: the best by val R@1 when there was validation
     final = towers.merged_model()
     best_dir = out / "best" if (out / "best").is_dir() and best.get("step") is not None else None
@@ -447,6 +468,8 @@ def finetune(
     _write_json(out / "metrics.json", metrics)
     cfg.to_yaml(out / "finetune_config.yaml")
     _plot_curves(history, out / "training_curves.png")
+    if ctx is not None:
+        ctx.barrier()
     return FinetuneResult(output_dir=out, best_checkpoint=best_dir, history=history, metrics=metrics, steps=step,
                           bad_rows=len(ds.bad_rows), failed_images=metrics["failed_images"])
 
@@ -518,6 +541,11 @@ def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax2.set_ylabel("val R@1 (mean of I2T, T2I)")
     ax.legend(loc="best")
     _save(fig, path)
+
+
+def _info(main: bool, msg: str, *args: Any) -> None:
+    if main:
+        log.info(msg, *args)
 
 
 def _write_json(path: Path, body: Any) -> None:

@@ -75,18 +75,22 @@ def contrastive_backward(
     *,
     autocast: Callable[[], Any] = contextlib.nullcontext,
     scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    gather: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradient of ``loss_fn`` over all micro-batches at once.
 
     ``loss_fn(image_features, text_features)`` gets the concatenated raw features (float32)
     and returns the loss dict; it may read learnable scales from the model (their gradient
     comes from step 2 directly). ``scale_loss`` is the fp16 GradScaler's ``scale``.
+    ``gather`` (multi-process runs) turns this process's features into the global batch's,
+    keeping the graph of the local rows, so the loss sees every rank's negatives.
     """
+    join = gather if gather is not None else (lambda i, t: (i, t))
     if not micro_batches:
         raise ValueError("no micro-batches")
     if len(micro_batches) == 1:
         img, txt = _encode(towers, micro_batches[0], autocast)
-        out = loss_fn(img, txt)
+        out = loss_fn(*join(img, txt))
         scale_loss(out["loss"]).backward()
         return _detached(out)
     devices = sorted({mb.pixel_values.device for mb in micro_batches} - {torch.device("cpu")}, key=str)
@@ -100,7 +104,7 @@ def contrastive_backward(
     after = _rng_state(devices)
     all_img = torch.cat(imgs).requires_grad_(True)
     all_txt = torch.cat(txts).requires_grad_(True)
-    out = loss_fn(all_img, all_txt)
+    out = loss_fn(*join(all_img, all_txt))
     scale_loss(out["loss"]).backward()
     sizes = [len(mb) for mb in micro_batches]
     assert all_img.grad is not None and all_txt.grad is not None

@@ -22,6 +22,8 @@ data: generated 640x480 JPEG photos with captions. Three measurements:
 (c) **Memory**: peak RSS of one step with a contrastive batch of 256 as 8 micro-batches of
     32 (ferroclip's exact accumulation) against the naive full batch of 256, each in a fresh
     process (quick: 64 as 4 x 16).
+(d) **Multi-process training**: step time of ``ferroclip finetune`` on 1 rank (2 threads)
+    and on 2 torchrun ranks (gloo, 1 thread each), same contrastive batch.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -345,6 +346,24 @@ def in_process(kind: str, *a) -> list[float]:
     return out
 
 
+# ----------------------------------------------------------------------------- (d) DDP
+def ddp_step_time(ckpt: Path, data: Path, tmp: Path, nproc: int, per_rank: int, steps: int) -> float:
+    """Median step time of ``ferroclip finetune`` with ``nproc`` CPU ranks (torchrun, gloo),
+    from the run's own history (the first step, with its start-up, left out)."""
+    cfg = tmp / f"ddp{nproc}.yaml"
+    cfg.write_text(
+        f"model_name: {ckpt}\ndata_path: {data}\nbatch_size: {per_rank}\nmax_steps: {steps + 2}\nlogging_steps: 1\n"
+        "train_split: 1.0\nval_split: 0.0\ntest_split: 0.0\nsave_steps: 100000\nwise_ft_alphas: []\nnum_workers: 1\n"
+        "learnable_temp: true\ndevice: cpu\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS=str(2 // nproc))
+    subprocess.run([sys.executable, "-m", "ferroclip", "finetune", str(cfg), "--nproc", str(nproc), "--quiet"],
+                   check=True, env=env, capture_output=True)
+    hist = json.loads((tmp / "outputs" / f"ddp{nproc}" / "history.json").read_text())
+    t = [h["elapsed_s"] for h in hist if "elapsed_s" in h]
+    return statistics.median([b - a for a, b in zip(t[1:-1], t[2:-1])] or [t[-1] - t[0]])
+
+
 # ----------------------------------------------------------------------------- (c) memory
 MEM_CHILD = r"""
 import json, resource, sys, torch
@@ -413,6 +432,9 @@ def main() -> None:
             }
             for name, t in res.items():
                 step_rows.append([name, str(threads), str(batch), f"{t:.2f}", f"{batch / t:.1f}", f"{t / bare:.3f}x"])
+        print("(d) DDP", file=sys.stderr)
+        ddp_batch = 8 if args.quick else 16
+        ddp = {n: ddp_step_time(ckpt, data, tmp, n, ddp_batch * 2 // n, steps) for n in (1, 2)}
         print("(c) memory", file=sys.stderr)
         mem_rows = bench_memory(ckpt, 64 if args.quick else 256, 16 if args.quick else 32)
     finally:
@@ -436,6 +458,11 @@ def main() -> None:
         + ", ".join(f"{v:.1f} s at {k} thread(s)" for k, v in save_s.items()) + ".\n",
         "\n## (c) Peak memory of one step (2 threads)\n",
         markdown_table(["contrastive batch", "peak RSS MiB", "step's growth MiB", "step s"], mem_rows),
+        f"\n## (d) Multi-process training (torchrun, gloo), contrastive batch {ddp_batch * 2}, 2 cores in all\n",
+        markdown_table(["ranks", "per-rank batch", "threads per rank", "s/step", "pairs/s"],
+                       [[str(n), str(ddp_batch * 2 // n), str(2 // n), f"{t:.2f}", f"{ddp_batch * 2 / t:.1f}"] for n, t in ddp.items()]),
+        "\nThe last step of each run (its final checkpoint) is left out. Two ranks on one 2-core machine measure the "
+        "collectives' overhead, not a speed-up: the cores are the same.\n",
         "\nNo GPU was used: the GPU figures (loader images/s and GPU busy time against torchvision's) need a machine "
         "with one.\n",
     ]

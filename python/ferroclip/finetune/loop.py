@@ -402,7 +402,8 @@ def finetune(
                 bar.set_postfix(loss=f"{loss_val:.4f}", pairs_s=f"{rate:.1f}")
                 if step % cfg.logging_steps == 0 or step == total:
                     entry = {"step": step, "epoch": epoch, "loss": run_loss / run_n, "lr": scheduler.get_last_lr()[0],
-                             "temperature": float(out_d["temperature"]), "pairs_per_s": rate}
+                             "temperature": float(out_d["temperature"]), "pairs_per_s": rate,
+                             "elapsed_s": time.perf_counter() - t0}
                     for k in ("hard_negative_ratio_actual", "scale_losses"):
                         if k in out_d:
                             v = out_d[k]

@@ -214,3 +214,17 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"ferroclip\[ray\]"):
         import_ray()
+
+
+def test_cli_embed_dataset_then_search(clean, ckpt, folder, capsys):
+    from ferroclip.cli import main as cli_main
+
+    out = str(clean.out_dir.parent)
+    rc = cli_main(["embed-dataset", str(folder), out, "--model", str(ckpt), "--batch-size", "2", "--shard-size", str(SHARD), "--quiet"])
+    assert rc == 0 and "4 already done" in capsys.readouterr().err
+    assert cli_main(["search", out, "a photo of a cat", "-k", "3", "--json", "--quiet"]) == 0  # model from the manifest
+    hits = json.loads(capsys.readouterr().out)
+    model = ferroclip.load_model(ckpt, device="cpu")
+    index = ferroclip.EmbeddingIndex.from_parquet(out)
+    _, ids = index.search(model.encode_texts(["a photo of a cat"]), 3)
+    assert [h["path"] for h in hits] == [str((folder / i).resolve()) for i in ids[0]]

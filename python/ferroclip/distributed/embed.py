@@ -165,7 +165,7 @@ def embed_dataset(
                 fn_constructor_kwargs=dict(model=spec, load_kwargs=kwargs, batch_size=batch_size, num_threads=threads),
                 batch_size=batch_size,
                 batch_format="numpy",
-                concurrency=actors,
+                compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=num_cpus_per_actor,
                 num_gpus=num_gpus_per_actor or None,
             )

@@ -228,3 +228,33 @@ def test_cli_embed_dataset_then_search(clean, ckpt, folder, capsys):
     index = ferroclip.EmbeddingIndex.from_parquet(out)
     _, ids = index.search(model.encode_texts(["a photo of a cat"]), 3)
     assert [h["path"] for h in hits] == [str((folder / i).resolve()) for i in ids[0]]
+
+
+def test_webdataset_bytes_are_embedded_like_encode_images(ray_address, ckpt, tmp_path):
+    import io
+    import tarfile
+
+    from ferroclip.distributed import embed_dataset
+
+    blobs = {}
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(smooth_rgb(np.random.default_rng(i), 30 + i, 34)).save(buf, "JPEG")
+        blobs[f"s{i}"] = buf.getvalue()
+    blobs["s3"] = b"\xff\xd8 truncated"
+    shard = tmp_path / "train-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key, data in blobs.items():
+            for name, payload in ((f"{key}.jpg", data), (f"{key}.txt", b"a caption")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    s = embed_dataset(ckpt, shard, tmp_path / "out", num_actors=1, batch_size=2, shard_size=2, progress=False)
+    rows = _rows(s.out_dir)
+    assert sorted(rows) == [f"{shard}#s{i}" for i in range(4)] and s.images_failed == 1
+    model = ferroclip.load_model(ckpt, device="cpu")
+    ref = model.encode_images([blobs[f"s{i}"] for i in range(4)], progress=False)
+    for i in range(3):
+        np.testing.assert_allclose(rows[f"{shard}#s{i}"]["embedding"], ref.embeddings[i], atol=1e-5)
+    bad = rows[f"{shard}#s3"]
+    assert bad["ok"] is False and bad["error"] == ref.errors[0].reason

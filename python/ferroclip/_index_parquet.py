@@ -22,6 +22,17 @@ from .errors import DataError
 _META = b"ferroclip"
 
 
+def import_pyarrow() -> Any:
+    """``pyarrow`` (with ``parquet`` and ``compute``), or an ImportError saying how to get it."""
+    try:
+        import pyarrow
+        import pyarrow.compute  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        raise ImportError("Parquet embeddings need pyarrow: pip install pyarrow (or 'ferroclip[ray]')") from e
+    return pyarrow
+
+
 def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
     """The shard files behind ``path``: a file, an ``embed_dataset`` output, or a folder of .parquet."""
     root = Path(path)
@@ -44,6 +55,7 @@ def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
 
 def read_vectors(files: list[Path], dtype: str | None) -> tuple[list[Any], np.ndarray, str]:
     """``(ids, (N, dim) matrix, dtype)`` of the rows with an embedding (``ok`` rows only)."""
+    import_pyarrow()
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -88,6 +100,7 @@ def read_vectors(files: list[Path], dtype: str | None) -> tuple[list[Any], np.nd
 
 
 def write_vectors(path: str | os.PathLike[str], ids: list[Any], vectors: np.ndarray, dtype: str) -> None:
+    import_pyarrow()
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -163,13 +163,15 @@ def _webdataset(urls: list[str]) -> Iterable[Item]:
     from ..data.shards import IMAGE_KEYS, import_webdataset
 
     tariterators = import_webdataset()
+    from webdataset.gopen import gopen
+
     for url in urls:
-        samples = tariterators.tarfile_samples([{"url": url}], handler=_raise)
-        for sample in samples:
-            key = next((k for k in IMAGE_KEYS if k in sample), None)
-            if key is None:
-                continue
-            yield Item(f"{url}#{sample['__key__']}", f"{url}#{sample['__key__']}.{key}", sample[key])
+        with gopen(url, "rb") as stream:  # closed here: webdataset's own opener leaves it open
+            members = tariterators.tar_file_expander([{"url": url, "stream": stream}], handler=_raise)
+            for sample in tariterators.group_by_keys(members, handler=_raise):
+                key = next((k for k in IMAGE_KEYS if k in sample), None)
+                if key is not None:
+                    yield Item(f"{url}#{sample['__key__']}", f"{url}#{sample['__key__']}.{key}", sample[key])
 
 
 def _raise(exn: Exception) -> bool:

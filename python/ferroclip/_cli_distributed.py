@@ -11,6 +11,13 @@ from typing import Any
 
 def _cmd_embed_dataset(args: argparse.Namespace) -> int:
     from .distributed import embed_dataset
+    from .distributed.embed import import_ray
+
+    try:
+        import_ray()
+    except ImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     load_kwargs: dict[str, Any] = {"backend": args.backend, "local_files_only": args.offline}
     if args.model_dtype:

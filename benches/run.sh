@@ -24,7 +24,7 @@ mkdir -p "$out"
 echo "== installing ferroclip and the benchmark peers (torch, transformers, open_clip, faiss, ...) into $(command -v python3)" >&2
 python3 -m pip install -q ".[bench]"
 arch=$(uname -m)
-for bench in preprocess retrieval models train finetune; do
+for bench in preprocess retrieval models train finetune distributed; do
     script="benches/bench_${bench}.py"
     [ -f "$script" ] || continue
     echo "== $script ${args[*]:-} -> $out/${bench}-${arch}.md" >&2

@@ -92,6 +92,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if (args.text is None) == (args.image is None):
         print("error: give a text query or --image FILE (one of them)", file=sys.stderr)
         return 2
+    from ._cli_distributed import is_dataset_output, search_dataset_output
+
+    if is_dataset_output(args.folder):
+        return search_dataset_output(args, _load)
     model = _load(args)
     res = _embed(args, model)
     if args.image is not None:
@@ -164,7 +168,7 @@ def register(sub: Any) -> None:
         description='Find the images under FOLDER closest to a text ("a dog on a beach") or to an example '
         "image (--image q.jpg). The folder is embedded first (cached, see `ferroclip embed`).",
     )
-    p.add_argument("folder")
+    p.add_argument("folder", help="folder of images, or an `embed-dataset` output directory")
     p.add_argument("text", nargs="?", default=None, help="text query")
     p.add_argument("--image", default=None, help="query image file or URL instead of text")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")

@@ -152,6 +152,14 @@ def _model_identity(model: Any) -> dict[str, Any]:
     return json.loads(json.dumps(ident))  # the form it has once stored (tuples become lists)
 
 
+def failure_reasons(res: Any) -> dict[int, str]:
+    """Row index -> reason (without the file name) for the failed rows of an ``EncodeResult``.
+
+    Shared by ``embed_folder`` and ``ferroclip.distributed`` so both record the same text.
+    """
+    return {e.index: getattr(e, "reason", str(e)) for e in res.errors if getattr(e, "index", None) is not None}
+
+
 def model_cache_dir(model: Any, cache_dir: str | os.PathLike[str] | None) -> Path:
     ident = _model_identity(model)
     digest = hashlib.blake2b(json.dumps(ident, sort_keys=True).encode(), digest_size=6).hexdigest()
@@ -296,7 +304,7 @@ def embed_folder(
     for start in range(0, len(todo), commit_every):
         chunk = todo[start : start + commit_every]
         res = model.encode_images([str(p) for _, p, _ in chunk], batch_size=batch_size, progress=progress)
-        reasons = {e.index: getattr(e, "reason", str(e)) for e in res.errors if getattr(e, "index", None) is not None}
+        reasons = failure_reasons(res)
         good = [i for i in range(len(chunk)) if res.ok[i]]
         rows = [chunk[i][2] for i in good]
         failed = [dict(chunk[i][2], reason=reasons.get(i, "failed")) for i in range(len(chunk)) if not res.ok[i]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, _cli_models, _cli_score
+from . import __version__, _cli_distributed, _cli_models, _cli_score
 from ._atomic import atomic_write
 from .config import PreprocessConfig
 from .errors import FerroclipError
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_preprocess)
     _cli_models.register(sub)
     _cli_score.register(sub)
+    _cli_distributed.register(sub)
     from .train.cli import register as register_train
 
     register_train(sub)

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._atomic import atomic_write, fsync_dir
-from .errors import ShapeError
+from .errors import DataError, ShapeError
 from .retrieval import _matrix, _to_numpy, _threads, near_duplicates, topk
 
 __all__ = ["EmbeddingIndex"]
@@ -206,6 +206,39 @@ class EmbeddingIndex:
         out = cls(dim, dtype)
         out.add(vectors, ids)
         return out
+
+    def to_parquet(self, path: str | os.PathLike[str]) -> None:
+        """Write one Parquet file (``id``, ``embedding`` as a fixed-size list), atomically.
+
+        The layout ``embed_dataset`` writes and Arrow tools read as is; ids must be all int
+        or all str.
+        """
+        from ._index_parquet import write_vectors
+
+        write_vectors(path, self._ids, self._buf[: self._n], self.dtype)
+
+    @classmethod
+    def from_parquet(cls, path: str | os.PathLike[str], *, dtype: str | None = None) -> EmbeddingIndex:
+        """Open Parquet embeddings: an ``embed_dataset`` output (its one model directory, or
+        the directory itself), a folder of ``.parquet`` files or one file.
+
+        Rows with ``ok = false`` or no embedding are left out. ``dtype`` defaults to the
+        stored one; with one shard in that dtype the decoded Arrow buffer is used without a
+        copy (read-only, like ``load(mmap=True)``). Raises :class:`~ferroclip.DataError`
+        for files without ``id``/``embedding`` columns or with duplicate ids.
+        """
+        from ._index_parquet import parquet_files, read_vectors
+
+        files = parquet_files(path)
+        ids, vectors, dtype = read_vectors(files, dtype)
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{path}: the Parquet files hold duplicate ids")
+        index = cls(vectors.shape[1], dtype)
+        index._buf = vectors
+        index._n = len(ids)
+        index._ids = ids
+        index._pos = {i: r for r, i in enumerate(ids)}
+        return index
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index to directory ``path``; crash-safe (the old index survives)."""

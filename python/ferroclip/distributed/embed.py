@@ -1,0 +1,253 @@
+"""``embed_dataset``: embed a large image collection on a Ray cluster (or a laptop's local Ray).
+
+Ray Data does the scheduling: the items of unfinished shards become a dataset, and
+``map_batches`` runs :class:`ImageEmbedder`, an actor pool where each actor loads the model
+once and embeds with :meth:`EmbeddingModel.encode_images`, the very path
+:func:`ferroclip.embed_folder` takes (Rust preprocessing, GIL released), so a row's vector
+is the one ``embed_folder`` gives for that file. Results stream back to the driver, which
+writes each shard as soon as all its rows have arrived (see :mod:`.shards` for why that makes
+a run resumable). Only vectors travel back: actors read files and URLs themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cache import _model_identity, failure_reasons
+from .shards import OutputDir, ShardPlan, plan_shards
+from .sources import DatasetSource, collect_items
+
+__all__ = ["EmbedSummary", "ImageEmbedder", "embed_dataset", "import_ray"]
+
+
+def import_ray() -> Any:
+    """``ray`` with Ray Data, or an ImportError naming the extra that installs it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "ferroclip.distributed needs Ray Data, which is not installed: pip install 'ferroclip[ray]'"
+        ) from e
+    return ray
+
+
+@dataclass
+class EmbedSummary:
+    """What one ``embed_dataset`` call did. ``out_dir`` is what ``EmbeddingIndex.from_parquet`` reads."""
+
+    out_dir: Path
+    num_items: int
+    shards_total: int
+    shards_embedded: int  # written by this run
+    shards_skipped: int  # already done by an earlier run
+    images_embedded: int  # rows written by this run, failures included
+    images_failed: int  # rows of this run with ok=false
+    seconds: float
+    run_id: str
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+class ImageEmbedder:
+    """The Ray Data actor: holds one model for its lifetime and embeds batches of rows."""
+
+    def __init__(self, model: str, load_kwargs: dict[str, Any], batch_size: int, num_threads: int | None) -> None:
+        from ..models import load_model
+
+        if num_threads is not None:
+            try:
+                import torch
+
+                torch.set_num_threads(num_threads)
+            except ImportError:
+                pass
+        self.model = load_model(model, **load_kwargs)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = [bytes(d) if has else str(p) for p, d, has in zip(batch["path"], batch["data"], batch["has_data"])]
+        res = self.model.encode_images(images, batch_size=self.batch_size, progress=False)
+        reasons = failure_reasons(res)
+        return {
+            "shard": batch["shard"],
+            "pos": batch["pos"],
+            "ok": res.ok,
+            "error": np.array([reasons.get(i, "failed") for i in range(len(images))], dtype=object),
+            "embedding": res.embeddings,
+        }
+
+
+def embed_dataset(
+    model: str | os.PathLike[str],
+    source: DatasetSource,
+    out: str | os.PathLike[str],
+    *,
+    num_actors: int | None = None,
+    batch_size: int = 64,
+    num_gpus_per_actor: float = 0,
+    num_cpus_per_actor: float = 1,
+    address: str | None = None,
+    dtype: str = "float32",
+    shard_size: int = 1000,
+    column: str | None = None,
+    load_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed every image of ``source`` with ``model`` into Parquet shards under ``out``.
+
+    Re-running with the same arguments embeds only the shards not finished yet (a crash, a
+    killed driver or actor loses at most the shards in flight); a different model, model
+    dtype, preprocessing, ``dtype`` or ``shard_size`` writes to another subdirectory of
+    ``out``. A file that cannot be read or decoded is a row with ``ok=false`` and the reason
+    in ``error``, never a failed job.
+
+    Args:
+        model: what :func:`ferroclip.load_model` takes (preset, hub id, checkpoint dir);
+            each actor loads it once, on CUDA when ``num_gpus_per_actor > 0``, else on CPU.
+        source: a folder (recursive; ids are relative paths, as in ``embed_folder``), a
+            ``.txt``/``.csv``/``.tsv``/``.parquet`` list of paths or URLs (``column`` names
+            the column), webdataset ``.tar`` shards or ``pipe:`` URLs, a glob, a list of
+            paths/URLs, or a :class:`~ferroclip.data.CaptionDataset` (one row per image).
+        num_actors: actors in the pool (default: as many as the cluster's GPUs, or CPUs,
+            allow at ``num_gpus_per_actor`` / ``num_cpus_per_actor`` each).
+        address: ``None`` joins the Ray already initialised in this process or starts a
+            local one (stopped again at the end); ``"auto"`` or ``"ray://host:10001"`` joins
+            a cluster. On a cluster ``out`` is written by the driver.
+        dtype: the stored embedding type, ``"float32"`` or ``"float16"``.
+        shard_size: items per output shard: the unit of resumption.
+        load_kwargs: more :func:`load_model` arguments (``backend``, ``dtype``, ...).
+
+    Example::
+
+        summary = embed_dataset("clip-vit-b-32", "photos/", "out/", num_actors=2)
+        index = ferroclip.EmbeddingIndex.from_parquet(summary.out_dir)
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ray = import_ray()
+    t0 = time.perf_counter()
+    spec = os.fspath(model)
+    kwargs = dict(load_kwargs or {})
+    kwargs.setdefault("device", "auto" if num_gpus_per_actor > 0 else "cpu")
+    items = collect_items(source, column=column)
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        identity = _identity(ray, spec, kwargs, num_gpus_per_actor)
+        outdir = OutputDir(out, spec, identity, dtype=dtype, shard_size=shard_size)
+        plans = plan_shards(items, shard_size)
+        todo = [p for p in plans if not outdir.is_done(p)]
+        run_id = uuid.uuid4().hex[:12]
+        runs = outdir.read_runs() + [{"run": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "todo": [p.index for p in todo]}]
+        outdir.root.mkdir(parents=True, exist_ok=True)
+        outdir.write_manifest(plans, runs=runs, complete=False)
+        failed = 0
+        if todo:
+            actors = num_actors or _default_actors(ray, num_gpus_per_actor, num_cpus_per_actor)
+            threads = None if num_gpus_per_actor > 0 else max(1, int(num_cpus_per_actor))
+            ds = _dataset(ray, todo, batch_size).map_batches(
+                ImageEmbedder,
+                fn_constructor_kwargs=dict(model=spec, load_kwargs=kwargs, batch_size=batch_size, num_threads=threads),
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=num_cpus_per_actor,
+                num_gpus=num_gpus_per_actor or None,
+            )
+            total = sum(len(p.items) for p in todo)
+            with tqdm(total=total, unit="img", desc="embed dataset", disable=not progress) as bar:
+                failed = _collect(ds, todo, outdir, run_id, bar)
+        outdir.remove_stale(plans)
+        outdir.write_manifest(plans, runs=runs, complete=True)
+    finally:
+        if started:
+            ray.shutdown()
+    done = sum(len(p.items) for p in todo)
+    return EmbedSummary(
+        outdir.root, len(items), len(plans), len(todo), len(plans) - len(todo), done, failed, time.perf_counter() - t0, run_id
+    )
+
+
+def _identity(ray: Any, spec: str, kwargs: dict[str, Any], num_gpus: float) -> dict[str, Any]:
+    """The model identity (as ``embed_folder`` keys its cache) of the model the actors will load.
+
+    On CPU the driver loads it itself; with GPUs a one-off task loads it where actors run,
+    so the dtype chosen there (float16 on CUDA) is the one recorded.
+    """
+
+    def load() -> dict[str, Any]:
+        from ..models import load_model
+
+        return _model_identity(load_model(spec, **kwargs))
+
+    if num_gpus <= 0:
+        return load()
+    return ray.get(ray.remote(num_gpus=num_gpus)(load).remote())
+
+
+def _default_actors(ray: Any, num_gpus: float, num_cpus: float) -> int:
+    res = ray.cluster_resources()
+    if num_gpus > 0:
+        return max(1, int(res.get("GPU", 0) // num_gpus))
+    return max(1, int(res.get("CPU", 1) // max(num_cpus, 1e-9)))
+
+
+def _dataset(ray: Any, todo: list[ShardPlan], batch_size: int) -> Any:
+    rows = [
+        {
+            "shard": p.index,
+            "pos": j,
+            "path": it.path,
+            "data": it.data if it.data is not None else b"",
+            "has_data": it.data is not None,
+        }
+        for p in todo
+        for j, it in enumerate(p.items)
+    ]
+    return ray.data.from_items(rows, override_num_blocks=min(max(1, math.ceil(len(rows) / batch_size)), 4096))
+
+
+def _collect(ds: Any, todo: list[ShardPlan], outdir: OutputDir, run_id: str, bar: Any) -> int:
+    """Gather streamed rows per shard and write each shard the moment it is complete."""
+    by_index = {p.index: p for p in todo}
+    open_shards: dict[int, tuple[np.ndarray, np.ndarray, list[str | None], list[int]]] = {}
+    failed = 0
+    t0 = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        for shard in np.unique(batch["shard"]):
+            plan = by_index[int(shard)]
+            if int(shard) not in open_shards:
+                n = len(plan.items)
+                open_shards[int(shard)] = (np.zeros((n, outdir.dim), np.float32), np.zeros(n, bool), [None] * n, [0])
+            emb, ok, errors, seen = open_shards[int(shard)]
+            rows = np.flatnonzero(batch["shard"] == shard)
+            pos = batch["pos"][rows]
+            emb[pos] = batch["embedding"][rows]
+            ok[pos] = batch["ok"][rows]
+            for r, p in zip(rows, pos):
+                errors[int(p)] = None if batch["ok"][r] else str(batch["error"][r])
+            seen[0] += len(rows)
+            if seen[0] == len(plan.items):
+                outdir.write_shard(plan, emb, ok, errors, run_id)
+                failed += int((~ok).sum())
+                del open_shards[int(shard)]
+        bar.update(len(batch["shard"]))
+        bar.set_postfix_str(f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f} img/s", refresh=False)
+    if open_shards:  # every row is accounted for or Ray raised; anything else is a bug
+        raise RuntimeError(f"shards {sorted(open_shards)} did not receive all their rows")
+    return failed

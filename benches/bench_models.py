@@ -30,6 +30,7 @@ import multiprocessing
 import gzip
 import json
 import sys
+import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -191,27 +192,30 @@ def main() -> None:
     repeats = 1 if args.quick else 3
 
     tmp = Path(tempfile.mkdtemp(prefix="ferroclip-bench-models-"))
-    print(f"building a random-weight ViT-B/32 checkpoint and {n_images} JPEGs in {tmp}", file=sys.stderr)
-    ckpt = build_checkpoint(tmp)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n_images):
-        p = tmp / f"img{i:04d}.jpg"
-        Image.fromarray(photo(rng, 640, 480)).save(p, quality=90)
-        paths.append(str(p))
+    try:  # the checkpoint, its ONNX export and the JPEGs are ~1.2 GB: never leave them behind
+        print(f"building a random-weight ViT-B/32 checkpoint and {n_images} JPEGs in {tmp}", file=sys.stderr)
+        ckpt = build_checkpoint(tmp)
+        rng = np.random.default_rng(0)
+        paths = []
+        for i in range(n_images):
+            p = tmp / f"img{i:04d}.jpg"
+            Image.fromarray(photo(rng, 640, 480)).save(p, quality=90)
+            paths.append(str(p))
 
-    t0 = time.perf_counter()
-    onnx_dir = ferroclip.export_onnx(ferroclip.load_model(ckpt, device="cpu"), tmp / "onnx")
-    export_s = time.perf_counter() - t0
-    check = json.loads((onnx_dir / "ferroclip_onnx.json").read_text())["check"]
+        t0 = time.perf_counter()
+        onnx_dir = ferroclip.export_onnx(ferroclip.load_model(ckpt, device="cpu"), tmp / "onnx")
+        export_s = time.perf_counter() - t0
+        check = json.loads((onnx_dir / "ferroclip_onnx.json").read_text())["check"]
 
-    ctx = multiprocessing.get_context("spawn")
-    img_rows, txt_rows = [], []
-    for t in threads:
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            rows_i, rows_t = pool.submit(measure, t, ckpt, onnx_dir, paths, repeats).result()
-        img_rows += rows_i
-        txt_rows += rows_t
+        ctx = multiprocessing.get_context("spawn")
+        img_rows, txt_rows = [], []
+        for t in threads:
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                rows_i, rows_t = pool.submit(measure, t, ckpt, onnx_dir, paths, repeats).result()
+            img_rows += rows_i
+            txt_rows += rows_t
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     report = [
         "# Embedding throughput (CPU, ViT-B/32-sized CLIP, random weights)\n",

@@ -29,9 +29,39 @@ def _add_cache_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_folder(folder: str) -> None:
+    """Fail on a missing folder before a model is loaded (seconds of torch import)."""
+    p = Path(folder)
+    if not p.exists():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    if not p.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder")
+
+
+def _check_out(path: str | None) -> None:
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise FileNotFoundError(f"{path}: its folder {Path(path).resolve().parent} does not exist")
+
+
+def _quiet_transformers() -> None:
+    """``--quiet``: no ``Loading weights`` bar from transformers either."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    """``--quiet``: no bars; else the API's rule (a bar on a terminal, for long work)."""
+    return False if getattr(args, "quiet", False) else None
+
+
 def _load(args: argparse.Namespace) -> Any:
     from .models import load_model
 
+    if getattr(args, "quiet", False):
+        _quiet_transformers()
     return load_model(
         args.model,
         backend=args.backend,
@@ -51,7 +81,7 @@ def _embed(args: argparse.Namespace, model: Any) -> Any:
         args.cache,
         batch_size=args.batch_size,
         force_recompute=args.force_recompute,
-        progress=not args.quiet,
+        progress=_progress(args),
     )
     for path, reason in sorted(res.errors.items()):
         print(f"error: {path}: {reason}", file=sys.stderr)
@@ -67,6 +97,8 @@ def _embed(args: argparse.Namespace, model: Any) -> Any:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    _check_folder(args.folder)
+    _check_out(args.out)
     model = _load(args)
     res = _embed(args, model)
     if args.out:
@@ -94,6 +126,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
         return 2
     from ._cli_distributed import is_dataset_output, search_dataset_output
 
+    _check_folder(args.folder)
+    if args.image is not None and "://" not in args.image:
+        image = Path(args.image)
+        if not image.exists():
+            raise FileNotFoundError(f"{args.image}: no such query image")
+        if not image.is_file():
+            raise FileNotFoundError(f"{args.image}: the query image is not a file")
+    if args.k < 1:
+        print(f"error: -k must be >= 1, got {args.k}", file=sys.stderr)
+        return 2
     if is_dataset_output(args.folder):
         return search_dataset_output(args, _load)
     model = _load(args)
@@ -106,7 +148,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         query = model.encode_texts([args.text])[0]
     hits = res.search(query, k=args.k)
     if args.json:
-        print(json.dumps([{"path": str(res.root / p), "score": s} for p, s in hits], indent=2))
+        # float32 cosines: 6 decimals is all they hold (1.0000001192092896 is noise).
+        print(json.dumps([{"path": str(res.root / p), "score": round(float(s), 6)} for p, s in hits], indent=2))
     else:
         for rank, (path, score) in enumerate(hits, 1):
             print(f"{rank:3d}  {score:+.4f}  {res.root / path}")
@@ -114,8 +157,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not args.overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        print(f"error: {out_dir} exists and is not empty: pass --overwrite to replace it", file=sys.stderr)
+        return 2
     from .models import export_onnx, load_model
 
+    if args.quiet:
+        _quiet_transformers()
     model = load_model(args.model, backend="torch", device="cpu", dtype="float32", local_files_only=args.offline)
     out = export_onnx(model, args.out_dir, opset=args.opset, atol=args.atol, overwrite=args.overwrite)
     meta = json.loads((out / "ferroclip_onnx.json").read_text())
@@ -168,7 +217,8 @@ def register(sub: Any) -> None:
         description='Find the images under FOLDER closest to a text ("a dog on a beach") or to an example '
         "image (--image q.jpg). The folder is embedded first (cached, see `ferroclip embed`).",
     )
-    p.add_argument("folder", help="folder of images, or an `embed-dataset` output directory")
+    p.add_argument("folder", help="folder of images to search (searched recursively; embedded and cached first), "
+                   "or an `embed-dataset` output directory")
     p.add_argument("text", nargs="?", default=None, help="text query")
     p.add_argument("--image", default=None, help="query image file or URL instead of text")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
@@ -185,13 +235,14 @@ def register(sub: Any) -> None:
         "Load the result with `--model OUT_DIR`.",
     )
     p.add_argument("model", help=_MODEL_HELP)
-    p.add_argument("out_dir")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("out_dir", help="folder to write (must be empty or absent, unless --overwrite)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed vs PyTorch (default 1e-4)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--offline", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace what OUT_DIR holds")
+    p.add_argument("--offline", action="store_true", help="never contact the hub (use only local files / the hub cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="list the model presets", description="List the preset model names and what they produce.")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the presets as JSON")
     p.set_defaults(func=_cmd_models)

@@ -94,13 +94,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if args.allow_pickle:
         overrides["use_safetensors"] = False
     rows, names = read_rows(args.input)
+    if args.quiet:
+        from ._cli_models import _quiet_transformers
+
+        _quiet_transformers()
     scorer = SimilarityScorer(config, **overrides)
     col = scorer.col_name
-    results = scorer.score_batch(rows, progress=not args.quiet)
+    results = scorer.score_batch(rows, progress=False if args.quiet else None)
     out_rows = []
     for row, res in zip(rows, results):
         out = dict(row)
-        out[col] = res.score
+        # float32 cosines hold ~7 digits: 6 decimals, not 1.0000001192092896.
+        out[col] = None if res.score is None else round(float(res.score), 6)
         out["error"] = res.error
         out_rows.append(out)
     out_names = names + [n for n in (col, "error") if n not in names]

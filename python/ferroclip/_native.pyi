@@ -1,15 +1,34 @@
 # Hand-written stubs for the Rust extension. Private: use the names in `ferroclip`.
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "__version__",
+    "PreprocessSpec",
+    "preprocess_batch",
+    "decode_image",
+    "resize_image",
+    "resolve_num_threads",
+    "AugmentSpec",
+    "augment_batch",
+    "gemm_backend",
+    "similarity",
+    "topk",
+    "recall_at_k",
+    "near_duplicates",
+    "cpu_peak",
+    "read_bandwidth",
+]
+
 __version__: str
 
+@final
 class PreprocessSpec:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         resize_mode: str,
         size: tuple[int, int],
@@ -21,14 +40,14 @@ class PreprocessSpec:
         rescale_factor: float = ...,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        pad_value: tuple[int, int, int] = (0, 0, 0),
+        pad_value: tuple[int, int, int] = ...,  # (0, 0, 0)
         exif_transpose: bool = True,
         alpha: str = "white",
         max_pixels: int = ...,
         max_scans: int = ...,
         jpeg_draft: bool = False,
         max_file_bytes: int = ...,
-    ) -> None: ...
+    ) -> PreprocessSpec: ...
     def output_hw(self) -> tuple[int, int]: ...
 
 def preprocess_batch(
@@ -54,11 +73,12 @@ def resize_image(
 def resolve_num_threads(num_threads: int | None = None) -> int: ...
 
 # Training augmentation (ferroclip/augment.py validates).
+@final
 class AugmentSpec:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
-        scale: tuple[float, float] = (0.08, 1.0),
+        scale: tuple[float, float] = ...,  # (0.08, 1.0)
         ratio: tuple[float, float] = ...,
         hflip: float = 0.5,
         color_jitter: tuple[float, float, float, float] | None = None,
@@ -75,7 +95,7 @@ class AugmentSpec:
         max_pixels: int = ...,
         max_scans: int = ...,
         max_file_bytes: int = ...,
-    ) -> None: ...
+    ) -> AugmentSpec: ...
     def params(
         self, width: int, height: int, epoch: int, indices: Sequence[int]
     ) -> list[tuple[tuple[int, int, int, int], bool, bool, list[tuple[str, float]]]]: ...

@@ -247,7 +247,7 @@ def embed_folder(
     recursive: bool = True,
     retry_failed: bool = False,
     force_recompute: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> FolderEmbeddings:
     """Embed every image under ``folder`` with ``model``, reusing the on-disk cache.
 

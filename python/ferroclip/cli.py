@@ -61,7 +61,19 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 1 if failures and args.strict else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# `ferroclip finetune`'s module tree imports torch (~2-3 s): its parser is built only when
+# that command is asked for, and `ferroclip --help` lists it through this line.
+_FINETUNE_HELP = "fine-tune a whole CLIP/SigLIP model on image-caption data"
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the top-level parser has no options taking a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with ``argv``, the parsers of commands it does not name may be
+    placeholders (help line only) so that start-up imports nothing heavy."""
     parser = argparse.ArgumentParser(prog="ferroclip", description="CLIP-family image-text toolkit with a Rust core.")
     parser.add_argument("--version", action="version", version=f"ferroclip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,14 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import register as register_train
 
     register_train(sub)
-    from .finetune.cli import register as register_finetune
+    if argv is None or _command(argv) == "finetune":
+        from .finetune.cli import register as register_finetune
 
-    register_finetune(sub)
+        register_finetune(sub)
+    else:
+        sub.add_parser("finetune", help=_FINETUNE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args))
     except (FerroclipError, FileNotFoundError, NotADirectoryError, FileExistsError) as exc:

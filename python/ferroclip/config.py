@@ -80,11 +80,11 @@ def _triple(value: float | Sequence[float] | None, what: str) -> tuple[float, fl
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        return (float(value),) * 3  # type: ignore[return-value]
+        return (float(value),) * 3
     vals = tuple(float(v) for v in value)
     if len(vals) != 3:
         raise ConfigError(f"{what} must have 3 values (RGB), got {len(vals)}")
-    return vals  # type: ignore[return-value]
+    return vals
 
 
 @functools.cache

@@ -7,6 +7,8 @@ already catch (``ValueError`` for bad data, ``OSError`` for files), so existing
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "DataError",
@@ -58,7 +60,7 @@ class ImageError(FerroclipError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):  # keep pickling (multiprocessing) working with the extra fields
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # keep pickling (multiprocessing) working with the extra fields
         return (type(self), (self.message, self.path, self.reason, self.kind, self.index))
 
 
@@ -122,7 +124,7 @@ class ModelNotFoundError(ModelError, FileNotFoundError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (self.message, self.path))
 
 
@@ -141,7 +143,7 @@ class DataError(FerroclipError, ValueError):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (self.message, self.path))
 
 

@@ -232,7 +232,7 @@ def score_records(
     *,
     col_name: str = "clip_score",
     batch_size: int = 64,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> list[SimilarityResult]:
     """Score ``(query, image)`` records with ``model``: one result per input, in order.
 
@@ -317,7 +317,7 @@ class SimilarityScorer:
         """Cosine similarity of one text and one image; raises the image's error."""
         return self.model.score(query, image_url)
 
-    def score_batch(self, inputs: Iterable[Any], *, progress: bool = True) -> list[SimilarityResult]:
+    def score_batch(self, inputs: Iterable[Any], *, progress: bool | None = None) -> list[SimilarityResult]:
         """One :class:`SimilarityResult` per input, in order (see :func:`score_records`)."""
         return score_records(
             self.model, inputs, col_name=self.config.col_name, batch_size=self.config.batch_size, progress=progress

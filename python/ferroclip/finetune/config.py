@@ -16,7 +16,6 @@ from typing import Any, Literal, Optional, Union
 
 from .._atomic import atomic_write
 from ..errors import ConfigError
-from ..losses.domain import DOMAIN_MARGINS
 from ..train.config import _build, _read_yaml
 
 __all__ = ["DOMAIN_PRESETS", "LOSS_TYPES", "FinetuneConfig"]
@@ -181,7 +180,7 @@ class FinetuneConfig:
             if not ok:
                 raise ConfigError(f"{where}: {key}: {msg}")
 
-        need(self.domain in DOMAIN_PRESETS, "domain", f"unknown domain {self.domain!r}; use one of {sorted(DOMAIN_MARGINS)}")
+        need(self.domain in DOMAIN_PRESETS, "domain", f"unknown domain {self.domain!r}; use one of {sorted(DOMAIN_PRESETS)}")
         need(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
         need(self.batch_size is None or self.batch_size >= 2, "batch_size", f"must be >= 2 (a contrastive batch needs negatives) or null, got {self.batch_size}")
         need(self.num_epochs >= 1, "num_epochs", f"must be >= 1, got {self.num_epochs}")

@@ -141,7 +141,7 @@ class EmbeddingModel:
         *,
         batch_size: int = 64,
         normalize: bool = True,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> EncodeResult:
         """Embed images (paths, ``http(s)`` URLs, bytes, uint8 arrays, PIL images).
 
@@ -153,8 +153,11 @@ class EmbeddingModel:
         An already preprocessed float ``(N, 3, H, W)`` batch (numpy or torch, e.g. from a
         user's own DataLoader as in seed 000) is fed to the model as it is, after checking
         that ``(H, W)`` is the model's input size.
+
+        ``progress``: ``None`` (default) draws a bar only on a terminal and only once the
+        work has taken a couple of seconds; ``True`` always, ``False`` never.
         """
-        from tqdm.auto import tqdm
+        from .._progress import bar as progress_bar
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -180,7 +183,7 @@ class EmbeddingModel:
         t0 = time.perf_counter()
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferroclip-preprocess") as pool,
-            tqdm(total=n, unit="img", disable=not progress or n == 0, desc="encode images") as bar,
+            progress_bar(n, progress=progress, desc="encode images", unit="img") as bar,
         ):
             pending: Future[PreprocessResult] | None = pool.submit(prepare, 0) if n else None
             for i, start in enumerate(starts):
@@ -198,7 +201,7 @@ class EmbeddingModel:
                     embeddings[start + rows] = emb
                     ok[start + rows] = True
                 bar.update(len(res.ok))
-                if progress:
+                if not bar.disable:
                     bar.set_postfix_str(f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f} img/s", refresh=False)
         elapsed = time.perf_counter() - t0
         if normalize:
@@ -258,10 +261,13 @@ class EmbeddingModel:
         *,
         batch_size: int = 256,
         normalize: bool = True,
-        progress: bool = False,
+        progress: bool | None = False,
     ) -> npt.NDArray[np.float32]:
-        """Embed texts with the checkpoint's tokenizer and its family's padding rules."""
-        from tqdm.auto import tqdm
+        """Embed texts with the checkpoint's tokenizer and its family's padding rules.
+
+        ``progress``: ``False`` (default) draws no bar, ``None`` one on a terminal for long
+        work, ``True`` always."""
+        from .._progress import bar as progress_bar
 
         if self.tokenizer is None or self.text_rules is None:
             raise ShapeError(f"{self.name} has no text encoder (image-only model)")
@@ -272,7 +278,7 @@ class EmbeddingModel:
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        with tqdm(total=len(texts), unit="text", disable=not progress, desc="encode texts") as bar:
+        with progress_bar(len(texts), progress=progress, desc="encode texts", unit="text") as bar:
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
                 tokens = self.text_rules.tokenize(self.tokenizer, chunk)
@@ -297,7 +303,7 @@ class EmbeddingModel:
         *,
         col_name: str = "clip_score",
         batch_size: int = 64,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> list[SimilarityResult]:
         """Score (query, image) records: :class:`~ferroclip.SimilarityInput`, dicts or
         objects with ``query`` and ``image_url`` (or ``image``), optionally ``query_id`` /
@@ -320,7 +326,7 @@ class EmbeddingModel:
         *,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         batch_size: int = 64,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> ZeroShotResult:
         """Classify images among ``labels`` by prompt ensembling over ``templates``.
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..config import IMAGE_PROCESSOR_CONFIG, PROCESSOR_CONFIG, PreprocessConfig
 from ..errors import ConfigError, ModelError, ModelNotFoundError
 from .model import EmbeddingModel
+from .registry import offline_miss
 from .text import TextRules
 
 __all__ = ["MANIFEST", "OnnxBackend", "load_onnx_model", "preprocess_from_dict", "preprocess_to_dict", "session_options"]
@@ -153,6 +154,8 @@ def _resolve_dir(source: str, revision: str | None, local_files_only: bool) -> P
             snapshot_download(source, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=local_files_only)
         )
     except Exception as exc:  # network, auth, missing repo: all reported the same way
+        if local_files_only and (miss := offline_miss(source, exc)):
+            raise ModelNotFoundError(miss, source) from None
         raise ModelError(f"cannot download {source} from the hub: {exc}") from None
 
 

@@ -66,3 +66,27 @@ def list_models() -> list[ModelInfo]:
 
 def get_preset(name: str) -> ModelInfo | None:
     return _BY_NAME.get(name)
+
+
+def offline_miss(source: str, exc: BaseException) -> str | None:
+    """The message for a hub id asked for offline that the local cache does not hold, or
+    ``None`` when ``source`` is a local path or ``exc`` is about something else."""
+    import os
+
+    if os.path.exists(source) or "/" not in source or source.startswith((".", "/")):
+        return None
+    text = str(exc)
+    markers = ("couldn't connect", "offline mode", "cannot find the requested files", "locally cached", "local_files_only")
+    if not any(m in text.lower() for m in markers):
+        return None
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        where = f" ({HF_HUB_CACHE})"
+    except ImportError:
+        where = ""
+    return (
+        f"{source} is not in the local Hugging Face cache{where}, and offline mode does not download: "
+        f"run once without --offline (local_files_only=False) to fetch it, or `hf download {source}`, "
+        "or give a local checkpoint dir"
+    )

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, ModelNotFoundError
 from .device import torch_dtype
+from .registry import offline_miss
 
 __all__ = ["TorchBackend", "features_tensor", "load_hf_model"]
 
@@ -68,6 +69,8 @@ def load_hf_model(
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
+        if local_files_only and (miss := offline_miss(str(source), exc)):
+            raise ModelNotFoundError(miss, str(source)) from None
         hint = _not_supported_hint(str(source))
         hint = f"; {hint}. ferroclip loads {_SUPPORTED}" if hint else ""
         raise ModelError(f"cannot read a model config from {source!s}: {exc}{hint}") from None

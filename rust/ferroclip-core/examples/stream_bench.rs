@@ -29,6 +29,7 @@ unsafe fn hsum(acc: [__m256; 8]) -> f32 {
     o.iter().sum()
 }
 
+#[allow(clippy::needless_range_loop, reason = "eight SIMD accumulators indexed by lane group, unrolled on purpose")]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sum_plain(p: *const f32, n: usize, dist: usize, hint: i32) -> f32 {
@@ -98,7 +99,7 @@ fn main() {
     let layout = std::alloc::Layout::from_size_align(bytes, 2 << 20).unwrap();
     let p = unsafe { std::alloc::alloc(layout) as *mut f32 };
     unsafe { libc::madvise(p as *mut libc::c_void, bytes, libc::MADV_HUGEPAGE) };
-    let thp = std::env::args().nth(1).map_or(true, |s| s != "nothp");
+    let thp = std::env::args().nth(1).is_none_or(|s| s != "nothp");
     if !thp {
         unsafe { libc::madvise(p as *mut libc::c_void, bytes, libc::MADV_NOHUGEPAGE) };
     }

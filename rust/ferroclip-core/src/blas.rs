@@ -281,6 +281,7 @@ impl Blas {
     /// # Safety
     /// `q`, `d` hold m, n rows of k values; `out` is writable at `i * ldc + j` for
     /// `i < m, j < n` and not accessed by anyone else during the call.
+    #[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
     pub(crate) unsafe fn product(&self, q: *const f32, m: usize, d: *const f32, n: usize, k: usize, out: *mut f32, ldc: usize) -> Option<()> {
         match self.sgemm {
             Sgemm::Ilp64(f) => {

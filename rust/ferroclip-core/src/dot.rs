@@ -206,6 +206,7 @@ fn has_avx2() -> bool {
 /// # Safety
 /// `q` holds at least m rows and `d` at least n rows of `dim`; `out` is valid for writes at
 /// `i * ldc + j` for `i < m`, `j < n`, and nothing else accesses those elements meanwhile.
+#[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 pub(crate) unsafe fn dots(q: &[f32], m: usize, d: Rows<'_>, n: usize, dim: usize, out: *mut f32, ldc: usize, scratch: &mut Vec<f32>) {
     debug_assert!(dim > 0 && q.len() >= m * dim);
     #[cfg(target_arch = "x86_64")]

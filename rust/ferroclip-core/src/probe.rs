@@ -96,7 +96,7 @@ pub fn cpu_peak(rounds: usize) -> Option<CpuPeak> {
     #[cfg(target_arch = "x86_64")]
     {
         let avx512 = is_x86_feature_detected!("avx512f");
-        if !avx512 && !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        if !(avx512 || (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))) {
             return None;
         }
         let lanes = if avx512 { 16 } else { 8 };

@@ -22,6 +22,9 @@ use crate::batch::run_parallel;
 use crate::error::{Error, Result};
 use crate::similarity::{block_part, block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, Queries, DB_BLOCK, QUERY_BLOCK};
 
+/// Per-query ranks, image-to-text and text-to-image.
+type RanksPair = (Vec<Vec<i64>>, Vec<Vec<i64>>);
+
 /// Scores held per task: queries are processed in strips of at most this many (64 MiB).
 const STRIP_ELEMS: usize = 1 << 24;
 
@@ -445,6 +448,7 @@ mod fused {
         unreachable!("fused counting needs AVX2");
     }
 
+    #[allow(clippy::needless_range_loop, reason = "SIMD lanes: acc[k], limit[k] and p.lanes[k] move together; the unrolled index shape is the intended code")]
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn avx2<const P: usize>(row: &[f32], p: &mut FusedPositives, threshold: &[f32], before: &mut [u32]) {
@@ -611,7 +615,7 @@ fn one_pass<'p>(
     image_of: &[usize],
     captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
     num_threads: Option<usize>,
-) -> Result<Option<(Vec<Vec<i64>>, Vec<Vec<i64>>)>> {
+) -> Result<Option<RanksPair>> {
     let (ni, nt, dim) = (images.rows(), texts.rows(), images.dim());
     // Always the built-in product here, even when a BLAS serves the other products: the positive
     // scores below must equal their values inside the tiles bit for bit, and a BLAS sgemm
@@ -879,7 +883,7 @@ mod tests {
         }
         // Several text tiles, and images with many captions (over 32: the binary-search
         // counter) next to images with a few, with and without ties.
-        let many = |t: usize, ni: usize| if t % 3 == 0 { (t / 3) % 7 } else { (t * 31) % (ni - 4) };
+        let many = |t: usize, ni: usize| if t.is_multiple_of(3) { (t / 3) % 7 } else { (t * 31) % (ni - 4) };
         for (d, real) in [(3, false), (40, true)] {
             check_one_pass(QUERY_BLOCK + 9, 2 * DB_BLOCK + 50, d, real, &many);
         }

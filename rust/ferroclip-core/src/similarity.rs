@@ -173,6 +173,7 @@ impl Kernel {
 }
 
 /// `out[i * ldc + j] = <q_i, d_j>` for row-major `q` (m x dim) and `d` (n x dim).
+#[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 pub(crate) fn block_product(kernel: Kernel, q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: &mut [f32], ldc: usize) {
     assert!(q.len() >= m * dim && d.len() >= n * dim, "block_product: inputs too short");
     if m == 0 || n == 0 {
@@ -188,6 +189,7 @@ pub(crate) fn block_product(kernel: Kernel, q: &[f32], m: usize, d: &[f32], n: u
 /// # Safety
 /// `out` must be valid for writes at `i * ldc + j` for `i < m`, `j < n`, and no other
 /// thread may access those elements during the call. `q`/`d` hold m/n rows of `dim`.
+#[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 pub(crate) unsafe fn block_product_raw(
     kernel: Kernel,
     q: &[f32],
@@ -416,6 +418,7 @@ pub fn similarity(a: &Embeddings<'_>, b: &Embeddings<'_>, num_threads: Option<us
     let ptr = OutPtr(out.as_mut_ptr());
     let results = run_parallel(num_threads, |parallel| {
         map_range(parallel, col_blocks * row_groups, |t| -> Result<()> {
+            #[allow(clippy::redundant_locals, reason = "moves the whole Send wrapper into the closure, not its raw-pointer field")]
             let ptr = ptr;
             let (cb, group) = (t / row_groups, t % row_groups);
             let (c0, c1) = (cb * DB_BLOCK, ((cb + 1) * DB_BLOCK).min(n));

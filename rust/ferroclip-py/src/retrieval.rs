@@ -72,6 +72,7 @@ fn similarity<'py>(
 
 /// The `k` best database rows per query: `(scores float32 (Q, k'), indices int64 (Q, k'))`
 /// with `k' = min(k, N)`.
+#[allow(clippy::type_complexity, reason = "the tuple of arrays the Python stub declares")]
 #[pyfunction]
 #[pyo3(signature = (queries, database, k, *, num_threads=None))]
 fn topk<'py>(
@@ -90,6 +91,7 @@ fn topk<'py>(
 
 /// Recall@K both ways: `(metrics dict, i2t_ranks int64 (I,), t2i_ranks int64 (T,))`, ranks
 /// 0-based, -1 for an image without captions.
+#[allow(clippy::type_complexity, reason = "the tuple of arrays the Python stub declares")]
 #[pyfunction]
 #[pyo3(signature = (image_emb, text_emb, text_to_image, ks, *, num_threads=None))]
 fn recall_at_k<'py>(
@@ -122,6 +124,7 @@ fn recall_at_k<'py>(
 
 /// Pairs `i < j` with `emb[i] . emb[j] >= threshold`: `(i int64, j int64, scores float32)`,
 /// sorted by (i, j).
+#[allow(clippy::type_complexity, reason = "the tuple of arrays the Python stub declares")]
 #[pyfunction]
 #[pyo3(signature = (emb, threshold, *, max_pairs, num_threads=None))]
 fn near_duplicates<'py>(

@@ -105,6 +105,9 @@ impl Rect {
     }
 }
 
+/// Maps (image width, height) and (target width, height) to the region of the image to decode.
+pub type RegionFn<'a> = dyn Fn((usize, usize), (usize, usize)) -> Rect + 'a;
+
 /// What the caller will do with the pixels, so the decoder can skip work it would throw
 /// away. Only JPEG uses them; other formats are always decoded whole at full size.
 #[derive(Clone, Copy, Default)]
@@ -119,7 +122,7 @@ pub struct Hints<'a> {
     /// its columns, and libjpeg can skip the IDCT, upsampling and colour conversion of
     /// the rest (`jpeg_crop_scanline`, `jpeg_skip_scanlines`) without changing a pixel
     /// of the part it does produce.
-    pub region: Option<&'a dyn Fn((usize, usize), (usize, usize)) -> Rect>,
+    pub region: Option<&'a RegionFn<'a>>,
 }
 
 /// A decoded image: `image` covers `placed` of a `frame_width` x `frame_height` frame

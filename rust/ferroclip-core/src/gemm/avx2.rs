@@ -26,6 +26,7 @@ pub(crate) fn supported() -> bool {
 /// MR query rows (pointers at element k0) x one packed panel of `kc` elements: 12 FMA
 /// chains, continued from `out` unless `first` (storing and reloading a partial sum
 /// does not change the chain's bits).
+#[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 #[inline(always)]
 unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f32, ldc: usize, rows: usize, cols: usize, first: bool) {
     let mut acc = [_mm256_setzero_ps(); 2 * MR];

@@ -36,6 +36,7 @@ fn lanes(cols: usize, lo: usize) -> __mmask16 {
 /// MR query rows x one packed panel of `kc` elements: 28 FMA chains, continued from `out`
 /// unless `first`, the same chain per score as the AVX2 kernel (each lane accumulates its
 /// own pair over k in order). `query(r, k)` is row r's element k (in place or packed).
+#[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 #[inline(always)]
 unsafe fn micro(query: impl Fn(usize, usize) -> *const f32, panel: *const f32, kc: usize, out: *mut f32, ldc: usize, rows: usize, cols: usize, first: bool) {
     let (m0, m1) = (lanes(cols, 0), lanes(cols, 16));

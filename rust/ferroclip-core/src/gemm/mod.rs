@@ -83,6 +83,7 @@ pub(crate) fn isa() -> Option<Isa> {
 /// `isa` is supported (as `isa()` returns it); `q` holds m rows and `d` n rows of `dim`;
 /// `out` is valid for writes at `i * ldc + j` for `i < m`, `j < n`, and nothing else
 /// accesses those elements meanwhile.
+#[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 pub(crate) unsafe fn product(isa: Isa, q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
     match isa {
         Isa::Avx512 => avx512::product(q, m, d, n, dim, out, ldc),
@@ -281,7 +282,7 @@ mod tests {
                     let q = crate::test_data::noise(m * dim, dim as u64 * 7 + m as u64);
                     let mut d = crate::test_data::noise(n * dim, dim as u64 * 13 + n as u64);
                     // Rows past n are only prefetched (the next tile): NaN there must not show.
-                    d.extend(std::iter::repeat(f32::NAN).take(70 * dim));
+                    d.extend(std::iter::repeat_n(f32::NAN, 70 * dim));
                     let ldc = n + 3;
                     let mut got = vec![f32::NAN; m * ldc];
                     unsafe { product(isa, &q, m, &d, n, dim, got.as_mut_ptr(), ldc) };

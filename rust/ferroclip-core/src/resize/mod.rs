@@ -95,7 +95,7 @@ impl Filter {
                 if x < 1.0 { 1.0 - x } else { 0.0 }
             }
             Filter::Lanczos => {
-                if -3.0 <= x && x < 3.0 { sinc(x) * sinc(x / 3.0) } else { 0.0 }
+                if (-3.0..3.0).contains(&x) { sinc(x) * sinc(x / 3.0) } else { 0.0 }
             }
         }
     }
@@ -130,6 +130,7 @@ impl Coeffs {
     /// `Image.resize(box=...)`: the kernel is centred over the box, but its taps still read
     /// (and are clamped to) the whole axis, so pixels just outside the box contribute.
     /// Pillow receives the box as C `float`s and subtracts them in `float`; so does this.
+    #[allow(clippy::needless_range_loop, reason = "Pillow's coefficient loops, ported as written: indices shared by w, k and the taps")]
     #[must_use]
     pub fn for_box(in_size: usize, in0: f64, in1: f64, out_size: usize, filter: Filter) -> Self {
         let (in0, in1) = (in0 as f32, in1 as f32);
@@ -673,13 +674,14 @@ mod tests {
     }
 
     /// Noise, hard 0/255 edges (the worst case for overshoot and clipping) or flat extremes.
+    #[allow(clippy::collapsible_match, reason = "one arm per kind of test image reads best")]
     fn random_image(rng: &mut Rng, w: usize, h: usize) -> RgbImage {
         let kind = rng.below(4);
         let data = (0..w * h * 3)
             .map(|i| match kind {
                 0 => rng.next() as u8,
                 1 => if rng.below(2) == 0 { 0 } else { 255 },
-                2 => if (i / 3 + i / (3 * w)) % 2 == 0 { 255 } else { 0 },
+                2 => if (i / 3 + i / (3 * w)).is_multiple_of(2) { 255 } else { 0 },
                 _ => 255,
             })
             .collect();

@@ -1,0 +1,96 @@
+# Shared by .ci/run and benches/run.sh (sourced, not run): the system packages the build
+# needs, and the cached virtual environments that hold ferroclip with its extras.
+#
+#   source .ci/venv.sh
+#   ferroclip_apt nasm                # apt-get install it when its command is missing
+#   ferroclip_venv test               # -> $VENV: the pinned test extras and ferroclip from this checkout
+#   ferroclip_venv bench              # -> $VENV: the same, plus the benchmark-only peers
+#
+# The test extras pull torch (a CUDA build of several GB from PyPI). Each environment is
+# cached under a key made of pyproject.toml's dependency lists and the Python version, so a
+# changed requirement gets a fresh venv and an unchanged one only rebuilds ferroclip. The
+# bench venv is layered over the test venv through a .pth file (torch and the rest are
+# shared, not installed twice) and adds only what `.[bench]` has beyond `.[test]`.
+# Run from the repository root.
+
+ferroclip_sudo() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+_ferroclip_apt_updated=
+# ferroclip_apt PACKAGE...: install Debian/Ubuntu packages (quietly, saying so).
+ferroclip_apt() {
+    echo "== apt-get install $* (needs root or sudo)" >&2
+    if [ -z "$_ferroclip_apt_updated" ]; then
+        ferroclip_sudo apt-get update -qq
+        _ferroclip_apt_updated=1
+    fi
+    ferroclip_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+# libjpeg-turbo's SIMD code (built from source by mozjpeg-sys) is assembled with nasm, and
+# Debian/Ubuntu ship `python3 -m venv` in a separate package (python3.X-venv).
+ferroclip_build_prereqs() {
+    if ! command -v nasm >/dev/null 2>&1; then ferroclip_apt nasm; fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo not found: install Rust >= $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml) (https://rustup.rs)" >&2
+        return 1
+    fi
+    local probe
+    probe=$(mktemp -d)
+    if ! python3 -m venv "$probe/v" >/dev/null 2>&1; then
+        ferroclip_apt "python3-venv" "python$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')-venv"
+    fi
+    rm -rf "$probe"
+}
+
+# pip with a line first saying what it does and that it takes a while: pip -q is silent for
+# minutes while it downloads torch or compiles the Rust core.
+_ferroclip_pip() {
+    local py=$1 what=$2
+    shift 2
+    echo "== $what" >&2
+    "$py" -m pip install -q --disable-pip-version-check "$@"
+}
+
+ferroclip_venv_key() {
+    (python3 -c 'import sys; print(sys.version)'; sed -n '/^dependencies/,/^\[project.scripts\]/p' pyproject.toml) | sha256sum | cut -c1-16
+}
+
+# ferroclip_venv test|bench: create or reuse the cached venv; sets VENV.
+ferroclip_venv() {
+    local extras=$1 key cache base rebuild="rebuilding ferroclip from this checkout (compiles the Rust core: 1-3 min)"
+    ferroclip_build_prereqs
+    key=$(ferroclip_venv_key)
+    cache="${FERROCLIP_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferroclip-ci}"
+    base="${FERROCLIP_CI_VENV:-$cache/venv-$key}"
+    if [ ! -f "$base/.complete" ]; then
+        echo "== creating $base" >&2
+        rm -rf "$base"
+        python3 -m venv "$base"
+        _ferroclip_pip "$base/bin/python" "upgrading pip" --upgrade pip
+        _ferroclip_pip "$base/bin/python" \
+            "installing ferroclip and its pinned test extras (torch is a CUDA build: ~11 GB on disk, 5-15 min; the Rust core compiles for 1-3 min)" \
+            ".[test]"
+        touch "$base/.complete"
+    elif [ "$extras" = test ]; then
+        echo "== reusing $base" >&2
+        # Same dependencies; rebuild only ferroclip itself, from this checkout.
+        _ferroclip_pip "$base/bin/python" "$rebuild" --force-reinstall --no-deps --no-cache-dir .
+    fi
+    VENV=$base
+    [ "$extras" = test ] && return 0
+    VENV="${FERROCLIP_BENCH_VENV:-$cache/venv-$key-$extras}"
+    if [ ! -f "$VENV/.complete" ]; then
+        echo "== creating $VENV (layered over $base)" >&2
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+        "$base/bin/python" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith("-packages")))' \
+            >"$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_ferroclip_pinned_venv.pth"
+        _ferroclip_pip "$VENV/bin/python" "installing ferroclip and the $extras extras (the Rust core compiles for 1-3 min)" ".[$extras]"
+        touch "$VENV/.complete"
+    else
+        echo "== reusing $VENV" >&2
+        _ferroclip_pip "$VENV/bin/python" "$rebuild" --force-reinstall --no-deps --no-cache-dir .
+    fi
+}

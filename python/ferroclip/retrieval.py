@@ -15,7 +15,7 @@ database is used as is (half the memory). Non-finite values are rejected by name
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -121,6 +121,42 @@ def topk(
     return _call(
         _native.topk, {"queries": q_, "database": d_}, q_, d_, int(k), num_threads=_threads(num_threads)
     )
+
+
+@overload
+def recall_at_k(
+    image_emb: Any,
+    text_emb: Any,
+    text_to_image: Any,
+    ks: Sequence[int] = ...,
+    *,
+    num_threads: int | None = ...,
+    return_ranks: Literal[False] = ...,
+) -> dict[str, float]: ...
+
+
+@overload
+def recall_at_k(
+    image_emb: Any,
+    text_emb: Any,
+    text_to_image: Any,
+    ks: Sequence[int] = ...,
+    *,
+    num_threads: int | None = ...,
+    return_ranks: Literal[True],
+) -> tuple[dict[str, float], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
+
+@overload
+def recall_at_k(
+    image_emb: Any,
+    text_emb: Any,
+    text_to_image: Any,
+    ks: Sequence[int] = ...,
+    *,
+    num_threads: int | None = ...,
+    return_ranks: bool = ...,
+) -> dict[str, float] | tuple[dict[str, float], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 
 
 def recall_at_k(

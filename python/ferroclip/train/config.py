@@ -247,7 +247,7 @@ class TuneConfig:
     output_dir: str = "results/tuning"
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["maximize", "minimize"]:
         return "maximize" if self.metric == "val_r1" else "minimize"
 
     @classmethod

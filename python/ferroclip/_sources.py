@@ -14,7 +14,7 @@ import numpy as np
 from .errors import ImageError, ShapeError
 from .fetch import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT, fetch_urls, is_url
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
+ImageInput = Union[str, os.PathLike[str], bytes, bytearray, memoryview, np.ndarray, Any]
 
 # Stand-in passed to the core for an item that already failed in Python; its core error
 # is replaced by the Python one, so the row stays zero and the order is kept.

@@ -163,7 +163,7 @@ class TrainAugment:
                 )
             if jitter[3] > 0.5:
                 raise ValueError(f"color_jitter hue must be <= 0.5, got {jitter[3]}")
-            color_jitter = jitter  # type: ignore[assignment]
+            color_jitter = jitter
         self.config = config
         self.size = _size(config.output_size if size is None else size, "size")
         self.scale = _range(scale, "scale")

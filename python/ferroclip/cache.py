@@ -99,7 +99,8 @@ def scan_folder(
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
-    images, others = [], []
+    images: list[Path] = []
+    others: list[Path] = []
     walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
     for dirpath, dirnames, filenames in walker:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (exclude is None or Path(dirpath, d) != exclude))
@@ -149,7 +150,8 @@ def _model_identity(model: Any) -> dict[str, Any]:
         "fast": model.preprocessor.fast,
         "preprocess": cfg,
     }
-    return json.loads(json.dumps(ident))  # the form it has once stored (tuples become lists)
+    stored: dict[str, Any] = json.loads(json.dumps(ident))  # the form it has once stored (tuples become lists)
+    return stored
 
 
 def failure_reasons(res: Any) -> dict[int, str]:

@@ -14,9 +14,13 @@ import threading
 import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ImageFetchError
+
+if TYPE_CHECKING:
+    import urllib3
 
 __all__ = ["DEFAULT_MAX_URL_BYTES", "DEFAULT_URL_TIMEOUT", "fetch_url", "fetch_urls", "is_url"]
 
@@ -24,11 +28,11 @@ DEFAULT_URL_TIMEOUT = 10.0
 DEFAULT_MAX_URL_BYTES = 64 << 20
 _CHUNK = 1 << 16
 _USER_AGENT = f"ferroclip/{__version__}"
-_POOL = None
+_POOL: urllib3.PoolManager | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _pool():
+def _pool() -> urllib3.PoolManager:
     """One connection pool per process (keep-alive across a batch of URLs)."""
     global _POOL
     import urllib3

@@ -10,7 +10,7 @@ Bad files never kill a batch: each one is reported with its index, path and reas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +62,7 @@ def collect_result(
     }
     for index, exc in failed.items():
         if getattr(exc, "index", None) is None:
-            exc.index = index  # type: ignore[union-attr]  (plain TypeError/ValueError too)
+            exc.index = index  # type: ignore[union-attr]  # plain TypeError/ValueError too
         errors[index] = exc
     ok = np.ones(n, dtype=bool)
     ok[list(errors)] = False
@@ -134,7 +134,7 @@ class Preprocessor:
             crop_size=config.crop_size,
             crop_rounding=config.crop_rounding,
             resample=config.resample,
-            pil_version=config.pil_version,
+            pil_version=cast(str, config.pil_version),  # a rule name once __post_init__ has run
             rescale=config.rescale,
             rescale_factor=config.rescale_factor,
             mean=config.image_mean,

@@ -14,8 +14,8 @@ database is used as is (half the memory). Non-finite values are rejected by name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,9 @@ from . import _native
 from .errors import ShapeError
 
 __all__ = ["near_duplicates", "recall_at_k", "similarity", "topk", "zero_shot_classify"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
@@ -36,7 +39,7 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
             raise ShapeError(f"{name} is a torch tensor on {x.device}; move it to the CPU first")
         if x.dtype == torch.bfloat16:  # numpy has no bfloat16
             x = x.float()
-        return x.detach().cpu().numpy()
+        return cast("np.ndarray", x.detach().cpu().numpy())
     try:
         return np.asarray(x)
     except (TypeError, ValueError) as e:
@@ -73,7 +76,7 @@ def _same_dim(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) -> None:
         raise ShapeError(f"{a_name} has dimension {a.shape[1]} but {b_name} has dimension {b.shape[1]}")
 
 
-def _call(fn, named: dict[str, np.ndarray], *args, **kwargs):
+def _call(fn: Callable[_P, _R], named: dict[str, np.ndarray], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """Run a native call; on a non-finite score, say which argument holds the NaN/Inf.
 
     Large databases are not scanned up front (that would cost as much as a Q=1 search):
@@ -118,6 +121,42 @@ def topk(
     return _call(
         _native.topk, {"queries": q_, "database": d_}, q_, d_, int(k), num_threads=_threads(num_threads)
     )
+
+
+@overload
+def recall_at_k(
+    image_emb: Any,
+    text_emb: Any,
+    text_to_image: Any,
+    ks: Sequence[int] = ...,
+    *,
+    num_threads: int | None = ...,
+    return_ranks: Literal[False] = ...,
+) -> dict[str, float]: ...
+
+
+@overload
+def recall_at_k(
+    image_emb: Any,
+    text_emb: Any,
+    text_to_image: Any,
+    ks: Sequence[int] = ...,
+    *,
+    num_threads: int | None = ...,
+    return_ranks: Literal[True],
+) -> tuple[dict[str, float], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
+
+@overload
+def recall_at_k(
+    image_emb: Any,
+    text_emb: Any,
+    text_to_image: Any,
+    ks: Sequence[int] = ...,
+    *,
+    num_threads: int | None = ...,
+    return_ranks: bool = ...,
+) -> dict[str, float] | tuple[dict[str, float], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 
 
 def recall_at_k(

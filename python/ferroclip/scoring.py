@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         import tomllib
     except ImportError:  # Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib  # type: ignore[no-redef,import-not-found]
         except ImportError:
             raise ConfigError("reading TOML on Python 3.10 needs tomli: pip install tomli") from None
     try:
@@ -195,6 +195,7 @@ class _Record:
 
 
 def _record(r: Any, i: int) -> _Record:
+    get: Callable[[str, Any], Any]
     if isinstance(r, Mapping):
         keys = list(r.keys())
         get = r.get

@@ -125,7 +125,7 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     """The newest complete checkpoint under ``out_dir`` (``latest.json``, else the highest step)."""
     root = Path(out_dir)
     try:
-        name = json.loads((root / LATEST).read_text(encoding="utf-8"))["checkpoint"]
+        name: str = json.loads((root / LATEST).read_text(encoding="utf-8"))["checkpoint"]
         if (root / name / META_FILE).is_file():
             return root / name
     except (OSError, ValueError, KeyError, TypeError):

@@ -17,7 +17,7 @@ checkpoints train with dropout 0).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,15 +62,20 @@ class DistContext:
 
     def reduce_gradients(self, towers: Iterable[torch.nn.Parameter], loss_only: Iterable[torch.nn.Parameter]) -> None:
         """Tower gradients summed over ranks; loss-only parameters' (already full) averaged."""
+        # torch._utils is unannotated; these are its signatures.
+        flatten: Callable[[Sequence[torch.Tensor]], torch.Tensor] = torch._utils._flatten_dense_tensors
+        unflatten: Callable[[torch.Tensor, Sequence[torch.Tensor]], tuple[torch.Tensor, ...]] = (
+            torch._utils._unflatten_dense_tensors
+        )
         for params, average in ((list(towers), False), (list(loss_only), True)):
             grads = [p.grad for p in params if p.grad is not None]
             if not grads:
                 continue
-            flat = torch._utils._flatten_dense_tensors(grads)
+            flat = flatten(grads)
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             if average:
                 flat /= self.world
-            for g, r in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            for g, r in zip(grads, unflatten(flat, grads)):
                 g.copy_(r)
 
     def barrier(self) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -129,7 +129,8 @@ def _loss_closure(cfg: FinetuneConfig, family: str, loss_fn: torch.nn.Module, to
 
 def _param_groups(towers: Towers, loss_fn: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay on norms, biases, embeddings of rank < 2 and the logit scale/bias."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in list(towers.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]:
         if not p.requires_grad:
             continue
@@ -196,12 +197,13 @@ def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], di
 
 def _save_model_dir(model: torch.nn.Module, out: Path, tokenizer: Any, source: str, local_only: bool) -> None:
     """A Hugging Face model directory that ``ferroclip.load_model`` and ``from_pretrained`` read."""
-    from transformers import AutoImageProcessor
+    from transformers import AutoImageProcessor, PreTrainedModel
 
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    cast("PreTrainedModel", model).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    AutoImageProcessor.from_pretrained(source, local_files_only=local_only).save_pretrained(out)
+    processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)  # type: ignore[no-untyped-call]  # unannotated in transformers
+    processor.save_pretrained(out)
 
 
 # --------------------------------------------------------------------------- the run
@@ -311,13 +313,15 @@ def finetune(
     tower_params = [p for p in params if all(p is not q for q in loss_params)]
     optimizer = torch.optim.AdamW(_param_groups(towers, loss_fn, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_steps))
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    scaler = torch.amp.grad_scaler.GradScaler(device.type) if precision == "fp16" else None
     temp_sched = None
     if cfg.temperature_scheduling and not cfg.learnable_temp and hasattr(loss_fn, "log_scale") and not isinstance(loss_fn, SigLIPLoss):
         temp_sched = TemperatureScheduler(cfg.temperature, min(cfg.min_temp, cfg.temperature), max(cfg.max_temp, cfg.temperature),
                                           cfg.warmup_steps, total, cfg.temperature_schedule_type)
 
     # validation data and the base model's numbers, before any step
+    val_set: EvalSet | None
+    failed_val: list[str]
     val_set, failed_val = (None, [])
     if parts["val"].num_images:
         val_set, failed_val = _eval_set(parts["val"], exact, tokenize)
@@ -348,7 +352,7 @@ def finetune(
                 scaler.load_state_dict(st.meta["scaler"])
             if temp_sched is not None and st.meta.get("temperature_scheduler"):
                 temp_sched.load_state_dict(st.meta["temperature_scheduler"])
-                loss_fn.temperature = temp_sched.current  # type: ignore[attr-defined]
+                loss_fn.temperature = temp_sched.current  # type: ignore[assignment]  # a float attribute of our loss modules
             history, best, stale = st.meta["history"], st.meta["best"], int(st.meta.get("stale", 0))
             metrics["base"] = st.meta.get("base_metrics")
             run_loss, run_n = st.meta.get("running_loss", [0.0, 0])  # the log window spans the cut
@@ -395,13 +399,13 @@ def finetune(
                 step += 1
                 loss_val = float(out_d["loss"])
                 if temp_sched is not None:
-                    loss_fn.temperature = temp_sched.step(step, loss=loss_val)  # type: ignore[attr-defined]
+                    loss_fn.temperature = temp_sched.step(step, loss=loss_val)  # type: ignore[assignment]  # a float attribute of our loss modules
                 run_loss, run_n, pairs = run_loss + loss_val, run_n + 1, pairs + len(batch)
                 bar.update(1)
                 rate = pairs / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{loss_val:.4f}", pairs_s=f"{rate:.1f}")
                 if step % cfg.logging_steps == 0 or step == total:
-                    entry = {"step": step, "epoch": epoch, "loss": run_loss / run_n, "lr": scheduler.get_last_lr()[0],
+                    entry: dict[str, Any] = {"step": step, "epoch": epoch, "loss": run_loss / run_n, "lr": scheduler.get_last_lr()[0],
                              "temperature": float(out_d["temperature"]), "pairs_per_s": rate,
                              "elapsed_s": time.perf_counter() - t0}
                     for k in ("hard_negative_ratio_actual", "scale_losses"):

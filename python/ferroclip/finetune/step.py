@@ -91,7 +91,7 @@ def contrastive_backward(
     if len(micro_batches) == 1:
         img, txt = _encode(towers, micro_batches[0], autocast)
         out = loss_fn(*join(img, txt))
-        scale_loss(out["loss"]).backward()
+        scale_loss(out["loss"]).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
         return _detached(out)
     devices = sorted({mb.pixel_values.device for mb in micro_batches} - {torch.device("cpu")}, key=str)
     states, imgs, txts = [], [], []
@@ -105,10 +105,10 @@ def contrastive_backward(
     all_img = torch.cat(imgs).requires_grad_(True)
     all_txt = torch.cat(txts).requires_grad_(True)
     out = loss_fn(*join(all_img, all_txt))
-    scale_loss(out["loss"]).backward()
+    scale_loss(out["loss"]).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated in torch
     sizes = [len(mb) for mb in micro_batches]
     assert all_img.grad is not None and all_txt.grad is not None
-    g_img, g_txt = all_img.grad.split(sizes), all_txt.grad.split(sizes)
+    g_img, g_txt = all_img.grad.split(sizes), all_txt.grad.split(sizes)  # type: ignore[no-untyped-call]  # Tensor.split is unannotated in torch
     for mb, state, gi, gt in zip(micro_batches, states, g_img, g_txt):
         _set_rng_state(devices, state)
         tensors: list[torch.Tensor] = []

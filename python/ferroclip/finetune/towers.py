@@ -9,7 +9,7 @@ up here, once, before the optimiser sees the parameters.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -89,7 +89,8 @@ class Towers(nn.Module):
         if hasattr(self.model, "merge_and_unload"):
             import copy
 
-            return copy.deepcopy(self.model).merge_and_unload()
+            peft_model: Any = self.model  # a peft PeftModel (untyped)
+            return cast("nn.Module", copy.deepcopy(peft_model).merge_and_unload())
         return self.model
 
     def enable_gradient_checkpointing(self) -> None:
@@ -114,17 +115,17 @@ class Towers(nn.Module):
         return self
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return features_tensor(self._base().get_image_features(pixel_values=pixel_values))
+        return cast("torch.Tensor", features_tensor(self._base().get_image_features(pixel_values=pixel_values)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         kw = {"input_ids": input_ids}
         if attention_mask is not None:
             kw["attention_mask"] = attention_mask
-        return features_tensor(self._base().get_text_features(**kw))
+        return cast("torch.Tensor", features_tensor(self._base().get_text_features(**kw)))
 
     @property
     def logit_scale(self) -> nn.Parameter:
-        return self._base().logit_scale
+        return cast("nn.Parameter", self._base().logit_scale)
 
     @property
     def logit_bias(self) -> nn.Parameter | None:

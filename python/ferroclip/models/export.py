@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def _towers(hf_model: Any) -> tuple[Any, Any]:
             self.m = hf_model
 
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return features_tensor(self.m.get_image_features(pixel_values=pixel_values))
+            return cast("torch.Tensor", features_tensor(self.m.get_image_features(pixel_values=pixel_values)))
 
     class Text(torch.nn.Module):
         def __init__(self) -> None:
@@ -55,7 +55,7 @@ def _towers(hf_model: Any) -> tuple[Any, Any]:
             self.m = hf_model
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-            return features_tensor(self.m.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+            return cast("torch.Tensor", features_tensor(self.m.get_text_features(input_ids=input_ids, attention_mask=attention_mask)))
 
     return Vision().eval(), Text().eval()
 

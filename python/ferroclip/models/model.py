@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -80,7 +80,7 @@ class ZeroShotResult:
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
+    return cast("np.ndarray", x / np.maximum(norms, np.float32(1e-12)))
 
 
 class EmbeddingModel:
@@ -192,7 +192,7 @@ class EmbeddingModel:
                 pending = pool.submit(prepare, i + 1) if i + 1 < len(starts) else None
                 for err in res.errors:
                     if getattr(err, "index", None) is not None:
-                        err.index += start  # type: ignore[union-attr]
+                        err.index += start  # type: ignore[union-attr,operator]
                     errors.append(err)
                 rows = np.flatnonzero(res.ok)
                 if len(rows):
@@ -221,7 +221,7 @@ class EmbeddingModel:
         """
         res = self.encode_images([image], batch_size=1, progress=False, normalize=normalize)
         res.raise_for_errors()
-        return res.embeddings[0]
+        return cast("npt.NDArray[np.float32]", res.embeddings[0])
 
     def _pixel_batch(self, images: Any) -> np.ndarray | None:
         """The input as a float32 ``(N, 3, H, W)`` array when it is a preprocessed batch."""

@@ -36,7 +36,7 @@ def preprocess_to_dict(cfg: PreprocessConfig) -> dict[str, Any]:
 
 def preprocess_from_dict(d: dict[str, Any]) -> PreprocessConfig:
     """Inverse of :func:`preprocess_to_dict` (JSON turned the tuples into lists)."""
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return PreprocessConfig(**fixed)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -134,7 +134,7 @@ class TorchBackend:
         with torch.inference_mode():
             x = torch.from_numpy(pixels).to(self.device, non_blocking=True).to(self._torch_dtype)
             out = features_tensor(self.model.get_image_features(pixel_values=x))
-            return out.float().cpu().numpy()
+            return cast("np.ndarray", out.float().cpu().numpy())
 
     def encode_tokens(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
         import torch
@@ -142,4 +142,4 @@ class TorchBackend:
         with torch.inference_mode():
             inputs = {k: torch.from_numpy(v).to(self.device) for k, v in tokens.items()}
             out = features_tensor(self.model.get_text_features(**inputs))
-            return out.float().cpu().numpy()
+            return cast("np.ndarray", out.float().cpu().numpy())

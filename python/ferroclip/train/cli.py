@@ -62,6 +62,8 @@ def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[s
 def _labels(args: argparse.Namespace, n: int, cache: dict[str, np.ndarray], where: Path) -> list[str]:
     from .data import labels_from_folder, load_labels_csv
 
+    paths: list[str] | None
+    labels: list[str]
     if args.labels_dir:
         paths, labels = labels_from_folder(args.labels_dir)
     elif args.labels_csv:

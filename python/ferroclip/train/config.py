@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, TypeVar, Union
 
 from .._atomic import atomic_write
 from ..errors import ConfigError
@@ -43,6 +43,11 @@ LOSS_ALIASES = {
     "queue": "queue_infonce",
     "blip": "momentum_distill",
 }
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_T = TypeVar("_T", bound="DataclassInstance")
+
 DEFAULT_LOSS = {"siglip": "sigmoid", "blip": "momentum_distill"}
 
 
@@ -137,7 +142,7 @@ class HeadsConfig:
     output_dir: str = "results/heads"
     #: Modules (or ``.py`` files beside the config) imported first, so heads, losses and
     #: metrics they register (:mod:`ferroclip.train.registry`) can be named here.
-    plugins: Optional[list] = None
+    plugins: Optional[list[str]] = None
 
     @property
     def loss_type(self) -> str:
@@ -242,7 +247,7 @@ class TuneConfig:
     output_dir: str = "results/tuning"
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["maximize", "minimize"]:
         return "maximize" if self.metric == "val_r1" else "minimize"
 
     @classmethod
@@ -340,7 +345,7 @@ def _read_yaml(p: Path) -> Any:
         raise ConfigError(f"{p}: invalid YAML: {e}") from e
 
 
-def _build(cls: type, body: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
+def _build(cls: type[_T], body: Any, where: str, skip: tuple[str, ...] = ()) -> _T:
     """Instantiate dataclass ``cls`` from a mapping, checking keys and coercing types."""
     if body is None:
         body = {}
@@ -361,7 +366,7 @@ def _build(cls: type, body: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
             continue
         hint = hints[k]
         if dataclasses.is_dataclass(hint):
-            kwargs[k] = _build(hint, v, f"{where}: {k}")
+            kwargs[k] = _build(typing.cast("type[DataclassInstance]", hint), v, f"{where}: {k}")
         else:
             kwargs[k] = _coerce(v, hint, f"{where}: {cls.__name__.removesuffix('Config').lower()}.{k}")
     return cls(**kwargs)

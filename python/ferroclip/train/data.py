@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -160,7 +160,7 @@ def _as_numpy(obj: Any, path: Path) -> np.ndarray:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
         t = obj.detach().cpu()
-        return (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy()
+        return cast("np.ndarray", (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).numpy())
     raise DataError(f"{path}: expected an array or tensor, found {type(obj).__name__}", str(path))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class MLPHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return cast("torch.Tensor", self.net(x))
 
 
 class Tokenizer(nn.Module):
@@ -61,7 +61,7 @@ class Tokenizer(nn.Module):
         self.pos = nn.Parameter(torch.randn(num_tokens, hidden) * 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).view(-1, self.num_tokens, self.hidden) + self.pos
+        return cast("torch.Tensor", self.proj(x).view(-1, self.num_tokens, self.hidden) + self.pos)
 
 
 class AttentionHead(nn.Module):
@@ -78,7 +78,7 @@ class AttentionHead(nn.Module):
         self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(self.encoder(self.tokens(x))).mean(dim=1))
+        return cast("torch.Tensor", self.out(self.norm(self.encoder(self.tokens(x))).mean(dim=1)))
 
 
 class CrossModalCore(nn.Module):
@@ -97,7 +97,7 @@ class CrossModalCore(nn.Module):
         kv = self.norm_kv(tokens)
         h = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
         h = h + self.ff(self.norm_ff(h))
-        return self.out(h.mean(dim=1))
+        return cast("torch.Tensor", self.out(h.mean(dim=1)))
 
 
 def _head(cfg: ModelConfig, in_dim: int) -> nn.Module:
@@ -105,7 +105,7 @@ def _head(cfg: ModelConfig, in_dim: int) -> nn.Module:
 
     user = head_factory(cfg.type)
     if user is not None:
-        return user(cfg, in_dim)
+        return cast("nn.Module", user(cfg, in_dim))
     hidden, dropout = cfg.resolved_hidden(in_dim), cfg.resolved_dropout()
     t = cfg.type
     if t == "siglip":

@@ -20,6 +20,8 @@ negatives are true negatives.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,7 +73,15 @@ class FeatureQueue:
         self.count = min(self.size, self.count + n)
 
 
-def _queue_infonce(img, txt, ids, q_img, q_txt, q_ids, scale) -> torch.Tensor:
+def _queue_infonce(
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    ids: torch.Tensor,
+    q_img: torch.Tensor,
+    q_txt: torch.Tensor,
+    q_ids: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
     same = ids[:, None] == q_ids[None, :]  # same image already in the queue: not a negative
     i2t = torch.cat([scale * img @ txt.T, (scale * img @ q_txt.T).masked_fill(same, float("-inf"))], dim=1)
     t2i = torch.cat([scale * txt @ img.T, (scale * txt @ q_img.T).masked_fill(same, float("-inf"))], dim=1)
@@ -100,7 +110,7 @@ class Objective(nn.Module):
 
         user = loss_fn(t)
         if user is not None:
-            return user(img, txt, scale)
+            return cast("torch.Tensor", user(img, txt, scale))
         if t == "infonce":
             return infonce_loss(img, txt, scale)
         if t == "sigmoid":
@@ -133,7 +143,7 @@ class Objective(nn.Module):
 
         user = loss_fn(self.loss_type)
         if user is not None:
-            return user(img, txt, scale)
+            return cast("torch.Tensor", user(img, txt, scale))
         if self.loss_type == "sigmoid":
             return sigmoid_loss(img, txt, scale, model.logit_bias)
         return infonce_loss(img, txt, scale)

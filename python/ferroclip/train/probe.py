@@ -127,7 +127,8 @@ def _mean_std(v: Sequence[float]) -> tuple[float, float]:
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero)."""
     n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, np.finfo(x.dtype).tiny)
+    out: np.ndarray = x / np.maximum(n, np.finfo(x.dtype).tiny)
+    return out
 
 
 def _prepare(features: Any, labels: Sequence[Any] | np.ndarray, folds: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -209,7 +210,16 @@ def _ridge_loo(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, alphas: Seq
     return classes[pred], alpha
 
 
-def _fit_fold(model: str, x_tr, y_tr, x_te, alphas, cs, inner_folds, seed):
+def _fit_fold(
+    model: str,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_te: np.ndarray,
+    alphas: Sequence[float],
+    cs: Sequence[float],
+    inner_folds: int | None,
+    seed: int | None,
+) -> tuple[np.ndarray, float]:
     from sklearn.linear_model import LogisticRegressionCV, RidgeClassifierCV
     from sklearn.model_selection import StratifiedKFold
 

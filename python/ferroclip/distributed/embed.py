@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -197,7 +197,7 @@ def _identity(ray: Any, spec: str, kwargs: dict[str, Any], num_gpus: float) -> d
 
     if num_gpus <= 0:
         return load()
-    return ray.get(ray.remote(num_gpus=num_gpus)(load).remote())
+    return cast("dict[str, Any]", ray.get(ray.remote(num_gpus=num_gpus)(load).remote()))
 
 
 def _default_actors(ray: Any, num_gpus: float, num_cpus: float) -> int:

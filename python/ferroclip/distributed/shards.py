@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -97,7 +97,7 @@ class OutputDir:
             meta = json.loads((pq.read_schema(path).metadata or {}).get(_META, b"{}"))
         except (OSError, ValueError):  # unreadable: embed it again
             return False
-        return meta.get("fingerprint") == self.fingerprint and meta.get("ids_digest") == plan.digest
+        return bool(meta.get("fingerprint") == self.fingerprint and meta.get("ids_digest") == plan.digest)
 
     def write_shard(
         self,
@@ -196,4 +196,4 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise DataError(f"{root / MANIFEST}: unreadable manifest ({e})", str(root / MANIFEST)) from e
     if manifest.get("format") != _FORMAT:
         raise DataError(f"{root / MANIFEST}: not an embed_dataset manifest", str(root / MANIFEST))
-    return manifest
+    return cast("dict[str, Any]", manifest)

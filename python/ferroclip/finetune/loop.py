@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from .._atomic import atomic_write
 from ..config import PreprocessConfig
 from ..data import CaptionDataset, load_pairs
 from ..errors import ConfigError, DataError
+from ..train.trainer import _lr_lambda  # the heads' warmup + cosine: one schedule for both loops
 from ..losses import (
     CLIPContrastiveLoss,
     DomainSpecificLoss,
@@ -136,16 +136,6 @@ def _param_groups(towers: Towers, loss_fn: torch.nn.Module, weight_decay: float)
             continue
         (no_decay if p.ndim < 2 or "logit_" in name or name.startswith("loss.") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 def _default_batch_size(device: torch.device) -> int:

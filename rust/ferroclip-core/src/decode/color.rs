@@ -148,7 +148,7 @@ pub(super) fn decode_with_image_rs(
         Format::WebP => image::ImageFormat::WebP,
         Format::Bmp => image::ImageFormat::Bmp,
         Format::Tiff => image::ImageFormat::Tiff,
-        Format::Jpeg => unreachable!("JPEG is decoded by libjpeg-turbo"),
+        Format::Jpeg | Format::Heif => unreachable!("JPEG and HEIF have their own decoders"),
     };
     let mut reader = image::ImageReader::with_format(Cursor::new(data), fmt);
     let mut limits = image::Limits::default();

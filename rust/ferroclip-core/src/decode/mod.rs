@@ -3,10 +3,13 @@
 //!
 //! JPEG goes through libjpeg-turbo (the mozjpeg build of it), the decoder PIL itself uses,
 //! so JPEG pixels are bit-exact with PIL. Everything else goes through image-rs, whose
-//! lossless decoders give the same pixels as PIL's. Mode handling follows PIL to the
-//! integer (`color.rs`).
+//! lossless decoders give the same pixels as PIL's. HEIF/HEIC goes through libheif (the
+//! `heif` feature), the library pillow-heif wraps (`heif.rs`). Mode handling follows PIL to
+//! the integer (`color.rs`).
 
 mod color;
+#[cfg(feature = "heif")]
+mod heif;
 mod jpeg;
 mod source;
 
@@ -68,6 +71,18 @@ pub enum Format {
     WebP,
     Bmp,
     Tiff,
+    /// HEIF still images (HEVC-coded HEIC, and the generic `mif1`/`msf1` brands).
+    Heif,
+}
+
+/// ISO-BMFF major brands of HEIF files (ISO/IEC 23008-12 Annex B, and Apple's `heic`).
+const HEIF_BRANDS: [&[u8; 4]; 10] =
+    [b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"];
+
+/// Whether the crate was built with HEIF decoding (the `heif` feature, which needs libheif).
+#[must_use]
+pub const fn heif_supported() -> bool {
+    cfg!(feature = "heif")
 }
 
 /// Identify the format from magic bytes.
@@ -80,6 +95,9 @@ pub fn sniff_format(data: &[u8]) -> Option<Format> {
         [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => Some(Format::WebP),
         [b'B', b'M', ..] => Some(Format::Bmp),
         [b'I', b'I', 42, 0, ..] | [b'M', b'M', 0, 42, ..] => Some(Format::Tiff),
+        [_, _, _, _, b'f', b't', b'y', b'p', b0, b1, b2, b3, ..] if HEIF_BRANDS.contains(&&[*b0, *b1, *b2, *b3]) => {
+            Some(Format::Heif)
+        }
         _ => None,
     }
 }
@@ -208,6 +226,17 @@ pub fn decode(data: &[u8], opts: &DecodeOptions, hints: Hints<'_>) -> Result<Dec
     })?;
     let stored = match format {
         Format::Jpeg => jpeg::decode_jpeg(data, opts, hints)?,
+        // The HEIF transforms are applied by libheif and the EXIF tag is not read (heif.rs).
+        #[cfg(feature = "heif")]
+        Format::Heif => (Decoded::whole(heif::decode_heif(data, opts)?), None),
+        #[cfg(not(feature = "heif"))]
+        Format::Heif => {
+            return Err(Error::Unsupported(
+                "HEIF/HEIC: this build of ferroclip has no HEIF decoder (built without the `heif` \
+                 feature; install libheif and rebuild with it)"
+                    .into(),
+            ))
+        }
         other => {
             let (img, o) = color::decode_with_image_rs(data, other, opts)?;
             (Decoded::whole(img), o)
@@ -261,6 +290,11 @@ mod tests {
         assert_eq!(sniff_format(b"\x89PNG\r\n\x1a\nxx"), Some(Format::Png));
         assert_eq!(sniff_format(b"GIF89a"), Some(Format::Gif));
         assert_eq!(sniff_format(b"RIFF\0\0\0\0WEBPVP8 "), Some(Format::WebP));
+        assert_eq!(sniff_format(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"), Some(Format::Heif));
+        assert_eq!(sniff_format(b"\0\0\0\x18ftypmif1\0\0\0\0mif1heic"), Some(Format::Heif));
+        // Other ISO-BMFF files (MP4 video, AVIF) are not HEIF stills.
+        assert_eq!(sniff_format(b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2"), None);
+        assert_eq!(sniff_format(b"\0\0\0\x1cftypavif\0\0\0\0avifmif1"), None);
         assert_eq!(sniff_format(b"hello world"), None);
     }
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_write, fsync_dir
+from .._torch_state import optimizer_tensors, restore_optimizer, restore_rng, rng_tensors
 from ..errors import DataError
 
 __all__ = ["TrainingState", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
@@ -37,38 +38,6 @@ class TrainingState:
     step: int
     meta: dict[str, Any]
     path: Path
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim.{pid}.{k}"] = v
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    for pid, sc in meta["scalars"].items():
-        state.setdefault(int(pid), {}).update(sc)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _rng_tensors() -> dict[str, torch.Tensor]:
-    out = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            out[f"rng.cuda.{i}"] = torch.cuda.get_rng_state(i)
-    return out
 
 
 def save_checkpoint(
@@ -91,9 +60,9 @@ def save_checkpoint(
     final = root / name
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"loss.{k}": v for k, v in loss_fn.state_dict().items()})
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    opt_tensors, opt_meta = optimizer_tensors(optimizer)
     tensors.update(opt_tensors)
-    tensors.update(_rng_tensors())
+    tensors.update(rng_tensors())
     # safetensors stores each buffer once and contiguous: copy views and shared storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
@@ -155,9 +124,6 @@ def load_checkpoint(
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     loss_fn.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("loss.")})
-    _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    for k, v in tensors.items():
-        if k.startswith("rng.cuda.") and torch.cuda.is_available() and int(k.rsplit(".", 1)[1]) < torch.cuda.device_count():
-            torch.cuda.set_rng_state(v, int(k.rsplit(".", 1)[1]))
+    restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+    restore_rng(tensors)
     return TrainingState(step=int(meta["step"]), meta=meta, path=p)

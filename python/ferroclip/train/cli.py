@@ -173,7 +173,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data, split = _data_and_split(cfg)
     out = Path(cfg.output_dir)
     cfg.to_yaml(out / "config.yaml")
-    res = train_heads(cfg, split.part(data, "train"), split.part(data, "val"), out_dir=out)
+    res = train_heads(cfg, split.part(data, "train"), split.part(data, "val"), out_dir=out, resume=args.resume)
     best = res.best_metrics
     print(json.dumps({"best_epoch": res.best_epoch, "val_loss": best.get("val_loss"), "val_r1": best.get("val_r1"),
                       "samples_per_second": round(res.samples_per_second, 1), "stopped_early": res.stopped_early}))
@@ -248,6 +248,8 @@ def register(subparsers: Any) -> None:
     t.add_argument("config", help="training YAML (data, model, training sections); see docs/training.md")
     t.add_argument("--out", help="override output_dir")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last complete epoch (same config and data)")
     t.set_defaults(func=_cmd_train)
     e = hs.add_parser("eval", help="Recall@1/5/10 and median rank on the test split; PCA and t-SNE PNGs")
     e.add_argument("config", help="the training YAML the heads were trained with (its output_dir holds them)")

@@ -7,7 +7,10 @@ so a batch never holds two captions of the same image (no false negatives) and a
 captions are seen over the epochs.
 
 Checkpoints are ``model.safetensors`` (weights) plus ``checkpoint.json`` (config, input
-dims, epoch, metrics), both written atomically, JSON last. Nothing is pickled.
+dims, epoch, metrics), both written atomically, JSON last. Nothing is pickled. With an
+``out_dir`` every epoch also leaves a resume checkpoint (:mod:`.resume`), and
+``resume=True`` continues from the last complete epoch to the same result as a run that
+was never interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -27,7 +31,8 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write
-from ..errors import DataError, ShapeError
+from .._torch_state import optimizer_tensors, restore_optimizer, restore_rng, rng_tensors
+from ..errors import ConfigError, DataError, ShapeError
 from .config import HeadsConfig
 from .data import PairedEmbeddings
 from .evaluate import retrieval_metrics
@@ -35,6 +40,8 @@ from .heads import ProjectionModel, build_model
 from .losses import Objective
 
 __all__ = ["TrainResult", "load_checkpoint", "resolve_device", "save_checkpoint", "train_heads"]
+
+log = logging.getLogger(__name__)
 
 _FORMAT = "ferroclip.train.heads"
 WEIGHTS = "model.safetensors"
@@ -141,20 +148,33 @@ def train_heads(
     out_dir: str | os.PathLike[str] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     plots: bool = True,
+    resume: bool = False,
 ) -> TrainResult:
     """Train ``config``'s heads on ``train``, stop early on ``val``, return the best model.
 
-    With ``out_dir``: writes the best checkpoint, ``loss_history.json`` and (``plots``)
-    ``training_curves.png``. ``on_epoch(epoch, metrics)`` is called after each validation
-    (Optuna uses it to report and prune; it may raise to stop training).
+    With ``out_dir``: writes the best checkpoint, ``loss_history.json``, (``plots``)
+    ``training_curves.png`` and after every epoch a resume checkpoint under ``resume/``.
+    ``resume=True`` continues from the newest complete one (a finished run just returns
+    its result); the config (bar ``progress``, ``num_threads`` and ``output_dir``) and the
+    data must be the ones it was saved with, else :class:`~ferroclip.errors.ConfigError`.
+    Without ``resume`` a previous run's resume checkpoints in ``out_dir`` are discarded.
+    ``on_epoch(epoch, metrics)`` is called after each validation, once that epoch's resume
+    checkpoint is written (Optuna uses it to report and prune; it may raise to stop
+    training, and a resumed run continues with the next epoch).
     """
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: seed it, leave the caller's alone
+    if resume and out_dir is None:
+        raise ConfigError("resume=True needs the out_dir the interrupted run wrote its checkpoints to")
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    # dropout draws from the global RNG: seed it, and leave the caller's alone
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(config.training.seed)
-        return _train(config, train, val, out_dir, on_epoch, plots)
+        return _train(config, train, val, out_dir, on_epoch, plots, resume)
 
 
 def _train(config: HeadsConfig, train: PairedEmbeddings, val: PairedEmbeddings, out_dir: Any,
-           on_epoch: Callable[[int, dict[str, float]], None] | None, plots: bool) -> TrainResult:
+           on_epoch: Callable[[int, dict[str, float]], None] | None, plots: bool, resume: bool) -> TrainResult:
+    from . import resume as ckpt
+
     t_cfg = config.training
     _check_dims(config, train, val)
     device = resolve_device(t_cfg.device)
@@ -183,10 +203,38 @@ def _train(config: HeadsConfig, train: PairedEmbeddings, val: PairedEmbeddings, 
     history: list[dict[str, float]] = []
     out = Path(out_dir) if out_dir is not None else None
     bad_epochs, stopped, seen, train_time = 0, False, 0, 0.0
+    start, finished = 1, False
+    data_fp = ckpt.data_fingerprint(train, val) if out is not None else ""
+    if out is not None and not resume:
+        ckpt.clear_states(out)
+    state = ckpt.latest_state(out) if resume else None
+    if resume and state is None:
+        log.warning("resume: no epoch checkpoint in %s; training from epoch 1", out)
+    if state is not None:
+        ckpt.check_compatible(state, config, data_fp)
+        tensors, meta = state.tensors, state.meta
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
+        sched.load_state_dict(meta["scheduler"])
+        if objective.queue is not None and "queue.img" in tensors:
+            q = objective.queue
+            q.img, q.txt, q.ids = (tensors[f"queue.{k}"].to(device) for k in ("img", "txt", "ids"))
+            q.ptr, q.count = int(meta["queue"]["ptr"]), int(meta["queue"]["count"])
+        best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        best_state = best or None
+        history, best_metrics = meta["history"], meta["best_metrics"]
+        best_value, best_epoch, bad_epochs = float(meta["best_value"]), int(meta["best_epoch"]), int(meta["bad_epochs"])
+        seen, train_time, stopped = int(meta["seen"]), float(meta["train_time"]), bool(meta["stopped"])
+        gen.set_state(tensors["gen"])
+        restore_rng(tensors)  # last: nothing after it may draw before the loop does
+        start, finished = state.epoch + 1, bool(meta["finished"])
+        log.info("resumed %s from epoch %d", out, state.epoch)
 
     from tqdm import tqdm
 
-    bar = tqdm(range(1, t_cfg.num_epochs + 1), desc="train heads", unit="epoch", disable=not t_cfg.progress)
+    epochs = range(start, t_cfg.num_epochs + 1) if not finished else range(0)
+    bar = tqdm(epochs, desc="train heads", unit="epoch", disable=not t_cfg.progress,
+               initial=start - 1, total=t_cfg.num_epochs)
     for epoch in bar:
         model.train()
         t0 = time.perf_counter()
@@ -224,10 +272,26 @@ def _train(config: HeadsConfig, train: PairedEmbeddings, val: PairedEmbeddings, 
                 save_checkpoint(model, out, epoch=epoch, metrics=row)
         else:
             bad_epochs += 1
+        stopped = bad_epochs >= t_cfg.patience
+        if out is not None:
+            q = objective.queue
+            tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                       **{f"best.{k}": v for k, v in (best_state or {}).items()},
+                       "gen": gen.get_state(), **rng_tensors()}
+            opt_tensors, opt_meta = optimizer_tensors(opt)
+            tensors.update(opt_tensors)
+            if q is not None and q.img is not None and q.txt is not None and q.ids is not None:
+                tensors.update({"queue.img": q.img, "queue.txt": q.txt, "queue.ids": q.ids})
+            ckpt.save_state(out, epoch, tensors, {
+                "config": ckpt.config_fingerprint(config), "data": data_fp, "optimizer": opt_meta,
+                "scheduler": sched.state_dict(), "queue": {"ptr": q.ptr, "count": q.count} if q is not None else None,
+                "history": history, "best_metrics": best_metrics, "best_value": best_value, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "seen": seen, "train_time": train_time, "stopped": stopped,
+                "finished": stopped or epoch == t_cfg.num_epochs,
+            })
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if bad_epochs >= t_cfg.patience:
-            stopped = True
+        if stopped:
             break
     bar.close()
     if best_state is not None:

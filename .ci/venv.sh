@@ -28,10 +28,15 @@ ferroclip_apt() {
     ferroclip_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
-# libjpeg-turbo's SIMD code (built from source by mozjpeg-sys) is assembled with nasm, and
-# Debian/Ubuntu ship `python3 -m venv` in a separate package (python3.X-venv).
+# libjpeg-turbo's SIMD code (built from source by mozjpeg-sys) is assembled with nasm, HEIF
+# decoding (the default-on `heif` cargo feature) links the system libheif (>= 1.14; Debian
+# 12 has 1.15.1), found through pkg-config, and Debian/Ubuntu ship `python3 -m venv` in a
+# separate package (python3.X-venv).
 ferroclip_build_prereqs() {
     if ! command -v nasm >/dev/null 2>&1; then ferroclip_apt nasm; fi
+    if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists libheif; then
+        ferroclip_apt pkg-config libheif-dev
+    fi
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo not found: install Rust >= $(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml) (https://rustup.rs)" >&2
         return 1

@@ -14,7 +14,7 @@ from .config import PreprocessConfig
 from .errors import FerroclipError
 from .preprocess import Preprocessor
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif"}
 
 
 def _config(spec: str) -> PreprocessConfig:

@@ -305,6 +305,34 @@ mod tests {
         assert!(matches!(decode(b"not an image", &o, Hints::default()), Err(Error::Unsupported(_))));
     }
 
+    /// A truncated or damaged HEIF is a `Decode` error from libheif, never a panic.
+    #[cfg(feature = "heif")]
+    #[test]
+    fn broken_heif_is_a_decode_error() {
+        let o = DecodeOptions::default();
+        let header: &[u8] = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
+        let mut long = header.to_vec();
+        long.extend_from_slice(&[0u8; 64]);
+        for data in [header, &long[..]] {
+            match decode(data, &o, Hints::default()) {
+                Err(Error::Decode(m)) => assert!(m.starts_with("HEIF: "), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Built without libheif, HEIF input is recognised and refused, naming the feature.
+    #[cfg(not(feature = "heif"))]
+    #[test]
+    fn heif_without_the_feature_is_unsupported() {
+        let data = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
+        match decode(data, &DecodeOptions::default(), Hints::default()) {
+            Err(Error::Unsupported(m)) => assert!(m.contains("`heif` feature"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!heif_supported());
+    }
+
     /// `oriented_rect` against `apply_orientation` itself: every pixel of a stored
     /// rectangle (marked) must land inside the predicted rectangle, which it fills.
     #[test]

@@ -158,18 +158,28 @@ def test_cli_embed_then_probe_over_class_folders(checkpoints, tmp_path, monkeypa
     assert results, "probe wrote no JSON results"
 
 
-def test_unsupported_formats_are_failures_and_other_files_listed(model, folder, tmp_path):
-    """HEIF (the iPhone default) is an image by name: it goes to the decoder and, until the
-    core reads it, comes back as a failure with the reason; never silently left out."""
-    (folder / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
-    (folder / "sub" / "live.heif").write_bytes(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic" + bytes(64))
+def test_heic_is_embedded_and_unsupported_formats_are_failures(model, folder, tmp_path):
+    """HEIF (the iPhone default) is decoded (libheif); a broken HEIC and a format the core
+    does not read (AVIF) come back as failures with the reason, never silently left out."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    img = Image.fromarray(smooth_rgb(np.random.default_rng(5), 48, 40))
+    pillow_heif.from_pillow(img).save(folder / "IMG_0001.HEIC", quality=90)
+    pillow_heif.from_pillow(img).save(folder / "sub" / "live.heif", quality=90)
+    (folder / "sub" / "cut.heic").write_bytes((folder / "IMG_0001.HEIC").read_bytes()[:200])
+    (folder / "anim.avif").write_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64))
     res = ferroclip.embed_folder(model, folder, tmp_path / "cache", progress=False)
-    assert len(res) == 7
-    assert set(res.errors) == {"broken.jpg", "IMG_0001.HEIC", "sub/live.heif"}
-    assert "unsupported" in res.errors["IMG_0001.HEIC"] or "unrecognised" in res.errors["IMG_0001.HEIC"]
+    assert len(res) == 9 and {"IMG_0001.HEIC", "sub/live.heif"} <= set(res.paths)
+    assert set(res.errors) == {"broken.jpg", "sub/cut.heic", "anim.avif"}
+    assert "HEIF" in res.errors["sub/cut.heic"]
+    assert "unrecognised" in res.errors["anim.avif"] or "unsupported" in res.errors["anim.avif"]
+    # the HEIC row is the embedding of its decoded pixels, not of some other file
+    row = res.embeddings[res.paths.index("IMG_0001.HEIC")]
+    pixels = model.encode_images([ferroclip.decode_image(str(folder / "IMG_0001.HEIC"))]).embeddings[0]
+    np.testing.assert_allclose(row, pixels, atol=1e-5)
+    assert not np.allclose(row, res.embeddings[res.paths.index("p1.png")], atol=1e-3)
     assert res.skipped == ["notes.txt"]
     again = ferroclip.embed_folder(model, folder, tmp_path / "cache", progress=False)
-    assert set(again.errors) == set(res.errors) and again.skipped == ["notes.txt"]
+    assert set(again.errors) == set(res.errors) and again.skipped == ["notes.txt"] and again.reused == 9
 
 
 def test_force_recompute_embeds_everything_again(model, folder, tmp_path, capsys, checkpoints):  # noqa: F811

@@ -38,13 +38,13 @@ __all__ = [
     "scan_folder",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-#: Image formats by name that the core may not decode (HEIF is the iPhone default). They are
-#: handed to the decoder anyway, so each one is embedded or listed as a failure with the
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif"})
+#: Image formats by name that the core does not decode (HEIF/HEIC is in ``IMAGE_SUFFIXES``:
+#: the core reads it when built with libheif, the default). They are handed to the decoder anyway, so each one is embedded or listed as a failure with the
 #: decoder's reason; none is skipped without a word.
 OTHER_IMAGE_SUFFIXES = frozenset(
     {
-        ".heic", ".heif", ".hif", ".avif", ".jxl", ".jp2", ".j2k", ".jpe", ".jfif", ".psd", ".ico", ".svg",
+        ".avif", ".jxl", ".jp2", ".j2k", ".jpe", ".jfif", ".psd", ".ico", ".svg",
         ".tga", ".qoi", ".pnm", ".pbm", ".pgm", ".ppm", ".exr", ".hdr", ".dds",
         ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2",
     }
@@ -266,7 +266,7 @@ def embed_folder(
 
     Returns:
         :class:`FolderEmbeddings` over the readable images (unit-norm rows); unreadable
-        ones, and images of formats the core does not decode (HEIF, ...), are in
+        ones, and images of formats the core does not decode (AVIF, JPEG XL, ...), are in
         ``errors`` (path -> reason); files that are not images by name are in ``skipped``.
     """
     root = Path(folder).resolve()

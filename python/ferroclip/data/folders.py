@@ -16,7 +16,7 @@ from .tables import read_text, text_lines
 __all__ = ["CAPTIONS_FILE", "IMAGE_SUFFIXES", "image_files", "read_captions_file", "read_sidecar_folder"]
 
 CAPTIONS_FILE = "captions.txt"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif"})
 
 
 def image_files(folder: Path) -> list[Path]:

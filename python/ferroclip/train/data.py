@@ -37,7 +37,7 @@ __all__ = ["PairedEmbeddings", "load_array", "load_labels_csv", "load_paired", "
 _NUMPY = {".npy", ".npz"}
 _TORCH = {".pt", ".pth", ".bin"}
 _SAFETENSORS = {".safetensors"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".hif"}
 
 
 @dataclass(frozen=True)

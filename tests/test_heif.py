@@ -162,3 +162,18 @@ def test_pixel_budget_is_checked_before_decoding():
     with pytest.raises(ferroclip.ImageTooLargeError, match="200x300|300x200"):
         ferroclip.decode_image(data, max_pixels=300 * 200 - 1)
     assert ferroclip.decode_image(data, max_pixels=300 * 200).shape == (300, 200, 3)
+
+
+def test_10_bit_files_are_reduced_to_8_bit_as_pillow_heif_does():
+    """HDR iPhone photos are 10-bit: libheif converts to 8-bit RGB on both sides."""
+    rng = np.random.default_rng(4)
+    blocks = rng.integers(0, 65536, (8, 12, 3)).astype(np.uint16)
+    rgb16 = np.repeat(np.repeat(blocks, 4, 0), 4, 1)
+    buf = io.BytesIO()
+    pillow_heif.from_bytes(mode="RGB;16", size=(48, 32), data=rgb16.tobytes()).save(buf, quality=-1, chroma=444)
+    data = buf.getvalue()
+    assert pillow_heif.open_heif(io.BytesIO(data)).info["bit_depth"] == 10
+    got = ferroclip.decode_image(data)
+    ref = reference_rgb(data)
+    assert got.shape == ref.shape == (32, 48, 3)
+    assert int(np.abs(got.astype(np.int16) - ref).max()) == 0

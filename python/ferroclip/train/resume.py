@@ -76,7 +76,7 @@ def data_fingerprint(train: PairedEmbeddings, val: PairedEmbeddings) -> str:
         for arr in (part.images, part.texts):
             a = np.ascontiguousarray(arr)
             h.update(f"{a.shape}{a.dtype}".encode())
-            rows = np.unique(np.linspace(0, len(a) - 1, num=min(256, len(a)), dtype=np.int64)) if len(a) else []
+            rows = np.unique(np.linspace(0, max(len(a) - 1, 0), num=min(256, len(a)), dtype=np.int64))
             h.update(np.ascontiguousarray(a[rows]).tobytes())
         h.update(np.ascontiguousarray(part.text_to_image, dtype=np.int64).tobytes())
     return h.hexdigest()

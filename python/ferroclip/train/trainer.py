@@ -207,7 +207,7 @@ def _train(config: HeadsConfig, train: PairedEmbeddings, val: PairedEmbeddings, 
     data_fp = ckpt.data_fingerprint(train, val) if out is not None else ""
     if out is not None and not resume:
         ckpt.clear_states(out)
-    state = ckpt.latest_state(out) if resume else None
+    state = ckpt.latest_state(out) if resume and out is not None else None
     if resume and state is None:
         log.warning("resume: no epoch checkpoint in %s; training from epoch 1", out)
     if state is not None:
@@ -216,10 +216,10 @@ def _train(config: HeadsConfig, train: PairedEmbeddings, val: PairedEmbeddings, 
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         restore_optimizer(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")}, meta["optimizer"])
         sched.load_state_dict(meta["scheduler"])
-        if objective.queue is not None and "queue.img" in tensors:
-            q = objective.queue
-            q.img, q.txt, q.ids = (tensors[f"queue.{k}"].to(device) for k in ("img", "txt", "ids"))
-            q.ptr, q.count = int(meta["queue"]["ptr"]), int(meta["queue"]["count"])
+        queue = objective.queue
+        if queue is not None and "queue.img" in tensors:
+            queue.img, queue.txt, queue.ids = (tensors[f"queue.{k}"].to(device) for k in ("img", "txt", "ids"))
+            queue.ptr, queue.count = int(meta["queue"]["ptr"]), int(meta["queue"]["count"])
         best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
         best_state = best or None
         history, best_metrics = meta["history"], meta["best_metrics"]

@@ -217,3 +217,35 @@ def test_lora_trains_only_the_adapted_projections_and_saves_a_merged_model(shape
     assert a.keys() == b.keys()  # a plain transformers checkpoint, the adapters merged in
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed and all(("q_proj.weight" in k or "v_proj.weight" in k) for k in changed), sorted(changed)[:5]
+
+
+def test_labelled_data_reports_zero_shot_accuracy(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    """With label_column, validation adds zero_shot_acc: equal to what the saved model's own
+    zero_shot() gives on the validation images, and above chance after training."""
+    import csv
+
+    import ferroclip
+
+    from ._captions import COLOURS
+
+    with shapes.open() as fh:
+        rows = list(csv.reader(fh))
+    labelled = shapes.parent / "labelled.csv"
+    with labelled.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*rows[0], "colour"])
+        w.writerows([*r, r[0].split("_")[0]] for r in rows[1:])
+    templates = ["a photo of a {} shape.", "{}"]
+    res = finetune(_cfg(clip_dir, labelled, tmp_path / "out", max_steps=60, learnable_temp=True, eval_steps=30,
+                        label_column="colour", zero_shot_templates=templates), progress=False)
+    base, best = res.metrics["base"], res.metrics["best"]["metrics"]
+    assert 0.0 <= base["zero_shot_acc"] <= 1.0 and "val_zero_shot_acc" in res.history[-1]
+    classes = sorted(COLOURS)
+    val_ids = json.loads((res.output_dir / "split.json").read_text())["val"]
+    model = ferroclip.load_model(res.output_dir, device="cpu")
+    zs = model.zero_shot(val_ids, classes, templates=templates, progress=False)
+    truth = [Path(p).name.split("_")[0] for p in val_ids]
+    assert best["zero_shot_acc"] == pytest.approx(np.mean([p == t for p, t in zip(zs.predicted, truth)]))
+    assert best["zero_shot_acc"] > 0.5 > base["zero_shot_acc"]  # chance: 0.25 (4 colours); measured 0.05 -> 0.84
+    with pytest.raises(Exception, match="label_column"):
+        finetune(_cfg(clip_dir, shapes, tmp_path / "o2", max_steps=1, label_column="colour"), progress=False)

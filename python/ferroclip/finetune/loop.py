@@ -167,7 +167,10 @@ def _probe_batch_size(towers: Towers, loss_of: Callable[..., Any], image_hw: tup
     return best
 
 
-def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], dict[str, np.ndarray]]) -> tuple[EvalSet, list[str]]:
+def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], dict[str, np.ndarray]],
+              templates: Sequence[str] = (), classes: Sequence[str] = ()) -> tuple[EvalSet, list[str]]:
+    """The split's first image per image id, preprocessed once, all its captions' tokens,
+    and, when ``classes`` is given (labelled data), each image's class and the class prompts."""
     groups = part.by_image()
     firsts = [part.pairs[idx[0]].image for idx in groups.values()]
     res = pre.preprocess(firsts)
@@ -182,7 +185,14 @@ def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], di
                 captions.append(part.pairs[i].caption)
                 mapping.append(new_index[img])
     tokens = tokenize(captions) if captions else {"input_ids": np.zeros((0, 1), np.int64)}
-    return EvalSet(np.ascontiguousarray(res.pixel_values[keep], dtype=np.float32), tokens, np.asarray(mapping, np.int64)), failed
+    ev = EvalSet(np.ascontiguousarray(res.pixel_values[keep], dtype=np.float32), tokens, np.asarray(mapping, np.int64))
+    if classes:
+        of = {c: i for i, c in enumerate(classes)}
+        names = [part.pairs[idx[0]].label for img, idx in enumerate(groups.values()) if img in new_index]
+        ev.labels = np.array([of.get(n, -1) if n is not None else -1 for n in names], np.int64)
+        ev.class_tokens = tokenize([t.format(c) for c in classes for t in templates])
+        ev.num_templates = len(templates)
+    return ev, failed
 
 
 def _save_model_dir(model: torch.nn.Module, out: Path, tokenizer: Any, source: str, local_only: bool) -> None:
@@ -238,7 +248,8 @@ def finetune(
     # data, split by image; the split is saved and a resumed run must see the same one
     ds = data if data is not None else load_pairs(cfg.data_path, image_column=cfg.image_column if cfg.image_column != "image_path" else None,
                                                    caption_column=cfg.caption_column if cfg.caption_column != "caption" else None,
-                                                   sep=cfg.csv_separator if cfg.csv_separator != "," else None)
+                                                   sep=cfg.csv_separator if cfg.csv_separator != "," else None,
+                                                   label_column=cfg.label_column)
     if ds.num_images < 2:
         raise DataError(f"{ds.source or 'the data'}: {ds.num_images} usable images; fine-tuning needs a contrastive batch")
     parts = ds.split(val=cfg.val_split, test=cfg.test_split, seed=cfg.seed)
@@ -313,8 +324,13 @@ def finetune(
     val_set: EvalSet | None
     failed_val: list[str]
     val_set, failed_val = (None, [])
+    # Zero-shot classes: every label of the data (all splits), sorted, so the candidate set
+    # does not depend on which images the split put in validation.
+    classes = sorted({p.label for p in ds.pairs if p.label is not None}) if cfg.label_column else []
+    if cfg.label_column and len(classes) < 2:
+        raise DataError(f"{ds.source or 'the data'}: label_column {cfg.label_column!r} holds {len(classes)} class(es); zero-shot needs 2 or more")
     if parts["val"].num_images:
-        val_set, failed_val = _eval_set(parts["val"], exact, tokenize)
+        val_set, failed_val = _eval_set(parts["val"], exact, tokenize, cfg.zero_shot_templates, classes)
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"device": str(device), "precision": precision, "family": family,
                                "loss_type": cfg.resolved_loss(family), "batch_size": micro,
@@ -453,7 +469,7 @@ def finetune(
     if has_val and wise_alphas(cfg):
         metrics["wise_ft"] = _wise_ft(cfg, final, base_state, evaluate, out, tokenizer, source, local_files_only)
     if parts["test"].num_images:
-        test_set, _ = _eval_set(parts["test"], exact, tokenize)
+        test_set, _ = _eval_set(parts["test"], exact, tokenize, cfg.zero_shot_templates, classes)
         if len(test_set):
             metrics["test"] = evaluate_retrieval(Towers(final).to(device), test_set, device=device,
                                                  batch_size=cfg.eval_batch_size, autocast=autocast)
@@ -549,7 +565,7 @@ def _write_json(path: Path, body: Any) -> None:
 
 
 def _fmt(m: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5"))
+    return ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5", "zero_shot_acc"))
 
 
 def _train_prepare(cfg: FinetuneConfig, pre_cfg: PreprocessConfig, exact: Any, threads: int) -> Callable[..., Any]:

@@ -41,7 +41,8 @@ def write_rows(
     reasons = [errors.get(p, "") for p in paths]
     if out.suffix == ".npz":
         with atomic_write(out) as fh:
-            np.savez(fh, **{key: array}, paths=np.array(list(paths), dtype=str), ok=ok, errors=np.array(reasons, dtype=str))
+            arrays = {key: array, "paths": np.array(list(paths), dtype=str), "ok": ok, "errors": np.array(reasons, dtype=str)}
+            np.savez(fh, allow_pickle=False, **arrays)
     else:
         with atomic_write(out) as fh:
             np.save(fh, array)

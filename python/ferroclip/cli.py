@@ -52,7 +52,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
             chunk = [str(f) for f in files[start : start + args.batch_size]]
             res = pre.preprocess(chunk, out=pixels[start : start + len(chunk)])
             for err in res.errors:
-                errors[chunk[err.index] if err.index is not None else str(err.path)] = err.reason
+                at = getattr(err, "index", None)
+                errors[chunk[at] if at is not None else str(getattr(err, "path", "?"))] = str(getattr(err, "reason", err))
                 tqdm.write(f"error: {err}", file=sys.stderr)
             bar.update(len(chunk))
     write_rows(Path(args.out), pixels, [str(f) for f in files], errors, key="pixels")

@@ -40,6 +40,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .evaluate import EvalSet, evaluate_retrieval, interpolate_weights
 from .loader import PairLoader, split_micro
+from .resolution import resize_image_processor, resize_position_table, resized_preprocess
 from .step import contrastive_backward
 from .towers import Towers
 
@@ -195,14 +196,18 @@ def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], di
     return ev, failed
 
 
-def _save_model_dir(model: torch.nn.Module, out: Path, tokenizer: Any, source: str, local_only: bool) -> None:
-    """A Hugging Face model directory that ``ferroclip.load_model`` and ``from_pretrained`` read."""
+def _save_model_dir(model: torch.nn.Module, out: Path, tokenizer: Any, source: str, local_only: bool,
+                    resolution: int | None = None) -> None:
+    """A Hugging Face model directory that ``ferroclip.load_model`` and ``from_pretrained`` read
+    (``resolution``: trained at that size, so the saved image processor resizes to it)."""
     from transformers import AutoImageProcessor, PreTrainedModel
 
     out.mkdir(parents=True, exist_ok=True)
     cast("PreTrainedModel", model).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)  # type: ignore[no-untyped-call]  # unannotated in transformers
+    if resolution is not None:
+        processor = resize_image_processor(processor, resolution)
     processor.save_pretrained(out)
 
 
@@ -273,12 +278,14 @@ def finetune(
     rules = rules_for(family, getattr(model.config.text_config, "max_position_embeddings", None))
     rules = type(rules)(rules.padding, min(rules.max_length, cfg.max_sequence_length))
     pre_cfg = PreprocessConfig.from_pretrained(source, local_files_only=local_files_only)
+    resolution: int | None = None  # set when training at another size than the checkpoint's
+    r = cfg.image_resolution
+    if r is not None and (tuple(pre_cfg.output_size) != (r, r) or model.config.vision_config.image_size != r):
+        resize_position_table(model, r)
+        pre_cfg = resized_preprocess(pre_cfg, r)
+        resolution = r
+        _info(main, "image_resolution: %d (position table interpolated from the checkpoint's grid)", r)
     image_hw = pre_cfg.output_size
-    if cfg.image_resolution is not None and tuple(image_hw) != (cfg.image_resolution, cfg.image_resolution):
-        raise ConfigError(
-            f"image_resolution={cfg.image_resolution}, but {cfg.model_name} takes {image_hw[0]}x{image_hw[1]}; "
-            "training at another resolution is not supported yet: leave image_resolution unset"
-        )
     towers = Towers(model)
     towers.lock(image=cfg.lock_image, text=cfg.lock_text, image_unlocked_layers=cfg.lock_image_unlocked_layers,
                 text_unlocked_layers=cfg.lock_text_unlocked_layers)
@@ -428,7 +435,7 @@ def finetune(
                     if m["val_r1"] > best["val_r1"]:
                         best, stale = {"val_r1": m["val_r1"], "step": step, "metrics": m}, 0
                         if main:
-                            _save_model_dir(towers.merged_model(), out / "best", tokenizer, source, local_files_only)
+                            _save_model_dir(towers.merged_model(), out / "best", tokenizer, source, local_files_only, resolution)
                     else:
                         stale += 1
                         if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
@@ -463,11 +470,11 @@ def finetune(
         from safetensors.torch import load_file
 
         final.load_state_dict(load_file(str(best_dir / "model.safetensors")))
-    _save_model_dir(final, out, tokenizer, source, local_files_only)
+    _save_model_dir(final, out, tokenizer, source, local_files_only, resolution)
     metrics["final_step"] = step
     metrics["best"] = best
     if has_val and wise_alphas(cfg):
-        metrics["wise_ft"] = _wise_ft(cfg, final, base_state, evaluate, out, tokenizer, source, local_files_only)
+        metrics["wise_ft"] = _wise_ft(cfg, final, base_state, evaluate, out, tokenizer, source, local_files_only, resolution)
     if parts["test"].num_images:
         test_set, _ = _eval_set(parts["test"], exact, tokenize, cfg.zero_shot_templates, classes)
         if len(test_set):
@@ -490,7 +497,8 @@ def wise_alphas(cfg: FinetuneConfig) -> list[float]:
 
 
 def _wise_ft(cfg: FinetuneConfig, final: torch.nn.Module, base_state: dict[str, torch.Tensor],
-             evaluate: Callable[[Towers], dict[str, float]], out: Path, tokenizer: Any, source: str, local_only: bool) -> dict[str, Any]:
+             evaluate: Callable[[Towers], dict[str, float]], out: Path, tokenizer: Any, source: str, local_only: bool,
+             resolution: int | None = None) -> dict[str, Any]:
     """Evaluate ``(1-α)·base + α·fine-tuned`` for each α; write the table, the plot and the choice."""
     tuned = {k: v.detach().to("cpu").clone() for k, v in final.state_dict().items()}
     rows = []
@@ -513,7 +521,7 @@ def _wise_ft(cfg: FinetuneConfig, final: torch.nn.Module, base_state: dict[str, 
     if chosen != 1.0:
         final_copy = type(final)(final.config)
         final_copy.load_state_dict(interpolate_weights(base_state, tuned, chosen))
-        _save_model_dir(final_copy, out / "wise_ft", tokenizer, source, local_only)
+        _save_model_dir(final_copy, out / "wise_ft", tokenizer, source, local_only, resolution)
     try:
         from ..train.plots import _pyplot, _save
 

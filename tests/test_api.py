@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,31 @@ def test_cli_preprocess(tmp_path, capsys):
     assert arr.shape == (2, 3, 224, 224)
     assert "1 failed" in capsys.readouterr().err
     assert main(["preprocess", str(d), "--out", str(out), "--strict", "--quiet"]) == 1
+
+
+def test_cli_preprocess_rows_match_embed_rule(tmp_path, capsys):
+    """`preprocess --out` follows `embed --out`'s rule: one row per input, a failed one zeros with
+    ok=false, paths and reasons beside it (.paths.json for .npy; keys of the .npz)."""
+    from ferroclip.cli import main
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(JPEG)
+    (d / "b.png").write_bytes(b"broken")
+    (d / "c.jpg").write_bytes(JPEG)
+    out = tmp_path / "batch.npy"
+    assert main(["preprocess", str(d), "--out", str(out), "--quiet"]) == 0
+    arr = np.load(out)
+    side = json.loads((tmp_path / "batch.paths.json").read_text())
+    assert [Path(p).name for p in side["paths"]] == ["a.jpg", "b.png", "c.jpg"]
+    assert side["ok"] == [True, False, True]
+    assert list(side["errors"]) == [str(d / "b.png")] and side["errors"][str(d / "b.png")]
+    assert not arr[1].any() and arr[0].any() and np.array_equal(arr[0], arr[2])
+    npz = tmp_path / "batch.npz"
+    assert main(["preprocess", str(d), "--out", str(npz), "--quiet"]) == 0
+    with np.load(npz, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["pixels"], arr)
+        assert z["ok"].tolist() == [True, False, True]
+        assert [bool(e) for e in z["errors"]] == [False, True, False]
+        assert list(z["paths"]) == side["paths"]
+    assert "1 failed (zeros, ok=false)" in capsys.readouterr().err

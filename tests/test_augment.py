@@ -328,3 +328,28 @@ def test_bad_call_arguments():
         aug.augment(img, epoch=0, indices=[0], size=(0, 3))
     with pytest.raises(TypeError):
         TrainAugment("clip")  # type: ignore[arg-type]
+
+
+def test_alpha_follows_the_config_as_evaluation_does():
+    """Fine-tuning a MobileCLIP-preset model must treat transparency as its evaluation
+    preprocessing does (the preset drops alpha), unless told otherwise."""
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = np.linspace(0, 255, 40, dtype=np.uint8)[None, :]
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    data = buf.getvalue()
+    for cfg, rule in ((PreprocessConfig.mobileclip(), "drop"), (PreprocessConfig.clip(32), "white")):
+        default = TrainAugment(cfg, size=32, hflip=0.0, seed=3)
+        assert default.alpha == rule == ferroclip_preprocessor_alpha(cfg)
+        explicit = TrainAugment(cfg, size=32, hflip=0.0, seed=3, alpha=rule)
+        other = TrainAugment(cfg, size=32, hflip=0.0, seed=3, alpha="white" if rule == "drop" else "drop")
+        a, b, c = (t.augment([data], epoch=0, indices=[5]).pixel_values for t in (default, explicit, other))
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+
+
+def ferroclip_preprocessor_alpha(cfg: PreprocessConfig) -> str:
+    from ferroclip import Preprocessor
+
+    return Preprocessor(cfg).alpha

@@ -114,7 +114,9 @@ def test_cli_embed_search_models_export(checkpoints, folder, tmp_path, capsys): 
     assert cli_main(["embed", str(folder), *common, "--out", str(out_npy)]) == 0
     err = capsys.readouterr().err
     assert "7 images embedded (7 new, 0 from cache, 1 failed)" in err and "broken.jpg" in err
-    assert np.load(out_npy).shape[0] == 7
+    # One row per image file found, the broken one zeros with ok=false (the preprocess rule).
+    assert np.load(out_npy).shape[0] == 8
+    assert sum(json.loads(out_npy.with_suffix(".paths.json").read_text())["ok"]) == 7
     assert cli_main(["embed", str(folder), *common, "--strict"]) == 1
     assert "(0 new, 7 from cache, 1 failed)" in capsys.readouterr().err
 
@@ -203,7 +205,8 @@ def test_force_recompute_embeds_everything_again(model, folder, tmp_path, capsys
 
 
 def test_cli_embed_npy_with_a_broken_image_then_probe(checkpoints, tmp_path, monkeypatch, capsys):  # noqa: F811
-    """`embed --out x.npy` drops the broken image's row; its .paths.json lets probe match rows to labels."""
+    """`embed --out x.npy` keeps the broken image's row as zeros with ok=false (rows stay aligned
+    with the files found); probe reads the mask and the paths in .paths.json to match labels."""
     root = tmp_path / "ages"
     rng = np.random.default_rng(8)
     for label in ("1", "2", "10"):
@@ -214,13 +217,23 @@ def test_cli_embed_npy_with_a_broken_image_then_probe(checkpoints, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     common = ["--model", str(checkpoints["clip"]), "--device", "cpu", "--cache", str(tmp_path / "cache"), "--quiet"]
     assert cli_main(["embed", "ages", *common, "--out", "feats.npy"]) == 0
-    assert np.load(tmp_path / "feats.npy").shape[0] == 12
-    assert len(json.loads((tmp_path / "feats.paths.json").read_text())) == 12
+    feats = np.load(tmp_path / "feats.npy")
+    side = json.loads((tmp_path / "feats.paths.json").read_text())
+    assert feats.shape[0] == 13 and len(side["paths"]) == 13 and len(side["ok"]) == 13
+    broken = [i for i, p in enumerate(side["paths"]) if p.endswith("broken.png")]
+    assert len(broken) == 1 and side["ok"][broken[0]] is False and sum(side["ok"]) == 12
+    assert not feats[broken[0]].any() and all(feats[i].any() for i in range(13) if i != broken[0])
+    assert list(side["errors"]) == [side["paths"][broken[0]]]
+    assert side["paths"] == sorted(side["paths"], key=Path)  # the folder scan's order
     capsys.readouterr()
     assert cli_main(["probe", "feats.npy", "--labels-dir", "ages", "--folds", "2", "--out", "probe", "--no-plots"]) == 0
+    assert "1 rows of failed images (ok=false) left out" in capsys.readouterr().err
     saved = [json.loads(p.read_text()) for p in (tmp_path / "probe").glob("*.json")]
     assert any(d.get("classes") == ["1", "2", "10"] for d in saved if isinstance(d, dict))
-    # Without the paths file the row-count mismatch points at .npz.
+    # Without the paths file the rows still line up with the folder's files by position.
     (tmp_path / "feats.paths.json").unlink()
-    assert cli_main(["probe", "feats.npy", "--labels-dir", "ages", "--folds", "2", "--out", "p2", "--no-plots"]) == 2
+    assert cli_main(["probe", "feats.npy", "--labels-dir", "ages", "--folds", "2", "--out", "p2", "--no-plots"]) == 0
+    # An array from elsewhere with another row count: the mismatch points at .npz.
+    np.save(tmp_path / "other.npy", feats[:12])
+    assert cli_main(["probe", "other.npy", "--labels-dir", "ages", "--folds", "2", "--out", "p3", "--no-plots"]) == 2
     assert "ferroclip embed --out x.npz" in capsys.readouterr().err

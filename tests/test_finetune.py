@@ -217,3 +217,79 @@ def test_lora_trains_only_the_adapted_projections_and_saves_a_merged_model(shape
     assert a.keys() == b.keys()  # a plain transformers checkpoint, the adapters merged in
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed and all(("q_proj.weight" in k or "v_proj.weight" in k) for k in changed), sorted(changed)[:5]
+
+
+def test_labelled_data_reports_zero_shot_accuracy(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    """With label_column, validation adds zero_shot_acc: equal to what the saved model's own
+    zero_shot() gives on the validation images, and above chance after training."""
+    import csv
+
+    import ferroclip
+
+    from ._captions import COLOURS
+
+    with shapes.open() as fh:
+        rows = list(csv.reader(fh))
+    labelled = shapes.parent / "labelled.csv"
+    with labelled.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*rows[0], "colour"])
+        w.writerows([*r, r[0].split("_")[0]] for r in rows[1:])
+    templates = ["a photo of a {} shape.", "{}"]
+    res = finetune(_cfg(clip_dir, labelled, tmp_path / "out", max_steps=60, learnable_temp=True, eval_steps=30,
+                        label_column="colour", zero_shot_templates=templates), progress=False)
+    base, best = res.metrics["base"], res.metrics["best"]["metrics"]
+    assert 0.0 <= base["zero_shot_acc"] <= 1.0 and "val_zero_shot_acc" in res.history[-1]
+    classes = sorted(COLOURS)
+    val_ids = json.loads((res.output_dir / "split.json").read_text())["val"]
+    model = ferroclip.load_model(res.output_dir, device="cpu")
+    zs = model.zero_shot(val_ids, classes, templates=templates, progress=False)
+    truth = [Path(p).name.split("_")[0] for p in val_ids]
+    assert best["zero_shot_acc"] == pytest.approx(np.mean([p == t for p, t in zip(zs.predicted, truth)]))
+    assert best["zero_shot_acc"] > 0.5 > base["zero_shot_acc"]  # chance: 0.25 (4 colours); measured 0.05 -> 0.84
+    with pytest.raises(Exception, match="label_column"):
+        finetune(_cfg(clip_dir, shapes, tmp_path / "o2", max_steps=1, label_column="colour"), progress=False)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_training_at_another_resolution(family: str, shapes: Path, clip_dir: Path, siglip_dir: Path, tmp_path: Path) -> None:
+    """image_resolution=48 on a 32 px checkpoint: before any step the resized model computes
+    what transformers computes at 48 px with interpolate_pos_encoding=True; after training the
+    output is a plain 48 px checkpoint that load_model embeds like transformers does."""
+    import copy
+
+    from transformers import AutoImageProcessor, AutoModel
+
+    import ferroclip
+    from ferroclip.finetune.resolution import resize_position_table
+
+    src = clip_dir if family == "clip" else siglip_dir
+    original = AutoModel.from_pretrained(src).eval()
+    resized = copy.deepcopy(original)
+    resize_position_table(resized, 48)
+    pixels = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        want = original.vision_model(pixel_values=pixels, interpolate_pos_encoding=True).pooler_output
+        got = resized.vision_model(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+    res = finetune(_cfg(src, shapes, tmp_path / "out", max_steps=3, image_resolution=48, wise_ft_alphas=[0.5, 1.0]),
+                   progress=False)
+    out = res.output_dir
+    assert json.loads((out / "config.json").read_text())["vision_config"]["image_size"] == 48
+    model = ferroclip.load_model(out, device="cpu")
+    assert model.preprocessor.output_size == (48, 48)
+    trained = AutoModel.from_pretrained(out).eval()
+    proc = AutoImageProcessor.from_pretrained(out, backend="pil")
+    from PIL import Image
+
+    files = sorted(shapes.parent.glob("*.png"))[:3]
+    with torch.no_grad():
+        ref = trained.get_image_features(**proc(images=[Image.open(f) for f in files], return_tensors="pt"))
+    ref = torch.nn.functional.normalize(getattr(ref, "pooler_output", ref), dim=-1).numpy()
+    emb = model.encode_images([str(f) for f in files], progress=False).embeddings
+    assert np.abs(emb - ref).max() < 1e-5
+    if (out / "wise_ft").is_dir():  # the interpolated model is a 48 px checkpoint too
+        assert ferroclip.load_model(out / "wise_ft", device="cpu").preprocessor.output_size == (48, 48)
+    with pytest.raises(ConfigError, match="multiple of the model's patch size"):
+        finetune(_cfg(src, shapes, tmp_path / "o2", max_steps=1, image_resolution=50), progress=False)

@@ -62,9 +62,13 @@ def test_accumulated_step_equals_the_full_batch_step(family: str) -> None:
     g_full, w_full = _grads(family, 16, 1)
     g_acc, w_acc = _grads(family, 4, 4)
     assert g_full.keys() == g_acc.keys() and len(g_full) > 20
-    for k in g_full:  # every gradient to float rounding, relative to its own size
+    # Every gradient to float rounding, relative to its own size; plus a floor of float32
+    # rounding (one eps) at the model's gradient scale, for tensors whose exact gradient is zero
+    # (attention's key bias: softmax ignores a shift), where only rounding residue remains.
+    floor = float(torch.finfo(torch.float32).eps) * max(g.abs().max().item() for g in g_full.values())
+    for k in g_full:
         scale = g_full[k].abs().max().item()
-        assert (g_full[k] - g_acc[k]).abs().max().item() <= 1e-4 * scale + 1e-9, k
+        assert (g_full[k] - g_acc[k]).abs().max().item() <= 1e-4 * scale + floor, k
     initial = _model(family).state_dict()
     assert max((w_full[k] - initial[k]).abs().max().item() for k in w_full) > 1e-3  # the step moved
     assert max((w_full[k] - w_acc[k]).abs().max().item() for k in w_full) < 1e-6

@@ -197,6 +197,22 @@ def test_zero_shot_equals_model_logits(checkpoints, images):
         assert zs.predicted == [labels[i] for i in ref.argmax(1)]
 
 
+def test_zero_shot_failed_image_is_a_masked_row(checkpoints, images, tmp_path):
+    """A broken image keeps its row: ok False, NaN probabilities, no prediction, its error;
+    the other rows equal a run without it."""
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    model = ferroclip.load_model(checkpoints["clip"], device="cpu")
+    labels = ["cat", "dog"]
+    good = model.zero_shot(images[:2], labels, progress=False)
+    zs = model.zero_shot([images[0], bad, images[1]], labels, progress=False)
+    assert zs.ok.tolist() == [True, False, True]
+    assert np.isnan(zs.probs[1]).all() and not np.isnan(zs.probs[[0, 2]]).any()
+    assert zs.predicted[1] is None and zs.predicted[0] == good.predicted[0] and zs.predicted[2] == good.predicted[1]
+    np.testing.assert_allclose(zs.probs[zs.ok], good.probs, atol=1e-6)
+    assert len(zs.errors) == 1 and "broken.jpg" in str(zs.errors[0])
+
+
 def test_score_and_score_batch(checkpoints, images, tmp_path):
     model = ferroclip.load_model(checkpoints["clip"], device="cpu")
     img = model.encode_images(images[:2], progress=False).embeddings

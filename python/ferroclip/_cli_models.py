@@ -104,19 +104,20 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if args.out:
         import numpy as np
 
-        from ._atomic import atomic_write
+        from ._rows import write_rows
 
-        out = Path(args.out)
-        files = [str(res.root / p) for p in res.paths]
-        if out.suffix == ".npz":  # features + paths in one file: what `ferroclip probe` reads
-            with atomic_write(out) as fh:
-                np.savez(fh, features=res.embeddings, paths=np.array(files))
-        else:
-            with atomic_write(out) as fh:
-                np.save(fh, res.embeddings)
-            with atomic_write(out.with_suffix(".paths.json")) as fh:
-                fh.write(json.dumps(files, indent=0).encode())
-        print(f"wrote {out} {res.embeddings.shape}", file=sys.stderr)
+        # Rows aligned with every image file found (failed ones zero, `ok` false), in the
+        # folder scan's order: the same rule as `ferroclip preprocess --out`.
+        rels = sorted([*res.paths, *res.errors], key=lambda r: Path(res.root, r))
+        at = {r: i for i, r in enumerate(res.paths)}
+        rows = np.zeros((len(rels), res.embeddings.shape[1]), dtype=np.float32)
+        for i, r in enumerate(rels):
+            if r in at:
+                rows[i] = res.embeddings[at[r]]
+        full = [str(res.root / r) for r in rels]
+        errors = {str(res.root / r): why for r, why in res.errors.items()}
+        ok = write_rows(Path(args.out), rows, full, errors, key="features")
+        print(f"wrote {args.out} {rows.shape} ({int((~ok).sum())} failed rows are zeros, ok=false)", file=sys.stderr)
     return 1 if res.errors and args.strict else 0
 
 
@@ -206,7 +207,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="also write the embeddings: .npz (features + paths, what `ferroclip probe` reads) or .npy (+ .paths.json)",
+        help="also write the embeddings, one row per image file found (a failed one is zeros with ok=false): "
+        ".npz (features, paths, ok, errors: what `ferroclip probe` reads) or .npy (+ .paths.json with paths and ok)",
     )
     p.add_argument("--strict", action="store_true", help="exit 1 if any image failed")
     p.set_defaults(func=_cmd_embed)

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from . import _native
 from ._sources import ImageInput, to_native_items
 from .config import PreprocessConfig
-from .preprocess import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, PreprocessResult, collect_result
+from .preprocess import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, PreprocessResult, check_image_options, collect_result
 
 __all__ = ["AugmentParams", "TrainAugment"]
 
@@ -117,7 +117,8 @@ class TrainAugment:
         grayscale: probability of ``RandomGrayscale``.
         seed: the run's seed, in ``[0, 2**64)``.
         num_threads, dtype, exif_transpose, alpha, max_pixels, max_file_bytes: as for
-            :class:`~ferroclip.Preprocessor`.
+            :class:`~ferroclip.Preprocessor` (``alpha=None``: the config's rule, as the
+            evaluation preprocessing of the same model uses).
 
     Example:
         >>> aug = TrainAugment(PreprocessConfig.clip(224), seed=0)
@@ -140,18 +141,11 @@ class TrainAugment:
         num_threads: int | None = None,
         dtype: Literal["float32", "float16"] = "float32",
         exif_transpose: bool = True,
-        alpha: Literal["white", "drop"] = "white",
+        alpha: Literal["white", "drop"] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     ) -> None:
-        if not isinstance(config, PreprocessConfig):
-            raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        if alpha not in ("white", "drop"):
-            raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}")
+        alpha = check_image_options(config, num_threads, dtype, alpha)
         if color_jitter is not None:
             try:
                 jitter = tuple(float(v) for v in color_jitter)
@@ -175,6 +169,7 @@ class TrainAugment:
         self.num_threads = num_threads
         self.dtype = dtype
         self.exif_transpose = exif_transpose
+        self.alpha = alpha
         self._spec = _native.AugmentSpec(
             scale=self.scale,
             ratio=self.ratio,

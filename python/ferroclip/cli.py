@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, _cli_distributed, _cli_models, _cli_score
-from ._atomic import atomic_write
+from ._rows import write_rows
 from .config import PreprocessConfig
 from .errors import FerroclipError
 from .preprocess import Preprocessor
@@ -46,18 +46,19 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     pre = Preprocessor(_config(args.config), num_threads=args.threads, fast=args.fast, dtype=args.dtype)
     h, w = pre.output_size
     pixels = np.zeros((len(files), 3, h, w), dtype=args.dtype)
-    failures = 0
+    errors: dict[str, str] = {}
     with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
         for start in range(0, len(files), args.batch_size):
-            chunk = files[start : start + args.batch_size]
-            res = pre.preprocess([str(f) for f in chunk], out=pixels[start : start + len(chunk)])
+            chunk = [str(f) for f in files[start : start + args.batch_size]]
+            res = pre.preprocess(chunk, out=pixels[start : start + len(chunk)])
             for err in res.errors:
-                failures += 1
+                at = getattr(err, "index", None)
+                errors[chunk[at] if at is not None else str(getattr(err, "path", "?"))] = str(getattr(err, "reason", err))
                 tqdm.write(f"error: {err}", file=sys.stderr)
             bar.update(len(chunk))
-    with atomic_write(args.out) as fh:
-        np.save(fh, pixels)
-    print(f"wrote {args.out}: {pixels.shape} {pixels.dtype}, {failures} failed", file=sys.stderr)
+    write_rows(Path(args.out), pixels, [str(f) for f in files], errors, key="pixels")
+    failures = len(errors)
+    print(f"wrote {args.out}: {pixels.shape} {pixels.dtype}, {failures} failed (zeros, ok=false)", file=sys.stderr)
     return 1 if failures and args.strict else 0
 
 
@@ -85,7 +86,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--config", default="clip-224", help="clip-224, siglip-384, mobileclip, or a checkpoint dir")
-    p.add_argument("--out", required=True, help="output .npy file (written atomically)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output .npy (+ .paths.json with paths and the ok mask) or .npz (pixels, paths, ok, errors); "
+        "one row per input, a failed one is zeros with ok=false; written atomically",
+    )
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")

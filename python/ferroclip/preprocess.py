@@ -69,6 +69,25 @@ def collect_result(
     return PreprocessResult(pixel_values=pixels, ok=ok, errors=[errors[i] for i in sorted(errors)])
 
 
+def check_image_options(
+    config: PreprocessConfig, num_threads: int | None, dtype: str, alpha: str | None
+) -> Literal["white", "drop"]:
+    """The argument checks :class:`Preprocessor` and :class:`~ferroclip.TrainAugment` share,
+    so training and evaluation of one model refuse and default the same way; returns the
+    alpha rule (``None``: the config's, e.g. ``"drop"`` for the MobileCLIP preset)."""
+    if not isinstance(config, PreprocessConfig):
+        raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if alpha is None:
+        alpha = config.alpha
+    if alpha not in ("white", "drop"):
+        raise ValueError(f"alpha must be 'white', 'drop' or None, got {alpha!r}")
+    return cast(Literal["white", "drop"], alpha)
+
+
 class Preprocessor:
     """Turns images into ``(N, 3, H, W)`` batches as ``config`` prescribes.
 
@@ -110,16 +129,7 @@ class Preprocessor:
         url_timeout: float = DEFAULT_URL_TIMEOUT,
         url_max_bytes: int = DEFAULT_MAX_URL_BYTES,
     ) -> None:
-        if not isinstance(config, PreprocessConfig):
-            raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        if alpha is None:
-            alpha = config.alpha
-        if alpha not in ("white", "drop"):
-            raise ValueError(f"alpha must be 'white', 'drop' or None, got {alpha!r}")
+        alpha = check_image_options(config, num_threads, dtype, alpha)
         self.config = config
         self.alpha = alpha
         self.num_threads = num_threads

@@ -75,8 +75,11 @@ class PairCollector:
                 out.append(v.strip())
         return out
 
-    def add_path(self, value: Any, base: str, captions: Any, origin: str, line: int | None) -> None:
-        """Pairs for an image named by a path (relative to ``base``) and its caption(s)."""
+    def add_path(
+        self, value: Any, base: str, captions: Any, origin: str, line: int | None, label: Any = None
+    ) -> None:
+        """Pairs for an image named by a path (relative to ``base``) and its caption(s);
+        ``label`` (a class name; empty or missing: none) is kept on each pair."""
         if not isinstance(value, str) or not value.strip():
             self.bad(origin, line, "no image path" if value in (None, "") else f"image path is {_kind(value)}")
             return
@@ -86,8 +89,9 @@ class PairCollector:
             self.bad(origin, line, problem)
             return
         where = f"{origin}:{line}" if line is not None else origin
+        name = str(label).strip() if label is not None and str(label).strip() else None
         for c in self.captions(captions, origin, line):
-            self.pairs.append(ImageCaptionPair(path, c, path, where))
+            self.pairs.append(ImageCaptionPair(path, c, path, where, name))
 
     def add_bytes(self, data: bytes, image_id: str, captions: Any, origin: str, line: int | None) -> None:
         """Pairs for an image stored as encoded bytes; ``image_id`` is used unless the same bytes came earlier."""

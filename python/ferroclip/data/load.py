@@ -52,6 +52,7 @@ def load_pairs(
     root: str | os.PathLike[str] | None = None,
     check_files: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    label_column: str | None = None,
 ) -> CaptionDataset:
     """Every (image, caption) pair of ``source``, with the rows that had to be skipped.
 
@@ -69,7 +70,9 @@ def load_pairs(
     picks the split of a ``DatasetDict`` (default ``train``, or its only split); ``root`` is where relative paths of an in-memory
     dataset start (default: the working directory); elsewhere they start at the folder of
     the file naming them. ``check_files`` reports path images that are missing or empty.
-    ``cache_dir`` is handed to ``datasets`` when parquet is read.
+    ``cache_dir`` is handed to ``datasets`` when parquet is read. ``label_column`` names a
+    class-name column (key) of a CSV/TSV/JSON/JSON Lines table: each pair then carries its
+    image's ``label``, and fine-tuning reports zero-shot accuracy; other formats refuse it.
 
     Raises :class:`DataError` for a column, key or split that is not there, an unreadable
     or malformed file, or a source of unknown format. Bad rows are never raised: they are
@@ -99,7 +102,10 @@ def load_pairs(
         root=root,
         check_files=check_files,
         cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+        label_column=label_column,
     )
+    if label_column is not None and is_hf_dataset(source):
+        raise DataError("label_column is read from CSV, TSV, JSON and JSON Lines tables only", "dataset")
     if is_hf_dataset(source):
         out = PairCollector("dataset", check_files=check_files)
         base = os.path.abspath(os.fspath(root)) if root is not None else os.getcwd()
@@ -183,13 +189,16 @@ def _load_one(path: Path, opts: dict[str, Any]) -> CaptionDataset:
     out = PairCollector(str(path), check_files=opts["check_files"])
     cols = dict(image_column=opts["image_column"], caption_column=opts["caption_column"])
     keys = dict(image_key=opts["json_image_key"], caption_key=opts["json_caption_key"])
+    label = opts["label_column"]
+    if label is not None and fmt not in ("csv", "tsv", "json", "jsonl"):
+        raise DataError(f"{path}: label_column is read from CSV, TSV, JSON and JSON Lines tables only, not {fmt}", str(path))
     if fmt in ("csv", "tsv"):
         sep = opts["sep"] if opts["sep"] is not None else ("\t" if fmt == "tsv" else ",")
-        read_csv(_file(path, fmt), out, sep=sep, **cols)
+        read_csv(_file(path, fmt), out, sep=sep, label_column=label, **cols)
     elif fmt == "json":
-        read_json(_file(path, fmt), out, **keys)
+        read_json(_file(path, fmt), out, label_key=label, **keys)
     elif fmt == "jsonl":
-        read_jsonl(_file(path, fmt), out, **keys)
+        read_jsonl(_file(path, fmt), out, label_key=label, **keys)
     elif fmt == "captions":
         read_captions_file(path / CAPTIONS_FILE if path.is_dir() else path, out)
     elif fmt == "folder":
@@ -204,6 +213,8 @@ def _load_one(path: Path, opts: dict[str, Any]) -> CaptionDataset:
 
 
 def _load_many(paths: list[Path], fmt: str, opts: dict[str, Any], name: str = "") -> CaptionDataset:
+    if opts["label_column"] is not None:
+        raise DataError(f"{name or paths[0]}: label_column is read from CSV, TSV, JSON and JSON Lines tables only, not {fmt}")
     if not paths:
         raise DataError(f"{name}: no {fmt} files here", name)
     name = name or (str(paths[0]) if len(paths) == 1 else str(paths[0].parent))

@@ -39,6 +39,9 @@ class ImageCaptionPair:
     caption: str
     image_id: str
     origin: str
+    #: The image's class name when the table has a label column (``label_column=``):
+    #: fine-tuning then also reports zero-shot accuracy. ``None`` otherwise.
+    label: str | None = None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ def read_csv(
     image_column: str | None,
     caption_column: str | None,
     sep: str,
+    label_column: str | None = None,
 ) -> None:
     """Rows of a delimited file with a header; extra columns are ignored."""
     where, base = str(path), str(path.parent)
@@ -70,6 +71,11 @@ def read_csv(
     cap = header.index(
         pick_column(caption_column, CAPTION_DEFAULTS, header, where=where, what="caption", option="caption_column")
     )
+    lab = (
+        header.index(pick_column(label_column, (label_column,), header, where=where, what="label", option="label_column"))
+        if label_column is not None
+        else None
+    )
     prev = reader.line_num
     while True:
         try:
@@ -85,7 +91,7 @@ def read_csv(
             hint = " (an unquoted separator in a caption?)" if len(row) > len(header) else ""
             out.bad(where, line, f"{len(row)} fields where the header has {len(header)}{hint}")
             continue
-        out.add_path(row[img], base, row[cap], where, line)
+        out.add_path(row[img], base, row[cap], where, line, row[lab] if lab is not None else None)
 
 
 def _records(text: str, where: str) -> Iterator[tuple[int, Any]]:
@@ -144,12 +150,15 @@ def _add_records(
     base: str,
     image_key: str | None,
     caption_key: str | None,
+    label_key: str | None,
 ) -> None:
     keys = list(dict.fromkeys(k for _, r in rows if isinstance(r, dict) for k in r))
     if not rows:
         return
     img = pick_column(image_key, JSON_IMAGE_DEFAULTS, keys, where=where, what="image", option="json_image_key")
     cap = pick_column(caption_key, CAPTION_DEFAULTS, keys, where=where, what="caption", option="json_caption_key")
+    if label_key is not None:
+        pick_column(label_key, (label_key,), keys, where=where, what="label", option="label_column")
     for line, rec in rows:
         if not isinstance(rec, dict):
             out.bad(where, line, f"record is a {type(rec).__name__}, not an object")
@@ -158,17 +167,21 @@ def _add_records(
         elif cap not in rec:
             out.bad(where, line, f"no {cap!r} field")
         else:
-            out.add_path(rec[img], base, rec[cap], where, line)
+            out.add_path(rec[img], base, rec[cap], where, line, rec.get(label_key) if label_key is not None else None)
 
 
-def read_json(path: Path, out: PairCollector, *, image_key: str | None, caption_key: str | None) -> None:
+def read_json(
+    path: Path, out: PairCollector, *, image_key: str | None, caption_key: str | None, label_key: str | None = None
+) -> None:
     """Records of a JSON list, or of the ``data`` list of a JSON object (the seed's two layouts)."""
     where = str(path)
     rows = list(_records(read_text(path), where))
-    _add_records(rows, out, where, str(path.parent), image_key, caption_key)
+    _add_records(rows, out, where, str(path.parent), image_key, caption_key, label_key)
 
 
-def read_jsonl(path: Path, out: PairCollector, *, image_key: str | None, caption_key: str | None) -> None:
+def read_jsonl(
+    path: Path, out: PairCollector, *, image_key: str | None, caption_key: str | None, label_key: str | None = None
+) -> None:
     """One JSON record per line; a line that is not JSON is a bad row, not an error."""
     where = str(path)
     rows: list[tuple[int, Any]] = []
@@ -179,4 +192,4 @@ def read_jsonl(path: Path, out: PairCollector, *, image_key: str | None, caption
             rows.append((line, json.loads(raw)))
         except json.JSONDecodeError as e:
             out.bad(where, line, f"not valid JSON: {e.msg}")
-    _add_records(rows, out, where, str(path.parent), image_key, caption_key)
+    _add_records(rows, out, where, str(path.parent), image_key, caption_key, label_key)

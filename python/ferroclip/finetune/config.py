@@ -70,6 +70,10 @@ class FinetuneConfig:
     image_column: str = "image_path"
     caption_column: str = "caption"
     csv_separator: str = ","
+    # a class-name column of a CSV/TSV/JSON table: validation then also reports zero-shot
+    # accuracy (each class as the mean of its prompts from zero_shot_templates)
+    label_column: Optional[str] = None
+    zero_shot_templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     # augmentation (used when augment_images)
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
@@ -180,6 +184,8 @@ class FinetuneConfig:
             if not ok:
                 raise ConfigError(f"{where}: {key}: {msg}")
 
+        need(bool(self.zero_shot_templates) and all(isinstance(t, str) and "{}" in t for t in self.zero_shot_templates),
+             "zero_shot_templates", "must be a non-empty list of strings, each with a '{}' for the class name")
         need(self.domain in DOMAIN_PRESETS, "domain", f"unknown domain {self.domain!r}; use one of {sorted(DOMAIN_PRESETS)}")
         need(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
         need(self.batch_size is None or self.batch_size >= 2, "batch_size", f"must be >= 2 (a contrastive batch needs negatives) or null, got {self.batch_size}")

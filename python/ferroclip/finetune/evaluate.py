@@ -15,18 +15,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..retrieval import recall_at_k
+from ..retrieval import recall_at_k, zero_shot_classify
 
 __all__ = ["EvalSet", "evaluate_retrieval", "interpolate_weights"]
 
 
 @dataclass
 class EvalSet:
-    """Validation pixels (one row per image), all captions' tokens, and caption → image."""
+    """Validation pixels (one row per image), all captions' tokens, and caption → image.
+
+    Labelled data adds ``labels`` (each image's class index, -1: none) and the tokens of
+    ``num_templates`` prompts per class (class-major), for zero-shot accuracy.
+    """
 
     pixel_values: np.ndarray
     tokens: dict[str, np.ndarray]
     text_to_image: np.ndarray
+    labels: np.ndarray | None = None
+    class_tokens: dict[str, np.ndarray] | None = None
+    num_templates: int = 1
 
     def __len__(self) -> int:
         return len(self.pixel_values)
@@ -48,7 +55,9 @@ def evaluate_retrieval(
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
     """I2T/T2I Recall@K (ferroclip's Rust metric) of ``towers`` on ``data``; ``val_r1`` is
-    the mean of I2T and T2I R@1, the number the best checkpoint is chosen by."""
+    the mean of I2T and T2I R@1, the number the best checkpoint is chosen by. With labels,
+    also ``zero_shot_acc``: the fraction of labelled images whose nearest class embedding
+    (CLIP's recipe: the normalised mean of the class's prompt embeddings) is their class."""
     import contextlib
 
     was_training = towers.training
@@ -58,14 +67,11 @@ def evaluate_retrieval(
         with ctx():
             img = _batched(lambda s: towers.encode_image(torch.from_numpy(data.pixel_values[s]).to(device)), len(data), batch_size)
             n_txt = len(data.text_to_image)
-            txt = _batched(
-                lambda s: towers.encode_text(
-                    torch.from_numpy(data.tokens["input_ids"][s]).to(device),
-                    torch.from_numpy(data.tokens["attention_mask"][s]).to(device) if "attention_mask" in data.tokens else None,
-                ),
-                n_txt,
-                batch_size,
-            )
+            txt = _encode_tokens(towers, data.tokens, n_txt, device, batch_size)
+            cls = None
+            if data.labels is not None and data.class_tokens is not None:
+                n_cls = len(data.class_tokens["input_ids"])
+                cls = _encode_tokens(towers, data.class_tokens, n_cls, device, batch_size)
     finally:
         towers.train(was_training)
     img /= np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
@@ -75,7 +81,26 @@ def evaluate_retrieval(
     assert isinstance(m, dict)
     out = {k: float(v) for k, v in m.items() if "R@" in k}
     out["val_r1"] = 0.5 * (out["i2t_R@1"] + out["t2i_R@1"])
+    if cls is not None and data.labels is not None:
+        labelled = data.labels >= 0
+        if labelled.any():
+            per_prompt = cls / np.maximum(np.linalg.norm(cls, axis=1, keepdims=True), 1e-12)
+            means = per_prompt.reshape(-1, data.num_templates, per_prompt.shape[1]).mean(axis=1)
+            pred = zero_shot_classify(img[labelled], means)
+            assert isinstance(pred, np.ndarray)
+            out["zero_shot_acc"] = float((pred == data.labels[labelled]).mean())
     return out
+
+
+def _encode_tokens(towers: Any, tokens: dict[str, np.ndarray], n: int, device: torch.device, batch_size: int) -> np.ndarray:
+    return _batched(
+        lambda s: towers.encode_text(
+            torch.from_numpy(tokens["input_ids"][s]).to(device),
+            torch.from_numpy(tokens["attention_mask"][s]).to(device) if "attention_mask" in tokens else None,
+        ),
+        n,
+        batch_size,
+    )
 
 
 def interpolate_weights(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:

@@ -40,6 +40,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .evaluate import EvalSet, evaluate_retrieval, interpolate_weights
 from .loader import PairLoader, split_micro
+from .resolution import resize_image_processor, resize_position_table, resized_preprocess
 from .step import contrastive_backward
 from .towers import Towers
 
@@ -167,7 +168,10 @@ def _probe_batch_size(towers: Towers, loss_of: Callable[..., Any], image_hw: tup
     return best
 
 
-def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], dict[str, np.ndarray]]) -> tuple[EvalSet, list[str]]:
+def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], dict[str, np.ndarray]],
+              templates: Sequence[str] = (), classes: Sequence[str] = ()) -> tuple[EvalSet, list[str]]:
+    """The split's first image per image id, preprocessed once, all its captions' tokens,
+    and, when ``classes`` is given (labelled data), each image's class and the class prompts."""
     groups = part.by_image()
     firsts = [part.pairs[idx[0]].image for idx in groups.values()]
     res = pre.preprocess(firsts)
@@ -182,17 +186,28 @@ def _eval_set(part: CaptionDataset, pre: Any, tokenize: Callable[[list[str]], di
                 captions.append(part.pairs[i].caption)
                 mapping.append(new_index[img])
     tokens = tokenize(captions) if captions else {"input_ids": np.zeros((0, 1), np.int64)}
-    return EvalSet(np.ascontiguousarray(res.pixel_values[keep], dtype=np.float32), tokens, np.asarray(mapping, np.int64)), failed
+    ev = EvalSet(np.ascontiguousarray(res.pixel_values[keep], dtype=np.float32), tokens, np.asarray(mapping, np.int64))
+    if classes:
+        of = {c: i for i, c in enumerate(classes)}
+        names = [part.pairs[idx[0]].label for img, idx in enumerate(groups.values()) if img in new_index]
+        ev.labels = np.array([of.get(n, -1) if n is not None else -1 for n in names], np.int64)
+        ev.class_tokens = tokenize([t.format(c) for c in classes for t in templates])
+        ev.num_templates = len(templates)
+    return ev, failed
 
 
-def _save_model_dir(model: torch.nn.Module, out: Path, tokenizer: Any, source: str, local_only: bool) -> None:
-    """A Hugging Face model directory that ``ferroclip.load_model`` and ``from_pretrained`` read."""
+def _save_model_dir(model: torch.nn.Module, out: Path, tokenizer: Any, source: str, local_only: bool,
+                    resolution: int | None = None) -> None:
+    """A Hugging Face model directory that ``ferroclip.load_model`` and ``from_pretrained`` read
+    (``resolution``: trained at that size, so the saved image processor resizes to it)."""
     from transformers import AutoImageProcessor, PreTrainedModel
 
     out.mkdir(parents=True, exist_ok=True)
     cast("PreTrainedModel", model).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)  # type: ignore[no-untyped-call]  # unannotated in transformers
+    if resolution is not None:
+        processor = resize_image_processor(processor, resolution)
     processor.save_pretrained(out)
 
 
@@ -238,7 +253,8 @@ def finetune(
     # data, split by image; the split is saved and a resumed run must see the same one
     ds = data if data is not None else load_pairs(cfg.data_path, image_column=cfg.image_column if cfg.image_column != "image_path" else None,
                                                    caption_column=cfg.caption_column if cfg.caption_column != "caption" else None,
-                                                   sep=cfg.csv_separator if cfg.csv_separator != "," else None)
+                                                   sep=cfg.csv_separator if cfg.csv_separator != "," else None,
+                                                   label_column=cfg.label_column)
     if ds.num_images < 2:
         raise DataError(f"{ds.source or 'the data'}: {ds.num_images} usable images; fine-tuning needs a contrastive batch")
     parts = ds.split(val=cfg.val_split, test=cfg.test_split, seed=cfg.seed)
@@ -262,12 +278,14 @@ def finetune(
     rules = rules_for(family, getattr(model.config.text_config, "max_position_embeddings", None))
     rules = type(rules)(rules.padding, min(rules.max_length, cfg.max_sequence_length))
     pre_cfg = PreprocessConfig.from_pretrained(source, local_files_only=local_files_only)
+    resolution: int | None = None  # set when training at another size than the checkpoint's
+    r = cfg.image_resolution
+    if r is not None and (tuple(pre_cfg.output_size) != (r, r) or model.config.vision_config.image_size != r):
+        resize_position_table(model, r)
+        pre_cfg = resized_preprocess(pre_cfg, r)
+        resolution = r
+        _info(main, "image_resolution: %d (position table interpolated from the checkpoint's grid)", r)
     image_hw = pre_cfg.output_size
-    if cfg.image_resolution is not None and tuple(image_hw) != (cfg.image_resolution, cfg.image_resolution):
-        raise ConfigError(
-            f"image_resolution={cfg.image_resolution}, but {cfg.model_name} takes {image_hw[0]}x{image_hw[1]}; "
-            "training at another resolution is not supported yet: leave image_resolution unset"
-        )
     towers = Towers(model)
     towers.lock(image=cfg.lock_image, text=cfg.lock_text, image_unlocked_layers=cfg.lock_image_unlocked_layers,
                 text_unlocked_layers=cfg.lock_text_unlocked_layers)
@@ -313,8 +331,13 @@ def finetune(
     val_set: EvalSet | None
     failed_val: list[str]
     val_set, failed_val = (None, [])
+    # Zero-shot classes: every label of the data (all splits), sorted, so the candidate set
+    # does not depend on which images the split put in validation.
+    classes = sorted({p.label for p in ds.pairs if p.label is not None}) if cfg.label_column else []
+    if cfg.label_column and len(classes) < 2:
+        raise DataError(f"{ds.source or 'the data'}: label_column {cfg.label_column!r} holds {len(classes)} class(es); zero-shot needs 2 or more")
     if parts["val"].num_images:
-        val_set, failed_val = _eval_set(parts["val"], exact, tokenize)
+        val_set, failed_val = _eval_set(parts["val"], exact, tokenize, cfg.zero_shot_templates, classes)
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {"device": str(device), "precision": precision, "family": family,
                                "loss_type": cfg.resolved_loss(family), "batch_size": micro,
@@ -412,7 +435,7 @@ def finetune(
                     if m["val_r1"] > best["val_r1"]:
                         best, stale = {"val_r1": m["val_r1"], "step": step, "metrics": m}, 0
                         if main:
-                            _save_model_dir(towers.merged_model(), out / "best", tokenizer, source, local_files_only)
+                            _save_model_dir(towers.merged_model(), out / "best", tokenizer, source, local_files_only, resolution)
                     else:
                         stale += 1
                         if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
@@ -447,13 +470,13 @@ def finetune(
         from safetensors.torch import load_file
 
         final.load_state_dict(load_file(str(best_dir / "model.safetensors")))
-    _save_model_dir(final, out, tokenizer, source, local_files_only)
+    _save_model_dir(final, out, tokenizer, source, local_files_only, resolution)
     metrics["final_step"] = step
     metrics["best"] = best
     if has_val and wise_alphas(cfg):
-        metrics["wise_ft"] = _wise_ft(cfg, final, base_state, evaluate, out, tokenizer, source, local_files_only)
+        metrics["wise_ft"] = _wise_ft(cfg, final, base_state, evaluate, out, tokenizer, source, local_files_only, resolution)
     if parts["test"].num_images:
-        test_set, _ = _eval_set(parts["test"], exact, tokenize)
+        test_set, _ = _eval_set(parts["test"], exact, tokenize, cfg.zero_shot_templates, classes)
         if len(test_set):
             metrics["test"] = evaluate_retrieval(Towers(final).to(device), test_set, device=device,
                                                  batch_size=cfg.eval_batch_size, autocast=autocast)
@@ -474,7 +497,8 @@ def wise_alphas(cfg: FinetuneConfig) -> list[float]:
 
 
 def _wise_ft(cfg: FinetuneConfig, final: torch.nn.Module, base_state: dict[str, torch.Tensor],
-             evaluate: Callable[[Towers], dict[str, float]], out: Path, tokenizer: Any, source: str, local_only: bool) -> dict[str, Any]:
+             evaluate: Callable[[Towers], dict[str, float]], out: Path, tokenizer: Any, source: str, local_only: bool,
+             resolution: int | None = None) -> dict[str, Any]:
     """Evaluate ``(1-α)·base + α·fine-tuned`` for each α; write the table, the plot and the choice."""
     tuned = {k: v.detach().to("cpu").clone() for k, v in final.state_dict().items()}
     rows = []
@@ -497,7 +521,7 @@ def _wise_ft(cfg: FinetuneConfig, final: torch.nn.Module, base_state: dict[str, 
     if chosen != 1.0:
         final_copy = type(final)(final.config)
         final_copy.load_state_dict(interpolate_weights(base_state, tuned, chosen))
-        _save_model_dir(final_copy, out / "wise_ft", tokenizer, source, local_only)
+        _save_model_dir(final_copy, out / "wise_ft", tokenizer, source, local_only, resolution)
     try:
         from ..train.plots import _pyplot, _save
 
@@ -549,7 +573,7 @@ def _write_json(path: Path, body: Any) -> None:
 
 
 def _fmt(m: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5"))
+    return ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5", "zero_shot_acc"))
 
 
 def _train_prepare(cfg: FinetuneConfig, pre_cfg: PreprocessConfig, exact: Any, threads: int) -> Callable[..., Any]:
@@ -559,6 +583,7 @@ def _train_prepare(cfg: FinetuneConfig, pre_cfg: PreprocessConfig, exact: Any, t
 
         aug = TrainAugment(pre_cfg, scale=(cfg.crop_scale[0], cfg.crop_scale[1]), ratio=(cfg.crop_ratio[0], cfg.crop_ratio[1]),
                            hflip=cfg.hflip, color_jitter=tuple(cfg.color_jitter) if cfg.color_jitter else None,  # type: ignore[arg-type]
-                           grayscale=cfg.grayscale, seed=cfg.seed, num_threads=threads)
+                           grayscale=cfg.grayscale, seed=cfg.seed, num_threads=threads,
+                           exif_transpose=exact.exif_transpose, alpha=exact.alpha)  # as evaluation does
         return lambda images, epoch, idx, out: aug.augment(images, epoch=epoch, indices=idx, out=out)
     return lambda images, epoch, idx, out: exact.preprocess(images, out=out)

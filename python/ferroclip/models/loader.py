@@ -148,6 +148,10 @@ def load_model(
     name = os.fspath(name_or_path)
     source, preset = resolve_source(name_or_path)
     image_options = {"exif_transpose": bool(exif_transpose), "alpha": alpha}
+    if not local_files_only and not os.path.exists(source):
+        from .hub import prefer_cache_when_offline
+
+        local_files_only = prefer_cache_when_offline(source, revision)
     is_onnx = _is_onnx_source(source)
     if backend == "auto":
         backend = "onnx" if is_onnx or (preset is not None and preset.backend == "onnx") else "torch"

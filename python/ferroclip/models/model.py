@@ -69,6 +69,11 @@ class ZeroShotResult:
 
     CLIP-style models give a softmax over the labels; SigLIP gives independent sigmoids
     (each row need not sum to 1), as each family was trained.
+
+    Rows stay aligned with the input images. An image that could not be loaded has
+    ``ok[i] == False``, a row of NaN in ``probs`` (so it cannot pass for a confident
+    answer in a mean or a threshold), ``predicted[i] is None`` and its error in
+    ``errors``; mask with ``probs[ok]`` before aggregating.
     """
 
     labels: list[str]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._rows import read_sidecar, sidecar_path
 from ..errors import DataError
 
 __all__ = ["register"]
@@ -31,6 +32,7 @@ def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[s
     p = Path(path if sep else spec)
     name = name if sep else p.stem
     extra: dict[str, np.ndarray] = {}
+    ok: np.ndarray | None = None
     if p.suffix.lower() == ".npz" and p.is_file():
         try:
             with np.load(p, allow_pickle=False) as z:
@@ -40,22 +42,28 @@ def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[s
                 for k in ("labels", "paths"):
                     if k in files:
                         extra[k] = z[k]
+                if "ok" in files:
+                    ok = np.asarray(z["ok"], dtype=bool)
         except ValueError as e:
             raise DataError(f"{p}: cannot be read safely: {e}", str(p)) from e
-    sidecar = p.with_suffix(".paths.json")
+    sidecar = sidecar_path(p)
     if p.suffix.lower() == ".npy" and sidecar.is_file():
-        # `ferroclip embed --out x.npy` writes its rows' paths here: without them, a folder
-        # with one unreadable image gives one row fewer than the folder has labels.
-        try:
-            listed = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"{sidecar}: unreadable paths file: {e}", str(sidecar)) from e
-        if not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
-            raise DataError(f"{sidecar}: must be a JSON list of paths", str(sidecar))
-        extra["paths"] = np.array(listed)
+        # `ferroclip embed --out x.npy` writes its rows' paths and ok mask here: without
+        # them, rows cannot be matched to labels listed per file.
+        rows = read_sidecar(sidecar)
+        extra["paths"] = np.array(rows.paths)
+        ok = rows.ok
     features = load_array(p, key)
     if "paths" in extra and len(extra["paths"]) != len(features):
         raise DataError(f"{p}: {len(features)} rows but {len(extra['paths'])} paths stored beside them", str(p))
+    if ok is not None:
+        if len(ok) != len(features):
+            raise DataError(f"{p}: {len(features)} rows but an ok mask of {len(ok)}", str(p))
+        if not ok.all():
+            # Failed images keep a zero row (`embed --out`'s rule): they are not data.
+            print(f"note: {p}: {int((~ok).sum())} rows of failed images (ok=false) left out", file=sys.stderr)
+            features = features[ok]
+            extra = {k: v[ok] if len(v) == len(ok) else v for k, v in extra.items()}
     return name, p, features, extra
 
 

@@ -221,7 +221,9 @@ def embed_dataset(
         if todo:
             actors = num_actors or _default_actors(ray, num_gpus_per_actor, num_cpus_per_actor)
             threads = None if num_gpus_per_actor > 0 else max(1, int(num_cpus_per_actor))
-            ds = _dataset(ray, todo, batch_size).map_batches(
+            ds = _map_batches(
+                ray,
+                _dataset(ray, todo, batch_size),
                 ImageEmbedder,
                 fn_constructor_kwargs=dict(
                     model=spec, load_kwargs=kwargs, batch_size=batch_size, num_threads=threads, texts=text_column is not None
@@ -231,8 +233,6 @@ def embed_dataset(
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=num_cpus_per_actor,
                 num_gpus=num_gpus_per_actor or None,
-                max_restarts=ACTOR_RESTARTS,
-                max_task_retries=TASK_RETRIES,
             )
             total = sum(len(p.items) for p in todo)
             with tqdm(total=total, unit="img", desc="embed dataset", disable=not progress) as bar:
@@ -246,6 +246,24 @@ def embed_dataset(
     return EmbedSummary(
         outdir.root, len(items), len(plans), len(todo), len(plans) - len(todo), done, failed, time.perf_counter() - t0, run_id
     )
+
+
+def _map_batches(ray: Any, ds: Any, fn: Any, **kwargs: Any) -> Any:
+    """``ds.map_batches`` with the actors' restart and retry budget bounded.
+
+    Ray Data takes ``max_restarts``/``max_task_retries`` only as free ``ray_remote_args``,
+    deprecated since Ray 2.60 (with no named replacement yet) and announced for removal; on a
+    Ray whose ``map_batches`` no longer takes them, Ray Data's own default applies (restart
+    and retry without bound)."""
+    import inspect
+    import warnings
+
+    params = inspect.signature(ds.map_batches).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return ds.map_batches(fn, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*ray_remote_args.*deprecated", category=Warning)
+        return ds.map_batches(fn, **kwargs, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
 
 
 def _identity(ray: Any, spec: str, kwargs: dict[str, Any], num_gpus: float) -> dict[str, Any]:

@@ -329,7 +329,8 @@ def test_text_column_is_embedded_like_encode_texts(with_text, ckpt, captions_csv
     assert json.loads((texts.out_dir / "manifest.json").read_text())["text_column"] == "caption"
     rows, plain = _rows(texts.out_dir), _rows(images_only.out_dir)
     assert sorted(rows) == sorted(plain) and len(rows) == 12
-    captions = {r["path"]: r["caption"] for r in csv.DictReader(captions_csv.open())}
+    with captions_csv.open(newline="") as fh:
+        captions = {r["path"]: r["caption"] for r in csv.DictReader(fh)}
     model = ferroclip.load_model(ckpt, device="cpu")
     for k, r in rows.items():
         assert r["text"] == captions[k]

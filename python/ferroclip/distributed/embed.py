@@ -127,7 +127,7 @@ def _maybe_kill_for_test(batches: int) -> None:
     if not trigger or not os.path.exists(trigger):
         return
     try:
-        at = int(open(trigger, encoding="utf-8").read().strip() or "1")
+        at = int(Path(trigger).read_text(encoding="utf-8").strip() or "1")
     except (OSError, ValueError):
         return
     if batches < at:

@@ -478,7 +478,8 @@ def finetune(
     if has_val and wise_alphas(cfg):
         # rank 0 alone from here on: no collectives
         metrics["wise_ft"] = _wise_ft(cfg, final, base_state, lambda t: evaluate(t, sharded=False), out, tokenizer, source,
-                                      local_files_only, resolution)    if parts["test"].num_images:
+                                      local_files_only, resolution)
+    if parts["test"].num_images:
         test_set, _ = _eval_set(parts["test"], exact, tokenize, cfg.zero_shot_templates, classes)
         if len(test_set):
             metrics["test"] = evaluate_retrieval(Towers(final).to(device), test_set, device=device,

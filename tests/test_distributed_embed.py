@@ -151,6 +151,9 @@ def test_changed_setting_writes_elsewhere(clean):
     assert OutputDir(clean.out_dir.parent, "m", ident, dtype="float32", shard_size=SHARD + 1).root != clean.out_dir
     other = dict(ident, preprocess=dict(ident["preprocess"], crop_size=[16, 16]))
     assert OutputDir(clean.out_dir.parent, "m", other, dtype="float32", shard_size=SHARD).root != clean.out_dir
+    texts = {OutputDir(clean.out_dir.parent, "m", ident, dtype="float32", shard_size=SHARD, text_column=c).root
+             for c in ("caption", "txt")}
+    assert len(texts) == 2 and clean.out_dir not in texts  # each text column has its own directory
 
 
 _DRIVER = textwrap.dedent(

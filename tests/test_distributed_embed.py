@@ -1,6 +1,13 @@
 """embed_dataset on a local Ray (2 CPUs, one cluster for the module): the same vectors as
-embed_folder, bad files as ok=false rows, a killed driver resumed shard by shard, and
-EmbeddingIndex.from_parquet searching like topk."""
+embed_folder, bad files as ok=false rows, a killed driver resumed shard by shard, a killed
+actor restarted by Ray, text columns embedded like encode_texts, and
+EmbeddingIndex.from_parquet searching like topk.
+
+The killed-actor test uses the private test hook of ferroclip.distributed.embed: the env var
+_FERROCLIP_TEST_KILL_ACTOR_FILE names a file; while it exists, the first actor to reach the
+batch number written in it renames it to <file>.fired and SIGKILLs itself. The module's Ray
+cluster is started with that variable set (workers inherit the environment of ray.init), and
+the file only exists during that one test."""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import pytest
 from PIL import Image
 
 import ferroclip
+from ferroclip.distributed.embed import _KILL_HOOK_ENV
 from ferroclip.distributed.shards import OutputDir
 
 from ._images import smooth_rgb
@@ -33,10 +41,20 @@ SHARD = 3  # 11 images + 1 broken file: 4 shards
 
 
 @pytest.fixture(scope="module")
-def ray_address():
+def kill_trigger(tmp_path_factory) -> Path:
+    """Where the killed-actor test writes the trigger file (absent otherwise: the hook is idle)."""
+    return tmp_path_factory.mktemp("hook") / "kill-actor"
+
+
+@pytest.fixture(scope="module")
+def ray_address(kill_trigger):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    os.environ[_KILL_HOOK_ENV] = str(kill_trigger)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        del os.environ[_KILL_HOOK_ENV]
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield ray.get_runtime_context().gcs_address
@@ -133,6 +151,9 @@ def test_changed_setting_writes_elsewhere(clean):
     assert OutputDir(clean.out_dir.parent, "m", ident, dtype="float32", shard_size=SHARD + 1).root != clean.out_dir
     other = dict(ident, preprocess=dict(ident["preprocess"], crop_size=[16, 16]))
     assert OutputDir(clean.out_dir.parent, "m", other, dtype="float32", shard_size=SHARD).root != clean.out_dir
+    texts = {OutputDir(clean.out_dir.parent, "m", ident, dtype="float32", shard_size=SHARD, text_column=c).root
+             for c in ("caption", "txt")}
+    assert len(texts) == 2 and clean.out_dir not in texts  # each text column has its own directory
 
 
 _DRIVER = textwrap.dedent(
@@ -258,3 +279,120 @@ def test_webdataset_bytes_are_embedded_like_encode_images(ray_address, ckpt, tmp
         np.testing.assert_allclose(rows[f"{shard}#s{i}"]["embedding"], ref.embeddings[i], atol=1e-5)
     bad = rows[f"{shard}#s3"]
     assert bad["ok"] is False and bad["error"] == ref.errors[0].reason
+
+
+def test_killed_actor_is_restarted_and_the_output_equals_a_clean_run(clean, kill_trigger, ckpt, folder, tmp_path):
+    from ferroclip.distributed import embed_dataset
+
+    kill_trigger.write_text("2")  # the first actor to reach its 2nd batch SIGKILLs itself, once
+    try:
+        s = embed_dataset(ckpt, folder, tmp_path / "out", num_actors=2, batch_size=2, shard_size=SHARD, progress=False)
+    finally:
+        kill_trigger.unlink(missing_ok=True)
+    assert Path(str(kill_trigger) + ".fired").exists(), "no actor was killed: the test proved nothing"
+    assert s.shards_embedded == 4 and s.images_failed == 1
+    got, want = _rows(s.out_dir), _rows(clean.out_dir)
+    assert sorted(got) == sorted(want)
+    for k, r in want.items():
+        assert (got[k]["ok"], got[k]["error"], got[k]["path"]) == (r["ok"], r["error"], r["path"])
+        if r["ok"]:
+            np.testing.assert_allclose(got[k]["embedding"], r["embedding"], atol=1e-6)
+    assert json.loads((s.out_dir / "manifest.json").read_text())["complete"]
+
+
+@pytest.fixture(scope="module")
+def captions_csv(folder) -> Path:
+    """The folder's images listed with captions; p03's caption is empty, the broken file has one."""
+    lines = ["path,caption"]
+    for f in sorted(folder.rglob("*.jpg")) + sorted(folder.rglob("*.png")):
+        rel = f.relative_to(folder).as_posix()
+        caption = "" if rel == "p03.png" else f"a photo named {f.stem} number {len(rel)}"
+        lines.append(f"{rel},{caption}")
+    path = folder / "captions.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def with_text(ray_address, ckpt, captions_csv, tmp_path_factory):
+    from ferroclip.distributed import embed_dataset
+
+    out = tmp_path_factory.mktemp("text")
+    images_only = embed_dataset(ckpt, captions_csv, out, num_actors=2, batch_size=2, shard_size=SHARD, progress=False)
+    texts = embed_dataset(ckpt, captions_csv, out, num_actors=2, batch_size=2, shard_size=SHARD, text_column="caption",
+                          progress=False)
+    return images_only, texts
+
+
+def test_text_column_is_embedded_like_encode_texts(with_text, ckpt, captions_csv):
+    import csv
+
+    images_only, texts = with_text
+    assert texts.out_dir != images_only.out_dir  # the text column is part of the fingerprint
+    assert json.loads((texts.out_dir / "manifest.json").read_text())["text_column"] == "caption"
+    rows, plain = _rows(texts.out_dir), _rows(images_only.out_dir)
+    assert sorted(rows) == sorted(plain) and len(rows) == 12
+    with captions_csv.open(newline="") as fh:
+        captions = {r["path"]: r["caption"] for r in csv.DictReader(fh)}
+    model = ferroclip.load_model(ckpt, device="cpu")
+    for k, r in rows.items():
+        assert r["text"] == captions[k]
+        # image columns are exactly the image-only run's, failures included
+        assert (r["ok"], r["error"]) == (plain[k]["ok"], plain[k]["error"])
+        if r["ok"]:
+            np.testing.assert_allclose(r["embedding"], plain[k]["embedding"], atol=1e-6)
+        if captions[k]:
+            assert r["text_ok"] is True and r["text_error"] is None
+            got = np.asarray(r["text_embedding"], np.float32)
+            want = model.encode_texts([captions[k]])[0]
+            assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) >= 0.99999
+        else:
+            assert r["text_ok"] is False and r["text_embedding"] is None and r["text_error"]
+    assert rows["p03.png"]["ok"] is True and rows["p03.png"]["text_ok"] is False
+    assert rows["broken.jpg"]["ok"] is False and rows["broken.jpg"]["text_ok"] is True
+
+
+def test_text_embeddings_are_searchable_like_topk(with_text, ckpt):
+    _, texts = with_text
+    rows = _rows(texts.out_dir)
+    ids = sorted(k for k, r in rows.items() if r["text_ok"])
+    assert len(ids) == 11
+    model = ferroclip.load_model(ckpt, device="cpu")
+    vecs = model.encode_texts([rows[k]["text"] for k in ids])
+    index = ferroclip.EmbeddingIndex.from_parquet(texts.out_dir, column="text_embedding")
+    assert index.ids == ids
+    q = model.encode_texts(["a photo named p05", "number 7"])
+    scores, got = index.search(q, 4)
+    ref_scores, ref_idx = ferroclip.topk(q, vecs, 4)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert got.tolist() == [[ids[i] for i in row] for row in ref_idx]
+    images = ferroclip.EmbeddingIndex.from_parquet(texts.out_dir)  # the default column: the images
+    assert len(images) == 11 and "broken.jpg" not in images.ids
+
+
+def test_webdataset_txt_members_are_embedded(ray_address, ckpt, tmp_path):
+    import io
+    import tarfile
+
+    from ferroclip.distributed import embed_dataset
+
+    shard = tmp_path / "pairs-000.tar"
+    captions = {"s0": "a red square", "s1": "", "s2": "two blue circles"}
+    with tarfile.open(shard, "w") as tar:
+        for i, (key, text) in enumerate(captions.items()):
+            buf = io.BytesIO()
+            Image.fromarray(smooth_rgb(np.random.default_rng(i), 30 + i, 34)).save(buf, "JPEG")
+            for name, payload in ((f"{key}.jpg", buf.getvalue()), (f"{key}.txt", text.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    s = embed_dataset(ckpt, shard, tmp_path / "out", num_actors=1, batch_size=2, shard_size=2, text_column="txt",
+                      progress=False)
+    rows = _rows(s.out_dir)
+    model = ferroclip.load_model(ckpt, device="cpu")
+    for key, text in captions.items():
+        r = rows[f"{shard}#{key}"]
+        assert r["ok"] is True and r["text"] == text and r["text_ok"] is bool(text)
+        if text:
+            got, want = np.asarray(r["text_embedding"], np.float32), model.encode_texts([text])[0]
+            assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) >= 0.99999

@@ -76,6 +76,11 @@ def test_caption_dataset_gives_one_row_per_image(folder):
     ds = load_pairs(folder / "pairs.csv")
     items = collect_items(ds)
     assert [i.path for i in items] == sorted({str((folder / n).resolve()) for n in ("a.jpg", "b.jpg")})
+    assert [i.text for i in items] == [None, None]
+    with_text = {i.path: i.text for i in collect_items(ds, text_column="caption")}
+    assert with_text == {str((folder / "a.jpg").resolve()): "a cat", str((folder / "b.jpg").resolve()): "a dog"}
+    with pytest.raises(DataError, match="only text is 'caption'"):
+        collect_items(ds, text_column="txt")
 
 
 def test_shards_are_fixed_by_the_sorted_ids(folder):
@@ -83,3 +88,23 @@ def test_shards_are_fixed_by_the_sorted_ids(folder):
     plans = plan_shards(items, 2)
     assert [len(p.items) for p in plans] == [2, 1] and [p.name for p in plans] == ["shard-00000.parquet", "shard-00001.parquet"]
     assert plan_shards(items, 2)[0].digest == plans[0].digest != plans[1].digest
+
+
+def test_text_columns(folder, tmp_path):
+    (tmp_path / "l.csv").write_text("url,caption\nimgs/a.jpg,a cat\nimgs/sub/c.jpg,\n")
+    items = collect_items(tmp_path / "l.csv", text_column="caption")
+    assert [(i.id, i.text) for i in items] == [("imgs/a.jpg", "a cat"), ("imgs/sub/c.jpg", "")]
+    assert collect_items(tmp_path / "l.csv")[0].text is None
+    with pytest.raises(DataError, match="no text column 'alt'"):
+        collect_items(tmp_path / "l.csv", text_column="alt")
+    for no_text in (folder, folder / "list.txt"):
+        (folder / "list.txt").write_text("a.jpg\n")
+        with pytest.raises(DataError, match="has no text to embed"):
+            collect_items(no_text, text_column="caption")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"path": ["imgs/a.jpg", "imgs/b.jpg"], "alt": ["x", None]}), tmp_path / "l.parquet")
+    assert [i.text for i in collect_items(tmp_path / "l.parquet", text_column="alt")] == ["x", None]
+    shard = _tar(tmp_path / "s.tar", {"k0": {"jpg": _jpeg(1), "txt": b"caption zero"}, "k1": {"jpg": _jpeg(2)}})
+    assert [i.text for i in collect_items(shard, text_column="txt")] == ["caption zero", None]

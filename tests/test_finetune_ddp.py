@@ -116,3 +116,83 @@ def test_resumed_two_rank_run_equals_the_uninterrupted_one(setup: dict[str, Path
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _weights(tmp_path / "outputs" / "full"), _weights(tmp_path / "outputs" / "cut")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_two_ranks_validate_on_shares_with_the_single_process_metrics(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Each rank embeds half of the validation images and captions; the all-gathered Recall@K
+    (base model and every evaluation) equals the single process's on the whole set. The
+    eval batch (3) does not divide a rank's share, so the padded, trimmed gather is exercised."""
+    import json
+
+    model, data = setup["clip"], setup["data"]
+    torch.set_num_threads(1)
+    extra = dict(train_split=0.7, val_split=0.3, eval_steps=1, eval_batch_size=3)
+    one = finetune(FinetuneConfig.from_yaml(_yaml(tmp_path / "one.yaml", model, data, 16, **extra)), progress=False)
+    two_yaml = _yaml(tmp_path / "two.yaml", model, data, 8, **extra)
+    r = subprocess.run([sys.executable, "-m", "ferroclip", "finetune", str(two_yaml), "--nproc", "2", "--quiet"],
+                       capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = tmp_path / "outputs" / "two"
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert metrics["base"] == pytest.approx(one.metrics["base"], abs=1e-9)
+    val = lambda hist: [h for h in hist if "val_r1" in h]  # noqa: E731
+    got, want = val(json.loads((two / "history.json").read_text())), val(one.history)
+    assert len(want) == 3 and [h["step"] for h in got] == [h["step"] for h in want]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-9)
+    assert metrics["best"]["step"] == one.metrics["best"]["step"]
+
+
+SHARDED_EVAL = """
+import json, sys
+import numpy as np
+import torch
+from ferroclip.finetune.distributed import from_env
+from ferroclip.finetune.evaluate import EvalSet, evaluate_retrieval
+
+class Towers(torch.nn.Module):  # fixed random towers that count the rows they embed
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.randn(3 * 4 * 4, 8, generator=g)
+        self.e = torch.randn(50, 8, generator=g)
+        self.rows = {"image": 0, "text": 0}
+    def encode_image(self, x):
+        self.rows["image"] += len(x)
+        return x.flatten(1) @ self.w
+    def encode_text(self, ids, mask):
+        self.rows["text"] += len(ids)
+        return (self.e[ids] * mask[..., None]).sum(1)
+
+rng = np.random.default_rng(1)
+n_img, n_txt = 13, 21  # neither divides by the ranks or the batch: uneven, padded shares
+data = EvalSet(pixel_values=rng.standard_normal((n_img, 3, 4, 4)).astype(np.float32),
+               tokens={"input_ids": rng.integers(0, 50, (n_txt, 5)), "attention_mask": np.ones((n_txt, 5), np.int64)},
+               text_to_image=np.arange(n_txt) % n_img,
+               labels=np.arange(n_img) % 3, class_tokens={"input_ids": rng.integers(0, 50, (6, 5)),
+                                                          "attention_mask": np.ones((6, 5), np.int64)}, num_templates=2)
+ctx = from_env(torch.device("cpu"))
+towers = Towers()
+sharded = evaluate_retrieval(towers, data, device=torch.device("cpu"), batch_size=4, dist=ctx)
+rows = dict(towers.rows)
+full = evaluate_retrieval(Towers(), data, device=torch.device("cpu"), batch_size=4)
+json.dump({"sharded": sharded, "full": full, "rows": rows}, open(f"{sys.argv[1]}.{ctx.rank}.json", "w"))
+"""
+
+
+def test_sharded_evaluation_embeds_each_rows_once_across_ranks(tmp_path: Path) -> None:
+    """Each of 2 ranks embeds only its share (13 images, 21 captions + 6 prompts split
+    unevenly) and gets exactly the single-process Recall@K and zero-shot accuracy."""
+    import json
+
+    script = tmp_path / "sharded_eval.py"
+    script.write_text(SHARDED_EVAL)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                        str(tmp_path / "out")], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{i}.json").read_text()) for i in range(2)]
+    assert [d["rows"]["image"] for d in ranks] == [6, 7]
+    assert [d["rows"]["text"] for d in ranks] == [10 + 3, 11 + 3]  # captions + class prompts
+    for d in ranks:
+        assert set(d["sharded"]) == set(d["full"]) and "zero_shot_acc" in d["full"]
+        assert d["sharded"] == pytest.approx(d["full"], abs=1e-12)

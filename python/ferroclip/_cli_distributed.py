@@ -34,6 +34,7 @@ def _cmd_embed_dataset(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         shard_size=args.shard_size,
         column=args.column,
+        text_column=args.text_column,
         load_kwargs=load_kwargs,
         progress=not args.quiet,
     )
@@ -103,6 +104,8 @@ def register(sub: Any) -> None:
         description="Embed every image of SOURCE (a folder, a .txt/.csv/.parquet list of paths or URLs, "
         "webdataset .tar shards) with a pool of Ray actors, each holding the model once. Output: Parquet "
         "shards plus a manifest under OUT/<model>-<fingerprint>/; a re-run embeds only unfinished shards. "
+        "With --text-column the texts are embedded as well (search them with "
+        "EmbeddingIndex.from_parquet(OUT, column='text_embedding')). "
         "Needs `pip install 'ferroclip[ray]'`.",
     )
     p.add_argument("source")
@@ -116,6 +119,12 @@ def register(sub: Any) -> None:
     p.add_argument("--gpus-per-actor", type=float, default=0)
     p.add_argument("--cpus-per-actor", type=float, default=1)
     p.add_argument("--column", default=None, help="path/URL column of a CSV or Parquet list")
+    p.add_argument(
+        "--text-column",
+        default=None,
+        help="also embed this text: a CSV/Parquet column, 'caption' for a caption dataset, or the webdataset "
+        "member extension (txt); adds text, text_embedding, text_ok and text_error columns",
+    )
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto")
     p.add_argument("--model-dtype", choices=["float32", "float16", "bfloat16"], default=None)
     p.add_argument("--offline", action="store_true", help="never contact the hub")

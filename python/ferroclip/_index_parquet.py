@@ -53,8 +53,11 @@ def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def read_vectors(files: list[Path], dtype: str | None) -> tuple[list[Any], np.ndarray, str]:
-    """``(ids, (N, dim) matrix, dtype)`` of the rows with an embedding (``ok`` rows only)."""
+def read_vectors(files: list[Path], dtype: str | None, column: str = "embedding") -> tuple[list[Any], np.ndarray, str]:
+    """``(ids, (N, dim) matrix, dtype)`` of the rows with a vector in ``column``.
+
+    The flag column that goes with it (``ok`` for ``embedding``, ``text_ok`` for
+    ``text_embedding``: ``X_embedding`` pairs with ``X_ok``) leaves out failed rows too."""
     import_pyarrow()
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -68,24 +71,25 @@ def read_vectors(files: list[Path], dtype: str | None) -> tuple[list[Any], np.nd
             table = pq.read_table(f, memory_map=True)
         except (OSError, pa.ArrowException) as e:
             raise DataError(f"{f}: unreadable Parquet file ({e})", str(f)) from e
-        for col in ("id", "embedding"):
+        for col in ("id", column):
             if col not in table.column_names:
                 raise DataError(f"{f}: no {col!r} column (columns: {', '.join(table.column_names)})", str(f))
-        typ = table.schema.field("embedding").type
+        typ = table.schema.field(column).type
         if not pa.types.is_fixed_size_list(typ) or not (
             pa.types.is_float32(typ.value_type) or pa.types.is_float16(typ.value_type)
         ):
-            raise DataError(f"{f}: 'embedding' must be a fixed-size list of float32 or float16, got {typ}", str(f))
+            raise DataError(f"{f}: {column!r} must be a fixed-size list of float32 or float16, got {typ}", str(f))
         kind = "float16" if pa.types.is_float16(typ.value_type) else "float32"
         if dim is not None and (typ.list_size, kind) != (dim, stored):
             raise DataError(f"{f}: embeddings are {typ.list_size} x {kind}, earlier files hold {dim} x {stored}", str(f))
         dim, stored = typ.list_size, kind
-        keep = pc.is_valid(table.column("embedding"))
-        if "ok" in table.column_names:
-            keep = pc.and_(keep, pc.fill_null(table.column("ok"), False))
+        keep = pc.is_valid(table.column(column))
+        flag = column[: -len("embedding")] + "ok" if column.endswith("embedding") else None
+        if flag in table.column_names:
+            keep = pc.and_(keep, pc.fill_null(table.column(flag), False))
         if not pc.all(keep).as_py():
             table = table.filter(keep)
-        emb = table.column("embedding").combine_chunks()
+        emb = table.column(column).combine_chunks()
         flat = emb.flatten().to_numpy(zero_copy_only=False)
         parts.append(flat.reshape(len(emb), dim))
         ids.extend(table.column("id").to_pylist())

@@ -218,11 +218,15 @@ class EmbeddingIndex:
         write_vectors(path, self._ids, self._buf[: self._n], self.dtype)
 
     @classmethod
-    def from_parquet(cls, path: str | os.PathLike[str], *, dtype: str | None = None) -> EmbeddingIndex:
+    def from_parquet(
+        cls, path: str | os.PathLike[str], *, dtype: str | None = None, column: str = "embedding"
+    ) -> EmbeddingIndex:
         """Open Parquet embeddings: an ``embed_dataset`` output (its one model directory, or
         the directory itself), a folder of ``.parquet`` files or one file.
 
-        Rows with ``ok = false`` or no embedding are left out. ``dtype`` defaults to the
+        ``column`` is the vector column: ``"text_embedding"`` opens the text vectors of an
+        ``embed_dataset(..., text_column=...)`` output. Rows with ``ok = false`` (``text_ok``
+        for the text column) or no vector are left out. ``dtype`` defaults to the
         stored one; with one shard in that dtype the decoded Arrow buffer is used without a
         copy (read-only, like ``load(mmap=True)``). Raises :class:`~ferroclip.DataError`
         for files without ``id``/``embedding`` columns or with duplicate ids.
@@ -230,7 +234,7 @@ class EmbeddingIndex:
         from ._index_parquet import parquet_files, read_vectors
 
         files = parquet_files(path)
-        ids, vectors, dtype = read_vectors(files, dtype)
+        ids, vectors, dtype = read_vectors(files, dtype, column)
         if len(set(ids)) != len(ids):
             raise DataError(f"{path}: the Parquet files hold duplicate ids")
         index = cls(vectors.shape[1], dtype)

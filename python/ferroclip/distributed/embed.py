@@ -6,13 +6,21 @@ once and embeds with :meth:`EmbeddingModel.encode_images`, the very path
 :func:`ferroclip.embed_folder` takes (Rust preprocessing, GIL released), so a row's vector
 is the one ``embed_folder`` gives for that file. Results stream back to the driver, which
 writes each shard as soon as all its rows have arrived (see :mod:`.shards` for why that makes
-a run resumable). Only vectors travel back: actors read files and URLs themselves.
+a run resumable). Only vectors travel back: actors read files and URLs themselves. With a ``text_column`` the
+actor also embeds each row's text with :meth:`EmbeddingModel.encode_texts`.
+
+A killed actor (OOM killer, a lost node, a segfault) is restarted by Ray and its batch
+retried, at most :data:`ACTOR_RESTARTS` times per actor and :data:`TASK_RETRIES` times per
+batch (Ray Data's default is unbounded, which turns an image that reliably crashes the
+decoder into a job that never ends); past that the job fails, and a re-run embeds only the
+shards not written yet.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +33,15 @@ from ..cache import _model_identity, failure_reasons
 from .shards import OutputDir, ShardPlan, plan_shards
 from .sources import DatasetSource, collect_items
 
-__all__ = ["EmbedSummary", "ImageEmbedder", "embed_dataset", "import_ray"]
+__all__ = ["ACTOR_RESTARTS", "TASK_RETRIES", "EmbedSummary", "ImageEmbedder", "embed_dataset", "import_ray"]
+
+#: How often Ray restarts one dead actor, and retries one batch, before the job fails.
+ACTOR_RESTARTS = 3
+TASK_RETRIES = 3
+
+# Tests only: a file path; while that file exists, the first actor to reach the batch number
+# it holds renames it (so this fires once) and SIGKILLs itself. See tests/test_distributed_embed.py.
+_KILL_HOOK_ENV = "_FERROCLIP_TEST_KILL_ACTOR_FILE"
 
 
 def import_ray() -> Any:
@@ -62,7 +78,9 @@ class EmbedSummary:
 class ImageEmbedder:
     """The Ray Data actor: holds one model for its lifetime and embeds batches of rows."""
 
-    def __init__(self, model: str, load_kwargs: dict[str, Any], batch_size: int, num_threads: int | None) -> None:
+    def __init__(
+        self, model: str, load_kwargs: dict[str, Any], batch_size: int, num_threads: int | None, texts: bool = False
+    ) -> None:
         from ..models import load_model
 
         if num_threads is not None:
@@ -74,18 +92,51 @@ class ImageEmbedder:
                 pass
         self.model = load_model(model, **load_kwargs)
         self.batch_size = batch_size
+        self.texts = texts
+        self.batches = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches += 1
+        _maybe_kill_for_test(self.batches)
         images = [bytes(d) if has else str(p) for p, d, has in zip(batch["path"], batch["data"], batch["has_data"])]
         res = self.model.encode_images(images, batch_size=self.batch_size, progress=False)
         reasons = failure_reasons(res)
-        return {
+        out = {
             "shard": batch["shard"],
             "pos": batch["pos"],
             "ok": res.ok,
             "error": np.array([reasons.get(i, "failed") for i in range(len(images))], dtype=object),
             "embedding": res.embeddings,
         }
+        if self.texts:
+            out.update(self._texts([str(t) for t in batch["text"]]))
+        return out
+
+    def _texts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Text embeddings of the rows; a missing or empty text is that row's ``text_ok=false``."""
+        ok = np.array([bool(t.strip()) for t in texts], dtype=bool)
+        emb = np.zeros((len(texts), self.model.dim), np.float32)
+        if ok.any():
+            emb[ok] = self.model.encode_texts([t for t, good in zip(texts, ok) if good], batch_size=self.batch_size)
+        errors = np.array([None if good else "no text for this item" for good in ok], dtype=object)
+        return {"text_ok": ok, "text_error": errors, "text_embedding": emb}
+
+
+def _maybe_kill_for_test(batches: int) -> None:
+    trigger = os.environ.get(_KILL_HOOK_ENV)
+    if not trigger or not os.path.exists(trigger):
+        return
+    try:
+        at = int(Path(trigger).read_text(encoding="utf-8").strip() or "1")
+    except (OSError, ValueError):
+        return
+    if batches < at:
+        return
+    try:
+        os.rename(trigger, trigger + ".fired")  # only one actor wins, once
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def embed_dataset(
@@ -101,6 +152,7 @@ def embed_dataset(
     dtype: str = "float32",
     shard_size: int = 1000,
     column: str | None = None,
+    text_column: str | None = None,
     load_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> EmbedSummary:
@@ -111,6 +163,12 @@ def embed_dataset(
     dtype, preprocessing, ``dtype`` or ``shard_size`` writes to another subdirectory of
     ``out``. A file that cannot be read or decoded is a row with ``ok=false`` and the reason
     in ``error``, never a failed job.
+
+    With ``text_column`` each item's text is embedded too (``encode_texts``, so a row's
+    ``text_embedding`` is ``model.encode_texts([text])[0]``) into the columns ``text``,
+    ``text_embedding``, ``text_ok`` and ``text_error``; a missing or empty text is a row with
+    ``text_ok=false``, independent of the image's ``ok``. Search the texts with
+    ``EmbeddingIndex.from_parquet(out, column="text_embedding")``.
 
     Args:
         model: what :func:`ferroclip.load_model` takes (preset, hub id, checkpoint dir);
@@ -126,6 +184,9 @@ def embed_dataset(
             a cluster. On a cluster ``out`` is written by the driver.
         dtype: the stored embedding type, ``"float32"`` or ``"float16"``.
         shard_size: items per output shard: the unit of resumption.
+        text_column: the text to embed as well: a CSV/TSV/Parquet column, ``"caption"`` for
+            a caption dataset, or the webdataset member extension (``"txt"``). Folders and
+            ``.txt`` lists have none (:class:`~ferroclip.DataError`).
         load_kwargs: more :func:`load_model` arguments (``backend``, ``dtype``, ...).
 
     Example::
@@ -142,14 +203,14 @@ def embed_dataset(
     spec = os.fspath(model)
     kwargs = dict(load_kwargs or {})
     kwargs.setdefault("device", "auto" if num_gpus_per_actor > 0 else "cpu")
-    items = collect_items(source, column=column)
+    items = collect_items(source, column=column, text_column=text_column)
     started = False
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
         started = True
     try:
         identity = _identity(ray, spec, kwargs, num_gpus_per_actor)
-        outdir = OutputDir(out, spec, identity, dtype=dtype, shard_size=shard_size)
+        outdir = OutputDir(out, spec, identity, dtype=dtype, shard_size=shard_size, text_column=text_column)
         plans = plan_shards(items, shard_size)
         todo = [p for p in plans if not outdir.is_done(p)]
         run_id = uuid.uuid4().hex[:12]
@@ -160,9 +221,13 @@ def embed_dataset(
         if todo:
             actors = num_actors or _default_actors(ray, num_gpus_per_actor, num_cpus_per_actor)
             threads = None if num_gpus_per_actor > 0 else max(1, int(num_cpus_per_actor))
-            ds = _dataset(ray, todo, batch_size).map_batches(
+            ds = _map_batches(
+                ray,
+                _dataset(ray, todo, batch_size),
                 ImageEmbedder,
-                fn_constructor_kwargs=dict(model=spec, load_kwargs=kwargs, batch_size=batch_size, num_threads=threads),
+                fn_constructor_kwargs=dict(
+                    model=spec, load_kwargs=kwargs, batch_size=batch_size, num_threads=threads, texts=text_column is not None
+                ),
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors),
@@ -181,6 +246,24 @@ def embed_dataset(
     return EmbedSummary(
         outdir.root, len(items), len(plans), len(todo), len(plans) - len(todo), done, failed, time.perf_counter() - t0, run_id
     )
+
+
+def _map_batches(ray: Any, ds: Any, fn: Any, **kwargs: Any) -> Any:
+    """``ds.map_batches`` with the actors' restart and retry budget bounded.
+
+    Ray Data takes ``max_restarts``/``max_task_retries`` only as free ``ray_remote_args``,
+    deprecated since Ray 2.60 (with no named replacement yet) and announced for removal; on a
+    Ray whose ``map_batches`` no longer takes them, Ray Data's own default applies (restart
+    and retry without bound)."""
+    import inspect
+    import warnings
+
+    params = inspect.signature(ds.map_batches).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return ds.map_batches(fn, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*ray_remote_args.*deprecated", category=Warning)
+        return ds.map_batches(fn, **kwargs, max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
 
 
 def _identity(ray: Any, spec: str, kwargs: dict[str, Any], num_gpus: float) -> dict[str, Any]:
@@ -215,6 +298,7 @@ def _dataset(ray: Any, todo: list[ShardPlan], batch_size: int) -> Any:
             "path": it.path,
             "data": it.data if it.data is not None else b"",
             "has_data": it.data is not None,
+            "text": it.text or "",
         }
         for p in todo
         for j, it in enumerate(p.items)
@@ -222,29 +306,52 @@ def _dataset(ray: Any, todo: list[ShardPlan], batch_size: int) -> Any:
     return ray.data.from_items(rows, override_num_blocks=min(max(1, math.ceil(len(rows) / batch_size)), 4096))
 
 
+class _OpenShard:
+    """The rows of one shard received so far, in plan order."""
+
+    def __init__(self, n: int, dim: int, texts: bool) -> None:
+        self.emb = np.zeros((n, dim), np.float32)
+        self.ok = np.zeros(n, bool)
+        self.errors: list[str | None] = [None] * n
+        self.text_emb = np.zeros((n, dim) if texts else (0, dim), np.float32)
+        self.text_ok = np.zeros(n if texts else 0, bool)
+        self.text_errors: list[str | None] = [None] * (n if texts else 0)
+        self.texts = texts
+        self.seen = 0
+
+    def add(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        pos = batch["pos"][rows]
+        self.emb[pos] = batch["embedding"][rows]
+        self.ok[pos] = batch["ok"][rows]
+        for r, p in zip(rows, pos):
+            self.errors[int(p)] = None if batch["ok"][r] else str(batch["error"][r])
+        if self.texts:
+            self.text_emb[pos] = batch["text_embedding"][rows]
+            self.text_ok[pos] = batch["text_ok"][rows]
+            for r, p in zip(rows, pos):
+                self.text_errors[int(p)] = None if batch["text_ok"][r] else str(batch["text_error"][r])
+        self.seen += len(rows)
+
+
 def _collect(ds: Any, todo: list[ShardPlan], outdir: OutputDir, run_id: str, bar: Any) -> int:
     """Gather streamed rows per shard and write each shard the moment it is complete."""
     by_index = {p.index: p for p in todo}
-    open_shards: dict[int, tuple[np.ndarray, np.ndarray, list[str | None], list[int]]] = {}
+    texts = outdir.text_column is not None
+    open_shards: dict[int, _OpenShard] = {}
     failed = 0
     t0 = time.perf_counter()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         for shard in np.unique(batch["shard"]):
             plan = by_index[int(shard)]
             if int(shard) not in open_shards:
-                n = len(plan.items)
-                open_shards[int(shard)] = (np.zeros((n, outdir.dim), np.float32), np.zeros(n, bool), [None] * n, [0])
-            emb, ok, errors, seen = open_shards[int(shard)]
+                open_shards[int(shard)] = _OpenShard(len(plan.items), outdir.dim, texts)
+            acc = open_shards[int(shard)]
             rows = np.flatnonzero(batch["shard"] == shard)
-            pos = batch["pos"][rows]
-            emb[pos] = batch["embedding"][rows]
-            ok[pos] = batch["ok"][rows]
-            for r, p in zip(rows, pos):
-                errors[int(p)] = None if batch["ok"][r] else str(batch["error"][r])
-            seen[0] += len(rows)
-            if seen[0] == len(plan.items):
-                outdir.write_shard(plan, emb, ok, errors, run_id)
-                failed += int((~ok).sum())
+            acc.add(batch, rows)
+            if acc.seen == len(plan.items):
+                text = (acc.text_emb, acc.text_ok, acc.text_errors) if texts else None
+                outdir.write_shard(plan, acc.emb, acc.ok, acc.errors, run_id, text=text)
+                failed += int((~acc.ok).sum())
                 del open_shards[int(shard)]
         bar.update(len(batch["shard"]))
         bar.set_postfix_str(f"{bar.n / max(time.perf_counter() - t0, 1e-9):.1f} img/s", refresh=False)

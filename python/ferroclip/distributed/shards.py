@@ -2,8 +2,9 @@
 
 Layout: ``OUT/<model>-<fingerprint>/shard-00000.parquet ... manifest.json``. The fingerprint
 hashes the model's identity (the one :func:`ferroclip.embed_folder` keys its cache by: name,
-backend, dtype, preprocessing) plus the stored dtype and shard size, so a changed model or
-setting gets a new directory and never mixes vectors with an old one.
+backend, dtype, preprocessing) plus the stored dtype, the shard size and the text column
+embedded (if any), so a changed model or setting gets a new directory and never mixes
+vectors with an old one.
 
 The plan is fixed before anything runs: sorted items cut into shards of ``shard_size``. Each
 shard file is written atomically and carries, in its Parquet metadata, the fingerprint and a
@@ -38,9 +39,14 @@ _VERSION = 1
 _META = b"ferroclip"  # Parquet key-value metadata key holding our JSON
 
 
-def shard_fingerprint(identity: dict[str, Any], *, dtype: str, shard_size: int) -> str:
-    """What decides the vectors and the layout, hashed: a different value, a different directory."""
-    key = {"model": identity, "dtype": dtype, "shard_size": shard_size}
+def shard_fingerprint(identity: dict[str, Any], *, dtype: str, shard_size: int, text_column: str | None = None) -> str:
+    """What decides the vectors and the layout, hashed: a different value, a different directory.
+
+    ``text_column`` enters the key only when set, so image-only outputs keep the directory
+    they had before text embedding existed."""
+    key: dict[str, Any] = {"model": identity, "dtype": dtype, "shard_size": shard_size}
+    if text_column is not None:
+        key["text_column"] = text_column
     return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
@@ -71,12 +77,22 @@ def plan_shards(items: list[Item], shard_size: int) -> list[ShardPlan]:
 class OutputDir:
     """One model-and-setting directory: which shards are done, writing shards and the manifest."""
 
-    def __init__(self, out: str | os.PathLike[str], model_spec: str, identity: dict[str, Any], *, dtype: str, shard_size: int):
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        model_spec: str,
+        identity: dict[str, Any],
+        *,
+        dtype: str,
+        shard_size: int,
+        text_column: str | None = None,
+    ):
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.fingerprint = shard_fingerprint(identity, dtype=dtype, shard_size=shard_size)
+        self.fingerprint = shard_fingerprint(identity, dtype=dtype, shard_size=shard_size, text_column=text_column)
+        self.text_column = text_column
         name = identity.get("model", "model")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name if os.path.isabs(name) else name)
         self.root = Path(out) / f"{slug[:60]}-{self.fingerprint}"
@@ -106,16 +122,22 @@ class OutputDir:
         ok: npt.NDArray[np.bool_],
         errors: list[str | None],
         run_id: str,
+        text: tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_], list[str | None]] | None = None,
     ) -> None:
-        """Write one finished shard (rows in plan order) atomically; failed rows have a null embedding."""
+        """Write one finished shard (rows in plan order) atomically; failed rows have a null embedding.
+
+        ``text`` is ``(text_embeddings, text_ok, text_errors)`` when a text column is embedded:
+        it adds ``text``, ``text_embedding`` (null where ``text_ok`` is false), ``text_ok`` and
+        ``text_error``, independent of the image columns."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         n = len(plan.items)
         if embeddings.shape != (n, self.dim) or len(ok) != n or len(errors) != n:
             raise DataError(f"{plan.name}: {n} items planned but {embeddings.shape} embeddings came back")
-        values = pa.array(np.ascontiguousarray(embeddings, dtype=self.dtype).reshape(-1))
-        emb = pa.FixedSizeListArray.from_arrays(values, self.dim, mask=pa.array(~np.asarray(ok, dtype=bool)))
+        if (text is None) != (self.text_column is None):
+            raise ValueError(f"{plan.name}: text columns given {text is not None}, text_column={self.text_column!r}")
+        emb = self._vectors(embeddings, ok)
         meta = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -125,18 +147,35 @@ class OutputDir:
             "shard": plan.index,
             "ids_digest": plan.digest,
             "run": run_id,
+            "text_column": self.text_column,
         }
-        table = pa.table(
-            {
-                "id": pa.array([it.id for it in plan.items], pa.string()),
-                "path": pa.array([it.path for it in plan.items], pa.string()),
-                "embedding": emb,
-                "ok": pa.array(np.asarray(ok, dtype=bool)),
-                "error": pa.array(errors, pa.string()),
-            }
-        ).replace_schema_metadata({_META: json.dumps(meta).encode()})
+        columns: dict[str, Any] = {
+            "id": pa.array([it.id for it in plan.items], pa.string()),
+            "path": pa.array([it.path for it in plan.items], pa.string()),
+            "embedding": emb,
+            "ok": pa.array(np.asarray(ok, dtype=bool)),
+            "error": pa.array(errors, pa.string()),
+        }
+        dictionary = ["id", "path", "error"]
+        if text is not None:
+            temb, tok, terrors = text
+            if temb.shape != (n, self.dim) or len(tok) != n or len(terrors) != n:
+                raise DataError(f"{plan.name}: {n} items planned but {temb.shape} text embeddings came back")
+            columns["text"] = pa.array([it.text for it in plan.items], pa.string())
+            columns["text_embedding"] = self._vectors(temb, tok)
+            columns["text_ok"] = pa.array(np.asarray(tok, dtype=bool))
+            columns["text_error"] = pa.array(terrors, pa.string())
+            dictionary.append("text_error")
+        table = pa.table(columns).replace_schema_metadata({_META: json.dumps(meta).encode()})
         with atomic_write(self.root / plan.name) as fh:
-            pq.write_table(table, fh, use_dictionary=["id", "path", "error"], compression="zstd")
+            pq.write_table(table, fh, use_dictionary=dictionary, compression="zstd")
+
+    def _vectors(self, embeddings: npt.NDArray[np.float32], ok: npt.NDArray[np.bool_]) -> Any:
+        """A fixed-size list column in the stored dtype, null where ``ok`` is false."""
+        import pyarrow as pa
+
+        values = pa.array(np.ascontiguousarray(embeddings, dtype=self.dtype).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(values, self.dim, mask=pa.array(~np.asarray(ok, dtype=bool)))
 
     def write_manifest(self, plans: list[ShardPlan], *, runs: list[dict[str, Any]], complete: bool) -> None:
         manifest = {
@@ -148,6 +187,7 @@ class OutputDir:
             "dtype": self.dtype,
             "dim": self.dim,
             "shard_size": self.shard_size,
+            "text_column": self.text_column,
             "num_items": sum(len(p.items) for p in plans),
             "complete": complete,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

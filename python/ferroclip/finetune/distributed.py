@@ -60,6 +60,27 @@ class DistContext:
 
         return one(img), one(txt)
 
+    def share(self, n: int) -> slice:
+        """This rank's contiguous part of ``n`` rows; in rank order the parts tile ``0..n``."""
+        return slice(n * self.rank // self.world, n * (self.rank + 1) // self.world)
+
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``(rows, dim)`` float block, concatenated in rank order (no gradient).
+
+        Row counts may differ (padded to the largest for the collective, trimmed after),
+        and a rank with no rows at all may pass a ``(0, 0)`` block: the width comes from
+        the others."""
+        shape = torch.tensor([x.shape[0], x.shape[1]], device=x.device)
+        shapes = [torch.zeros_like(shape) for _ in range(self.world)]
+        dist.all_gather(shapes, shape)
+        counts = [int(s[0].item()) for s in shapes]
+        dim = max(int(s[1].item()) for s in shapes)
+        buf = torch.zeros((max(counts), dim), dtype=torch.float32, device=x.device)
+        buf[: len(x)] = x.detach().float()
+        parts = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(parts, buf)
+        return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
     def reduce_gradients(self, towers: Iterable[torch.nn.Parameter], loss_only: Iterable[torch.nn.Parameter]) -> None:
         """Tower gradients summed over ranks; loss-only parameters' (already full) averaged."""
         # torch._utils is unannotated; these are its signatures.

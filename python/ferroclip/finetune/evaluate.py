@@ -4,6 +4,12 @@ The validation images are preprocessed once, with the model's exact (reference)
 preprocessing, and kept as one pixel array; every evaluation then only runs the towers.
 WiSE-FT (Wortsman et al., 2022) evaluates ``(1-α)·base + α·fine-tuned`` weights: a middle
 α often keeps most of the domain gain and much of the base model's zero-shot robustness.
+
+Under torch.distributed each rank embeds a contiguous share of the validation images,
+captions and class prompts, and the shares are all-gathered in rank order, so every rank
+computes Recall@K on exactly the full set's embeddings (the single-process numbers, to
+float rounding) and all ranks agree on the best step and on early stopping. The pixels are
+still prepared on every rank, once, before training.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import numpy as np
 import torch
 
 from ..retrieval import recall_at_k, zero_shot_classify
+from .distributed import DistContext
 
 __all__ = ["EvalSet", "evaluate_retrieval", "interpolate_weights"]
 
@@ -53,11 +60,15 @@ def evaluate_retrieval(
     batch_size: int = 64,
     autocast: Callable[[], Any] | None = None,
     ks: Sequence[int] = (1, 5, 10),
+    dist: DistContext | None = None,
 ) -> dict[str, float]:
     """I2T/T2I Recall@K (ferroclip's Rust metric) of ``towers`` on ``data``; ``val_r1`` is
     the mean of I2T and T2I R@1, the number the best checkpoint is chosen by. With labels,
     also ``zero_shot_acc``: the fraction of labelled images whose nearest class embedding
-    (CLIP's recipe: the normalised mean of the class's prompt embeddings) is their class."""
+    (CLIP's recipe: the normalised mean of the class's prompt embeddings) is their class.
+
+    With ``dist`` (every rank must call it) each rank embeds only its share and the
+    embeddings are all-gathered; every rank returns the same, full-set metrics."""
     import contextlib
 
     was_training = towers.training
@@ -65,13 +76,16 @@ def evaluate_retrieval(
     ctx = autocast or contextlib.nullcontext
     try:
         with ctx():
-            img = _batched(lambda s: towers.encode_image(torch.from_numpy(data.pixel_values[s]).to(device)), len(data), batch_size)
+            img = _sharded(
+                lambda s: towers.encode_image(torch.from_numpy(data.pixel_values[s]).to(device)),
+                len(data), batch_size, dist, device,
+            )
             n_txt = len(data.text_to_image)
-            txt = _encode_tokens(towers, data.tokens, n_txt, device, batch_size)
+            txt = _encode_tokens(towers, data.tokens, n_txt, device, batch_size, dist)
             cls = None
             if data.labels is not None and data.class_tokens is not None:
                 n_cls = len(data.class_tokens["input_ids"])
-                cls = _encode_tokens(towers, data.class_tokens, n_cls, device, batch_size)
+                cls = _encode_tokens(towers, data.class_tokens, n_cls, device, batch_size, dist)
     finally:
         towers.train(was_training)
     img /= np.maximum(np.linalg.norm(img, axis=1, keepdims=True), 1e-12)
@@ -92,14 +106,29 @@ def evaluate_retrieval(
     return out
 
 
-def _encode_tokens(towers: Any, tokens: dict[str, np.ndarray], n: int, device: torch.device, batch_size: int) -> np.ndarray:
-    return _batched(
+def _sharded(
+    fn: Callable[[slice], torch.Tensor], n: int, batch: int, dist: DistContext | None, device: torch.device
+) -> np.ndarray:
+    """``fn`` over rows ``0..n`` in batches: all of them, or this rank's share then all-gathered."""
+    if dist is None:
+        return _batched(fn, n, batch)
+    part = dist.share(n)
+    local = _batched(lambda s: fn(slice(part.start + s.start, part.start + s.stop)), part.stop - part.start, batch)
+    return dist.gather_rows(torch.from_numpy(local).to(device)).cpu().numpy()
+
+
+def _encode_tokens(
+    towers: Any, tokens: dict[str, np.ndarray], n: int, device: torch.device, batch_size: int, dist: DistContext | None
+) -> np.ndarray:
+    return _sharded(
         lambda s: towers.encode_text(
             torch.from_numpy(tokens["input_ids"][s]).to(device),
             torch.from_numpy(tokens["attention_mask"][s]).to(device) if "attention_mask" in tokens else None,
         ),
         n,
         batch_size,
+        dist,
+        device,
     )
 
 

@@ -344,9 +344,11 @@ def finetune(
                                "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "world_size": world,
                                "contrastive_batch": global_batch, "steps_per_epoch": steps_per_epoch, "total_steps": total}
     base_state = {k: v.detach().to("cpu").clone() for k, v in towers.merged_model().state_dict().items()}
-    def evaluate(t: Towers = towers) -> dict[str, float]:
+    def evaluate(t: Towers = towers, sharded: bool = True) -> dict[str, float]:
+        """Validation metrics; during training every rank embeds its share (all ranks must call)."""
         assert val_set is not None
-        return evaluate_retrieval(t, val_set, device=device, batch_size=cfg.eval_batch_size, autocast=autocast)
+        return evaluate_retrieval(t, val_set, device=device, batch_size=cfg.eval_batch_size, autocast=autocast,
+                                  dist=ctx if sharded else None)
 
     has_val = val_set is not None and len(val_set) > 0
     step = 0
@@ -474,7 +476,9 @@ def finetune(
     metrics["final_step"] = step
     metrics["best"] = best
     if has_val and wise_alphas(cfg):
-        metrics["wise_ft"] = _wise_ft(cfg, final, base_state, evaluate, out, tokenizer, source, local_files_only, resolution)
+        # rank 0 alone from here on: no collectives
+        metrics["wise_ft"] = _wise_ft(cfg, final, base_state, lambda t: evaluate(t, sharded=False), out, tokenizer, source,
+                                      local_files_only, resolution)
     if parts["test"].num_images:
         test_set, _ = _eval_set(parts["test"], exact, tokenize, cfg.zero_shot_templates, classes)
         if len(test_set):

@@ -62,14 +62,15 @@ def pil_decode(
     """RGB uint8 HWC pixels of one file as the reference decodes it, and Pillow's warnings.
 
     Raises whatever Pillow raises (the caller keeps the core's typed error then) or
-    :class:`ImageTooLargeError` above ``max_pixels``."""
+    :class:`ImageTooLargeError` above ``max_pixels`` (``reason`` only: the caller names the item)."""
     source = io.BytesIO(item) if isinstance(item, bytes) else item
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with Image.open(source) as opened:
             w, h = opened.size
             if w * h > max_pixels:
-                raise ImageTooLargeError(f"{w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
+                reason = f"image too large: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}"
+                raise ImageTooLargeError(reason, reason=reason, kind="too_large")
             img = ImageOps.exif_transpose(opened) if exif_transpose else opened
             pixels = np.ascontiguousarray(np.asarray(_to_rgb(img, alpha)))
     return pixels, [str(w.message) for w in caught]

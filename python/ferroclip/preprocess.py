@@ -210,15 +210,21 @@ class Preprocessor:
         """Decode the core's decode refusals with Pillow and preprocess those pixels in Rust."""
         retry = [exc for exc in result.errors if _pil_fallback.wants_fallback(exc, items[getattr(exc, "index", -1)])]
         decoded: list[tuple[int, npt.NDArray[np.uint8], list[str]]] = []
+        too_large: dict[int, ImageError] = {}
         for exc in retry:
             index = cast(int, getattr(exc, "index"))
             try:
                 arr, notes = _pil_fallback.pil_decode(
                     items[index], exif_transpose=self.exif_transpose, alpha=self.alpha, max_pixels=self.max_pixels
                 )
+            except ImageError as big:  # over max_pixels: that limit is the answer, as for any input
+                path = cast(ImageError, exc).path
+                too_large[index] = item_error(index, path, "too_large", cast(str, big.reason))
+                continue
             except Exception:  # noqa: BLE001 - Pillow refuses too: the core's typed error stands
                 continue
             decoded.append((index, arr, [f"decoded by Pillow: {getattr(exc, 'reason', exc)}", *notes]))
+        result.errors = [too_large.get(cast(int, getattr(e, "index", -1)), e) for e in result.errors]
         if not decoded:
             return
         pixels, raw_errors = _native.preprocess_batch(

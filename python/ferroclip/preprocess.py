@@ -219,7 +219,7 @@ class Preprocessor:
                 )
             except ImageError as big:  # over max_pixels: that limit is the answer, as for any input
                 path = cast(ImageError, exc).path
-                too_large[index] = item_error(index, path, "too_large", cast(str, big.reason))
+                too_large[index] = item_error(index, path, "too_large", big.reason)
                 continue
             except Exception:  # noqa: BLE001 - Pillow refuses too: the core's typed error stands
                 continue

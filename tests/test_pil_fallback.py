@@ -106,3 +106,27 @@ def test_fallback_keeps_the_pixel_limit(tmp_path):
     assert res.ok.tolist() == [False, False] and res.pil_fallback == []
     assert all(isinstance(e, ImageTooLargeError) for e in res.errors)
     assert res.errors[0].path == str(path) and "70x20" in str(res.errors[0]) and str(path) in str(res.errors[0])
+
+
+def test_damaged_jpeg_decodes_like_pil_with_a_warning_unless_strict():
+    data = bytearray(_jpeg(4))
+    data = bytes(data[: len(data) * 2 // 3])  # truncated: libjpeg warns, PIL fills with grey
+    opened = Image.open(io.BytesIO(data))
+    with pytest.raises(OSError):  # plain PIL refuses it without LOAD_TRUNCATED_IMAGES
+        opened.load()
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        res = Preprocessor(CFG).preprocess([data])
+        ref = _reference(data)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    assert res.pil_fallback == [0] and "Premature end of JPEG file" in res.warnings[0][0]
+    assert np.abs(res.pixel_values[0] - ref).max() <= 1e-6
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        strict = Preprocessor(CFG, strict=True).preprocess([data])
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    assert not strict.ok[0] and strict.pil_fallback == [] and "Premature end" in str(strict.errors[0])

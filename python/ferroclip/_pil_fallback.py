@@ -31,12 +31,14 @@ except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_PIL
 RETRY_KINDS = ("decode", "unsupported")
 
 
-def wants_fallback(exc: ImageError | Exception, item: Any) -> bool:
-    """Whether a core failure is a decode refusal of a file or bytes Pillow may read."""
+def wants_fallback(exc: ImageError | Exception, item: Any, strict: bool) -> bool:
+    """Whether a core failure is a decode refusal of a file or bytes Pillow may read;
+    ``strict``: only unsupported variants, not damaged data (libjpeg warnings, bad CRCs)."""
+    kinds = ("unsupported",) if strict else RETRY_KINDS
     return (
         isinstance(exc, ImageDecodeError)
         and not isinstance(exc, ImageTooLargeError)
-        and getattr(exc, "kind", None) in RETRY_KINDS
+        and getattr(exc, "kind", None) in kinds
         and isinstance(item, (str, bytes))
     )
 

@@ -117,6 +117,9 @@ class Preprocessor:
             them in Rust like any other input; reported in ``result.pil_fallback`` and
             ``result.warnings``. Default ``None``: on when Pillow is importable. Without
             Pillow those inputs keep their typed error.
+        strict: damaged data (truncation, corrupt JPEG entropy data, which libjpeg only warns
+            about and PIL decodes with grey filling) stays an error instead of being decoded
+            by the Pillow fallback; unsupported variants still take the fallback.
 
     Example:
         >>> pre = Preprocessor(PreprocessConfig.clip(224))
@@ -139,12 +142,14 @@ class Preprocessor:
         url_timeout: float = DEFAULT_URL_TIMEOUT,
         url_max_bytes: int = DEFAULT_MAX_URL_BYTES,
         pil_fallback: bool | None = None,
+        strict: bool = False,
     ) -> None:
         alpha = check_image_options(config, num_threads, dtype, alpha)
         if pil_fallback and not _pil_fallback.HAVE_PIL:
             raise ValueError("pil_fallback=True needs Pillow installed (pip install pillow)")
         self.pil_fallback = _pil_fallback.HAVE_PIL if pil_fallback is None else bool(pil_fallback)
         self.max_pixels = max_pixels
+        self.strict = strict
         self.config = config
         self.alpha = alpha
         self.num_threads = num_threads
@@ -208,7 +213,7 @@ class Preprocessor:
 
     def _retry_with_pil(self, result: PreprocessResult, items: list[Any]) -> None:
         """Decode the core's decode refusals with Pillow and preprocess those pixels in Rust."""
-        retry = [exc for exc in result.errors if _pil_fallback.wants_fallback(exc, items[getattr(exc, "index", -1)])]
+        retry = [exc for exc in result.errors if _pil_fallback.wants_fallback(exc, items[getattr(exc, "index", -1)], self.strict)]
         decoded: list[tuple[int, npt.NDArray[np.uint8], list[str]]] = []
         too_large: dict[int, ImageError] = {}
         for exc in retry:

@@ -92,7 +92,17 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def pre() -> Preprocessor:
-    return Preprocessor(PreprocessConfig.clip(224), num_threads=2)
+    # strict: damaged data stays an error here (by default the Pillow fallback decodes the
+    # damage PIL tolerates, tested below and in test_pil_fallback.py)
+    return Preprocessor(PreprocessConfig.clip(224), num_threads=2, strict=True)
+
+
+def test_bad_png_crc_decodes_like_pil_unless_strict():
+    """PIL ignores a bad IDAT CRC; by default so does ferroclip (via Pillow, with a warning)."""
+    data = bad_crc(GOOD_PNG)
+    res = Preprocessor(PreprocessConfig.clip(224), num_threads=2).preprocess([data])
+    assert res.ok[0] and res.pil_fallback == [0] and res.warnings[0][0].startswith("decoded by Pillow: ")
+    assert not Preprocessor(PreprocessConfig.clip(224), strict=True).preprocess([data]).ok[0]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

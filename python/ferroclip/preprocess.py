@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from . import _native
+from . import _native, _pil_fallback
 from ._sources import ImageInput, to_native_items
 from .config import PreprocessConfig
 from .errors import ImageError, item_error, raise_first
@@ -34,12 +34,17 @@ class PreprocessResult:
 
     ``pixel_values[i]`` belongs to input ``i``; rows of failed inputs are zero and
     ``ok[i]`` is False. ``errors`` holds one exception per failed input, in input order,
-    each with ``.index``, ``.path`` and ``.reason``.
+    each with ``.index``, ``.path`` and ``.reason``. ``pil_fallback`` lists, in order, the
+    inputs the Rust decoders refused and Pillow decoded instead (``Preprocessor(pil_fallback=...)``);
+    ``warnings`` maps an input's index to the messages its decode left (the core's refusal
+    that sent it to Pillow, and Pillow's own warnings).
     """
 
     pixel_values: npt.NDArray[np.floating[Any]]
     ok: npt.NDArray[np.bool_]
     errors: list[ImageError | Exception] = field(default_factory=list)
+    pil_fallback: list[int] = field(default_factory=list)
+    warnings: dict[int, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ok)
@@ -107,6 +112,14 @@ class Preprocessor:
         dtype: ``"float32"`` (default) or ``"float16"`` output.
         url_timeout: seconds before an ``http(s)://`` input's download is abandoned.
         url_max_bytes: downloads larger than this fail (checked while streaming).
+        pil_fallback: re-decode with Pillow the files and bytes the Rust decoders refuse
+            (file variants they do not implement, see ``docs/``), then resize and normalise
+            them in Rust like any other input; reported in ``result.pil_fallback`` and
+            ``result.warnings``. Default ``None``: on when Pillow is importable. Without
+            Pillow those inputs keep their typed error.
+        strict: damaged data (truncation, corrupt JPEG entropy data, which libjpeg only warns
+            about and PIL decodes with grey filling) stays an error instead of being decoded
+            by the Pillow fallback; unsupported variants still take the fallback.
 
     Example:
         >>> pre = Preprocessor(PreprocessConfig.clip(224))
@@ -128,8 +141,15 @@ class Preprocessor:
         dtype: Literal["float32", "float16"] = "float32",
         url_timeout: float = DEFAULT_URL_TIMEOUT,
         url_max_bytes: int = DEFAULT_MAX_URL_BYTES,
+        pil_fallback: bool | None = None,
+        strict: bool = False,
     ) -> None:
         alpha = check_image_options(config, num_threads, dtype, alpha)
+        if pil_fallback and not _pil_fallback.HAVE_PIL:
+            raise ValueError("pil_fallback=True needs Pillow installed (pip install pillow)")
+        self.pil_fallback = _pil_fallback.HAVE_PIL if pil_fallback is None else bool(pil_fallback)
+        self.max_pixels = max_pixels
+        self.strict = strict
         self.config = config
         self.alpha = alpha
         self.num_threads = num_threads
@@ -183,11 +203,49 @@ class Preprocessor:
             items, self._spec, out=out, dtype=self.dtype, num_threads=self.num_threads
         )
         result = collect_result(pixels, len(items), raw_errors, failed, urls)
+        if self.pil_fallback:
+            self._retry_with_pil(result, items)
         if on_error == "raise":
             result.raise_for_errors()
         return result
 
     __call__ = preprocess
+
+    def _retry_with_pil(self, result: PreprocessResult, items: list[Any]) -> None:
+        """Decode the core's decode refusals with Pillow and preprocess those pixels in Rust."""
+        retry = [exc for exc in result.errors if _pil_fallback.wants_fallback(exc, items[getattr(exc, "index", -1)], self.strict)]
+        decoded: list[tuple[int, npt.NDArray[np.uint8], list[str]]] = []
+        too_large: dict[int, ImageError] = {}
+        for exc in retry:
+            index = cast(int, getattr(exc, "index"))
+            try:
+                arr, notes = _pil_fallback.pil_decode(
+                    items[index], exif_transpose=self.exif_transpose, alpha=self.alpha, max_pixels=self.max_pixels
+                )
+            except ImageError as big:  # over max_pixels: that limit is the answer, as for any input
+                path = cast(ImageError, exc).path
+                too_large[index] = item_error(index, path, "too_large", big.reason)
+                continue
+            except Exception:  # noqa: BLE001 - Pillow refuses too: the core's typed error stands
+                continue
+            decoded.append((index, arr, [f"decoded by Pillow: {getattr(exc, 'reason', exc)}", *notes]))
+        result.errors = [too_large.get(cast(int, getattr(e, "index", -1)), e) for e in result.errors]
+        if not decoded:
+            return
+        pixels, raw_errors = _native.preprocess_batch(
+            [arr for _, arr, _ in decoded], self._spec, dtype=self.dtype, num_threads=self.num_threads
+        )
+        failed_again = {pos for pos, *_ in raw_errors}
+        done = set()
+        for pos, (index, _, notes) in enumerate(decoded):
+            if pos in failed_again:
+                continue
+            result.pixel_values[index] = pixels[pos]
+            result.ok[index] = True
+            result.pil_fallback.append(index)
+            result.warnings[index] = notes
+            done.add(index)
+        result.errors = [exc for exc in result.errors if getattr(exc, "index", None) not in done]
 
     def __repr__(self) -> str:
         return f"Preprocessor({self.config!r}, num_threads={self.num_threads}, fast={self.fast})"

@@ -1,0 +1,78 @@
+"""Pillow fallback for the file variants no maintained Rust decoder reads (exotic TIFF,
+arithmetic/lossless JPEG, OS/2 v2 BMP, GIFs without a palette, ...).
+
+The core decodes in Rust threads without the GIL, so Pillow cannot run there: the batch
+layer re-decodes, after the core ran, exactly the items the core refused with a decode
+error, the way the reference pipeline does (``Image.open`` + ``ImageOps.exif_transpose``,
+the alpha rule, 16-bit gray by its high byte like the core), and sends the RGB pixels
+through the same Rust resize/normalise path. Items Pillow refuses too keep the core's
+typed error; the pixel-count limit still applies before Pillow allocates.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ImageDecodeError, ImageError, ImageTooLargeError
+
+try:
+    from PIL import Image, ImageOps
+
+    HAVE_PIL = True
+except ImportError:  # pragma: no cover - exercised by monkeypatching HAVE_PIL
+    HAVE_PIL = False
+
+#: Core error kinds the fallback retries; not too_large (a limit, not a variant) nor read errors.
+RETRY_KINDS = ("decode", "unsupported")
+
+
+def wants_fallback(exc: ImageError | Exception, item: Any, strict: bool) -> bool:
+    """Whether a core failure is a decode refusal of a file or bytes Pillow may read;
+    ``strict``: only unsupported variants, not damaged data (libjpeg warnings, bad CRCs)."""
+    kinds = ("unsupported",) if strict else RETRY_KINDS
+    return (
+        isinstance(exc, ImageDecodeError)
+        and not isinstance(exc, ImageTooLargeError)
+        and getattr(exc, "kind", None) in kinds
+        and isinstance(item, (str, bytes))
+    )
+
+
+def _to_rgb(img: Image.Image, alpha: Literal["white", "drop"]) -> Image.Image:
+    """The reference's colour rule: HF ``convert_to_rgb`` (composite onto white) or
+    PIL ``convert("RGB")`` (alpha dropped)."""
+    if img.mode.startswith("I;16"):
+        # ferroclip's documented 16-bit rule: the high byte (see decode docs)
+        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8), "L")
+    if img.mode == "RGB":
+        return img
+    if alpha == "drop":
+        return img.convert("RGB")
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def pil_decode(
+    item: str | bytes, *, exif_transpose: bool, alpha: Literal["white", "drop"], max_pixels: int
+) -> tuple[npt.NDArray[np.uint8], list[str]]:
+    """RGB uint8 HWC pixels of one file as the reference decodes it, and Pillow's warnings.
+
+    Raises whatever Pillow raises (the caller keeps the core's typed error then) or
+    :class:`ImageTooLargeError` above ``max_pixels`` (``reason`` only: the caller names the item)."""
+    source = io.BytesIO(item) if isinstance(item, bytes) else item
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Image.open(source) as opened:
+            w, h = opened.size
+            if w * h > max_pixels:
+                reason = f"image too large: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}"
+                raise ImageTooLargeError(reason, reason=reason, kind="too_large")
+            img = ImageOps.exif_transpose(opened) if exif_transpose else opened
+            pixels = np.ascontiguousarray(np.asarray(_to_rgb(img, alpha)))
+    return pixels, [str(w.message) for w in caught]

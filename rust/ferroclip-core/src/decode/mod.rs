@@ -9,6 +9,7 @@
 mod color;
 mod jpeg;
 mod source;
+mod tiff_layout;
 
 use image::metadata::Orientation;
 

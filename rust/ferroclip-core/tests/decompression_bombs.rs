@@ -38,7 +38,7 @@ fn bmp(width: i32, height: i32, bpp: u16) -> Vec<u8> {
 
 fn png(width: u32, height: u32) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut chunk = |v: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
+    let chunk = |v: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
         v.extend((data.len() as u32).to_be_bytes());
         let mut body = kind.to_vec();
         body.extend_from_slice(data);

@@ -40,6 +40,15 @@ def jpeg_header_bomb(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+def bmp_header_bomb(width: int, height: int, bpp: int = 24) -> bytes:
+    """A BITMAPINFOHEADER claiming the size, with no pixel data (image-rs's BMP decoder
+    refuses sides over 65535 itself, as a format error: it must still be too-large)."""
+    palette = 4 << bpp if bpp <= 8 else 0
+    head = struct.pack("<2sIHHI", b"BM", 0, 0, 0, 54 + palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bpp, 0, 0, 0, 0, 0, 0)
+    return head + info + b"\0" * (palette + 64)
+
+
 def corrupt_entropy(data: bytes) -> bytes:
     out = bytearray(data)
     sos = out.find(b"\xff\xda")
@@ -87,6 +96,10 @@ CASES = {
     "webp_truncated": (encode(make_image(RNG, 90, 70, "RGB"), "WEBP")[:200], ferroclip.ImageDecodeError),
     "jpeg_bomb_65500": (jpeg_header_bomb(65500, 65500), ferroclip.ImageTooLargeError),
     "png_bomb_100000": (png_header_bomb(100000, 100000), ferroclip.ImageTooLargeError),
+    # libjpeg's own refusal (JERR_IMAGE_TOO_BIG) of sides over 65500.
+    "jpeg_bomb_65535": (jpeg_header_bomb(65535, 65535), ferroclip.ImageTooLargeError),
+    "bmp_bomb_65535": (bmp_header_bomb(65535, 65535), ferroclip.ImageTooLargeError),
+    "bmp_soft_limit_wide": (bmp_header_bomb(2**31 - 1, 1, bpp=1), ferroclip.ImageTooLargeError),
 }
 
 

@@ -26,6 +26,10 @@ pub enum Error {
     /// The header announces more pixels than allowed; nothing large was allocated.
     #[error("{width}x{height} image is over the {max_pixels}-pixel limit")]
     TooLarge { width: u64, height: u64, max_pixels: u64 },
+    /// A decoder refused the size itself (its memory limit, or a per-side limit such as
+    /// image-rs's BMP soft limit), before `TooLarge`'s header check could see it.
+    #[error("over the decoder's size limit ({0})")]
+    DecoderLimit(String),
     /// The file is larger than the byte cap.
     #[error("file of {size} bytes is over the {max_bytes}-byte limit")]
     FileTooLarge { size: u64, max_bytes: u64 },
@@ -53,7 +57,7 @@ impl Error {
             Error::NotAFile { .. } => "not_a_file",
             Error::Decode(_) => "decode",
             Error::Unsupported(_) => "unsupported",
-            Error::TooLarge { .. } | Error::FileTooLarge { .. } => "too_large",
+            Error::TooLarge { .. } | Error::FileTooLarge { .. } | Error::DecoderLimit(_) => "too_large",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Shape(_) => "shape",
             Error::Internal(_) => "internal",

@@ -37,7 +37,9 @@ pub fn to_pyerr(err: &Error, path: Option<&Path>) -> PyErr {
     match err {
         Error::Decode(_) => ImageDecodeError::new_err(args),
         Error::Unsupported(_) => UnsupportedFormatError::new_err(args),
-        Error::TooLarge { .. } | Error::FileTooLarge { .. } => ImageTooLargeError::new_err(args),
+        Error::TooLarge { .. } | Error::FileTooLarge { .. } | Error::DecoderLimit(_) => {
+            ImageTooLargeError::new_err(args)
+        }
         Error::Io { kind: std::io::ErrorKind::NotFound, .. } => ImageNotFoundError::new_err(args),
         Error::Io { .. } => ImageReadError::new_err(args),
         Error::NotAFile { .. } => NotAFileError::new_err(args),

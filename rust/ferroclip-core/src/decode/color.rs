@@ -128,7 +128,9 @@ pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
 fn map_image_error(err: ImageError) -> Error {
     match err {
         ImageError::Unsupported(e) => Error::Unsupported(e.to_string()),
-        ImageError::Limits(e) => Error::Decode(format!("decoder memory limit exceeded ({e})")),
+        ImageError::Limits(e) => Error::DecoderLimit(e.to_string()),
+        // image-rs's BMP decoder reports its per-side soft limit as a format error.
+        ImageError::Decoding(e) if e.to_string().contains("soft limit") => Error::DecoderLimit(e.to_string()),
         ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             Error::Decode("truncated file (unexpected end of data)".into())
         }
@@ -150,6 +152,9 @@ pub(super) fn decode_with_image_rs(
         Format::Tiff => image::ImageFormat::Tiff,
         Format::Jpeg | Format::Heif => unreachable!("JPEG and HEIF have their own decoders"),
     };
+    if format == Format::Tiff {
+        super::tiff_layout::check(data)?;
+    }
     let mut reader = image::ImageReader::with_format(Cursor::new(data), fmt);
     let mut limits = image::Limits::default();
     // Room for the largest allowed image at 16 bits x 4 channels, plus decoder scratch.

@@ -150,6 +150,14 @@ pub(super) fn decode_jpeg(
     match result {
         Ok(r) => r.map(|d| (d, orientation)),
         Err(payload) => match payload.downcast::<JpegFailure>() {
+            // libjpeg's own size refusals (JERR_IMAGE_TOO_BIG, and the memory cap set in
+            // `run`: JERR_OUT_OF_MEMORY, JERR_NO_BACKING_STORE) are bombs, like `TooLarge`.
+            Ok(f) if ["Maximum supported image dimension", "Insufficient memory", "Backing store not supported"]
+                .iter()
+                .any(|m| f.0.starts_with(m)) =>
+            {
+                Err(Error::DecoderLimit(f.0))
+            }
             Ok(f) => Err(Error::Decode(f.0)),
             Err(p) => std::panic::resume_unwind(p),
         },

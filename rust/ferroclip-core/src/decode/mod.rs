@@ -12,6 +12,7 @@ mod color;
 mod heif;
 mod jpeg;
 mod source;
+mod tiff_layout;
 
 use image::metadata::Orientation;
 

@@ -32,7 +32,6 @@ PILLOW = PIL.__version__.split(".")[0]
 BOTH = ("12", "13")
 
 _BMP_BITFIELDS = "BMP bitfield layout PIL does not support; image-rs decodes it (the layout is valid)"
-_TILED_PLANAR = "tiff crate panics on tiled planar data (the other half of issue 16 makes it a typed error, then the Pillow fallback reads it)"
 _WEBP_EXIF = "WebP EXIF chunk with an 'Exif\\0\\0' prefix: the core ignores its orientation"
 _PNG_XMP = "PNG orientation PIL reads from XMP: the core ignores it"
 _BMP_565 = "BMP 16-bit bitfields: image-rs expands 5/6-bit channels differently from PIL's table"
@@ -53,10 +52,6 @@ EXCEPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "hopper_unknown_pixel_mode.tif": ("we-decode", BOTH, "unverified guess: TIFF PIL cannot identify (unknown pixel mode); the tiff crate decodes it"),
     "png_decompression_dos.png": ("we-decode", BOTH, "unverified guess: PIL refuses a text chunk over MAX_TEXT_CHUNK; the core skips text chunks and decodes the image"),
     "unknown_compression_method.png": ("we-decode", BOTH, "unverified guess: PNG with an unknown compression method byte; the png crate ignores it"),
-    "tiff_tiled_planar_16bit_RGB.tiff": ("we-refuse", BOTH, _TILED_PLANAR),
-    "tiff_tiled_planar_16bit_RGBa.tiff": ("we-refuse", BOTH, _TILED_PLANAR),
-    "tiff_tiled_planar_lzw.tiff": ("we-refuse", BOTH, _TILED_PLANAR),
-    "tiff_tiled_planar_raw.tif": ("we-refuse", BOTH, _TILED_PLANAR),
     **{f"hopper_orientation_{k}.webp": ("differ", BOTH, _WEBP_EXIF) for k in range(2, 9)},
     "xmp_tags_orientation.png": ("differ", BOTH, _PNG_XMP),
     "xmp_tags_orientation_exiftool.png": ("differ", BOTH, _PNG_XMP),

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._atomic import atomic_write, fsync_dir
+from .._atomic import atomic_dir, atomic_write
 from .._torch_state import optimizer_tensors, restore_optimizer, restore_rng, rng_tensors
 from ..errors import DataError
 
@@ -65,21 +64,10 @@ def save_checkpoint(
     tensors.update(rng_tensors())
     # safetensors stores each buffer once and contiguous: copy views and shared storage
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(final) as tmp:  # a re-run of the same step after a resume replaces it whole
         save_file(tensors, str(tmp / STATE_FILE))
         body = {"format": "ferroclip.finetune.checkpoint", "version": 1, "step": step, "optimizer": opt_meta, **meta}
         (tmp / META_FILE).write_text(json.dumps(body, indent=1), encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():  # a re-run of the same step after a resume: replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     with atomic_write(root / LATEST) as fh:
         fh.write(json.dumps({"checkpoint": name, "step": step}).encode("utf-8"))
     old = sorted((p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._atomic import fsync_dir
+from .._atomic import atomic_dir
 from ..errors import ConfigError
 from .config import HeadsConfig
 from .data import PairedEmbeddings
@@ -129,20 +128,9 @@ def save_state(out_dir: str | os.PathLike[str], epoch: int, tensors: dict[str, t
     blob = save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, metadata={"format": _FORMAT})
     body = {"format": _FORMAT, "version": 1, "epoch": epoch, "tensors": TENSORS,
             "tensors_sha256": hashlib.sha256(blob).hexdigest(), **meta}
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        for name, data in ((TENSORS, blob), (META, json.dumps(body, indent=1).encode("utf-8"))):
-            with open(tmp / name, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(final) as tmp:
+        (tmp / TENSORS).write_bytes(blob)
+        (tmp / META).write_text(json.dumps(body, indent=1), encoding="utf-8")
     for _, p in _epoch_dirs(root)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
     return final

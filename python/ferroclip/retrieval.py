@@ -23,7 +23,7 @@ import numpy.typing as npt
 from . import _native
 from .errors import ShapeError
 
-__all__ = ["near_duplicates", "recall_at_k", "similarity", "topk", "zero_shot_classify"]
+__all__ = ["class_embeddings", "near_duplicates", "recall_at_k", "similarity", "topk", "zero_shot_classify"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -243,6 +243,18 @@ def near_duplicates(
     if normalize:
         e = _unit_rows(e)
     return _native.near_duplicates(e, float(threshold), max_pairs=int(max_pairs), num_threads=_threads(num_threads))
+
+
+def class_embeddings(prompt_emb: Any, num_templates: int) -> npt.NDArray[np.float32]:
+    """One embedding per class from ``num_templates`` prompt embeddings per class
+    (class-major rows): CLIP's prompt ensembling, the normalised mean of the normalised
+    prompts. ``EmbeddingModel.zero_shot`` and fine-tuning's zero-shot metric share it."""
+    e = np.asarray(prompt_emb, dtype=np.float32)
+    if num_templates < 1 or e.ndim != 2 or len(e) % num_templates:
+        raise ShapeError(f"{len(e)} prompt rows do not split into classes of {num_templates} templates")
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), np.float32(1e-12))
+    mean = e.reshape(-1, num_templates, e.shape[1]).mean(axis=1)
+    return cast(npt.NDArray[np.float32], mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), np.float32(1e-12)))
 
 
 def zero_shot_classify(

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..retrieval import recall_at_k, zero_shot_classify
+from ..retrieval import class_embeddings, recall_at_k, zero_shot_classify
 from .distributed import DistContext
 
 __all__ = ["EvalSet", "evaluate_retrieval", "interpolate_weights"]
@@ -98,9 +98,7 @@ def evaluate_retrieval(
     if cls is not None and data.labels is not None:
         labelled = data.labels >= 0
         if labelled.any():
-            per_prompt = cls / np.maximum(np.linalg.norm(cls, axis=1, keepdims=True), 1e-12)
-            means = per_prompt.reshape(-1, data.num_templates, per_prompt.shape[1]).mean(axis=1)
-            pred = zero_shot_classify(img[labelled], means)
+            pred = zero_shot_classify(img[labelled], class_embeddings(cls, data.num_templates))
             assert isinstance(pred, np.ndarray)
             out["zero_shot_acc"] = float((pred == data.labels[labelled]).mean())
     return out

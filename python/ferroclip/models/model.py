@@ -21,6 +21,7 @@ from ..config import PreprocessConfig
 from ..errors import ImageError, ShapeError, raise_first
 from .._sources import as_list
 from ..preprocess import PreprocessResult, Preprocessor
+from ..retrieval import class_embeddings
 from .text import TextRules
 
 if TYPE_CHECKING:
@@ -345,8 +346,7 @@ class EmbeddingModel:
         if not templates or any("{}" not in t for t in templates):
             raise ValueError("templates must be non-empty and each must contain '{}'")
         prompts = [t.format(label) for label in labels for t in templates]
-        txt = self.encode_texts(prompts).reshape(len(labels), len(templates), self.dim).mean(axis=1)
-        txt = _l2_normalize(txt)
+        txt = class_embeddings(self.encode_texts(prompts), len(templates))
         img = self.encode_images(images, batch_size=batch_size, progress=progress)
         logits = self.backend.logit_scale * (img.embeddings @ txt.T)
         if self.backend.logit_bias is not None:

@@ -32,8 +32,6 @@ PILLOW = PIL.__version__.split(".")[0]
 BOTH = ("12", "13")
 
 _BMP_BITFIELDS = "BMP bitfield layout PIL does not support; image-rs decodes it (the layout is valid)"
-_WEBP_EXIF = "WebP EXIF chunk with an 'Exif\\0\\0' prefix: the core ignores its orientation"
-_PNG_XMP = "PNG orientation PIL reads from XMP: the core ignores it"
 _BMP_565 = "BMP 16-bit bitfields: image-rs expands 5/6-bit channels differently from PIL's table"
 _BMP_RLE = "BMP RLE skipped pixels: PIL fills them with palette index 0, image-rs differently"
 _TIFF_JPEG = "JPEG-in-TIFF: the tiff crate's JPEG decoder is not libjpeg-turbo (off by rounding)"
@@ -52,10 +50,6 @@ EXCEPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "hopper_unknown_pixel_mode.tif": ("we-decode", BOTH, "unverified guess: TIFF PIL cannot identify (unknown pixel mode); the tiff crate decodes it"),
     "png_decompression_dos.png": ("we-decode", BOTH, "unverified guess: PIL refuses a text chunk over MAX_TEXT_CHUNK; the core skips text chunks and decodes the image"),
     "unknown_compression_method.png": ("we-decode", BOTH, "unverified guess: PNG with an unknown compression method byte; the png crate ignores it"),
-    **{f"hopper_orientation_{k}.webp": ("differ", BOTH, _WEBP_EXIF) for k in range(2, 9)},
-    "xmp_tags_orientation.png": ("differ", BOTH, _PNG_XMP),
-    "xmp_tags_orientation_exiftool.png": ("differ", BOTH, _PNG_XMP),
-    "exif_imagemagick_orientation.png": ("differ", BOTH, "PNG orientation PIL reads from ImageMagick's 'Raw profile type exif' text chunk"),
     "16bit.r.tif": ("differ", BOTH, "unverified guess: 16-bit gray TIFF with SampleFormat/predictor PIL reads as I;16 differently (to investigate)"),
     "bmp/g/rgb16-565.bmp": ("differ", BOTH, _BMP_565),
     "bmp/g/rgb16-565pal.bmp": ("differ", BOTH, _BMP_565),

@@ -4,7 +4,7 @@
 //!
 //! The pixel budget is capped far below the library default so one input cannot take
 //! more memory than libFuzzer's `-rss_limit_mb` allows; the options (alpha rule, EXIF,
-//! fast JPEG mode) are chosen from the input's length so every path gets inputs.
+//! fast JPEG mode, strict damage handling) are chosen from the input's length so every path gets inputs.
 #![no_main]
 
 use ferroclip_core::decode::{AlphaMode, DecodeOptions};
@@ -24,6 +24,7 @@ fn spec(len: usize) -> PreprocessSpec {
         apply_exif_orientation: len % 3 != 0,
         alpha: if len % 2 == 0 { AlphaMode::White } else { AlphaMode::Drop },
         max_pixels: FUZZ_MAX_PIXELS,
+        strict: len % 7 == 0,
         ..DecodeOptions::default()
     };
     PreprocessSpec::new(
@@ -47,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let spec = spec(data.len());
     let mut out = vec![0f32; 3 * (SIZE * SIZE) as usize];
     match preprocess_one(&Source::Bytes(data), &spec, &mut out) {
-        Ok(()) => assert!(out.iter().all(|v| v.is_finite()), "non-finite output"),
+        Ok(_warnings) => assert!(out.iter().all(|v| v.is_finite()), "non-finite output"),
         Err(Error::Internal(m)) => panic!("internal error: {m}"),
         Err(_) => {}
     }

@@ -47,6 +47,8 @@ class PreprocessSpec:
         max_scans: int = ...,
         jpeg_draft: bool = False,
         max_file_bytes: int = ...,
+        strict: bool = False,
+        sixteen_bit: str = "scale",
     ) -> PreprocessSpec: ...
     def output_hw(self) -> tuple[int, int]: ...
 
@@ -57,9 +59,9 @@ def preprocess_batch(
     out: npt.NDArray[Any] | None = None,
     dtype: str = "float32",
     num_threads: int | None = None,
-) -> tuple[npt.NDArray[Any], list[tuple[int, str | None, str, str]]]: ...
+) -> tuple[npt.NDArray[Any], list[tuple[int, str | None, str, str]], list[tuple[int, list[str]]]]: ...
 def decode_image(
-    item: Any, *, exif_transpose: bool = True, alpha: str = "white", max_pixels: int = ...
+    item: Any, *, exif_transpose: bool = True, alpha: str = "white", max_pixels: int = ..., sixteen_bit: str = "scale"
 ) -> npt.NDArray[np.uint8]: ...
 def resize_image(
     image: npt.NDArray[np.uint8],
@@ -95,6 +97,8 @@ class AugmentSpec:
         max_pixels: int = ...,
         max_scans: int = ...,
         max_file_bytes: int = ...,
+        strict: bool = False,
+        sixteen_bit: str = "scale",
     ) -> AugmentSpec: ...
     def params(
         self, width: int, height: int, epoch: int, indices: Sequence[int]
@@ -110,7 +114,7 @@ def augment_batch(
     out: npt.NDArray[Any] | None = None,
     dtype: str = "float32",
     num_threads: int | None = None,
-) -> tuple[npt.NDArray[Any], list[tuple[int, str | None, str, str]]]: ...
+) -> tuple[npt.NDArray[Any], list[tuple[int, str | None, str, str]], list[tuple[int, list[str]]]]: ...
 
 # Retrieval (ferroclip/retrieval.py validates; these take C-contiguous 2-d float32 arrays,
 # float16 allowed where noted).

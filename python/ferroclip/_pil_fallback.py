@@ -43,11 +43,13 @@ def wants_fallback(exc: ImageError | Exception, item: Any, strict: bool) -> bool
     )
 
 
-def _to_rgb(img: Image.Image, alpha: Literal["white", "drop"]) -> Image.Image:
+def _to_rgb(
+    img: Image.Image, alpha: Literal["white", "drop"], sixteen_bit: Literal["scale", "clip"] = "scale"
+) -> Image.Image:
     """The reference's colour rule: HF ``convert_to_rgb`` (composite onto white) or
     PIL ``convert("RGB")`` (alpha dropped)."""
-    if img.mode.startswith("I;16"):
-        # ferroclip's documented 16-bit rule: the high byte (see decode docs)
+    if img.mode.startswith("I;16") and sixteen_bit == "scale":
+        # ferroclip's documented 16-bit rule: the high byte (see decode docs); "clip" is PIL's own
         img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8), "L")
     if img.mode == "RGB":
         return img
@@ -59,7 +61,12 @@ def _to_rgb(img: Image.Image, alpha: Literal["white", "drop"]) -> Image.Image:
 
 
 def pil_decode(
-    item: str | bytes, *, exif_transpose: bool, alpha: Literal["white", "drop"], max_pixels: int
+    item: str | bytes,
+    *,
+    exif_transpose: bool,
+    alpha: Literal["white", "drop"],
+    max_pixels: int,
+    sixteen_bit: Literal["scale", "clip"] = "scale",
 ) -> tuple[npt.NDArray[np.uint8], list[str]]:
     """RGB uint8 HWC pixels of one file as the reference decodes it, and Pillow's warnings.
 
@@ -74,5 +81,5 @@ def pil_decode(
                 reason = f"image too large: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}"
                 raise ImageTooLargeError(reason, reason=reason, kind="too_large")
             img = ImageOps.exif_transpose(opened) if exif_transpose else opened
-            pixels = np.ascontiguousarray(np.asarray(_to_rgb(img, alpha)))
+            pixels = np.ascontiguousarray(np.asarray(_to_rgb(img, alpha, sixteen_bit)))
     return pixels, [str(w.message) for w in caught]

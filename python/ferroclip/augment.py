@@ -116,9 +116,9 @@ class TrainAugment:
             ``ColorJitter`` takes them (0 disables one; ``hue <= 0.5``), or ``None``.
         grayscale: probability of ``RandomGrayscale``.
         seed: the run's seed, in ``[0, 2**64)``.
-        num_threads, dtype, exif_transpose, alpha, max_pixels, max_file_bytes: as for
-            :class:`~ferroclip.Preprocessor` (``alpha=None``: the config's rule, as the
-            evaluation preprocessing of the same model uses).
+        num_threads, dtype, exif_transpose, alpha, max_pixels, max_file_bytes, strict,
+            sixteen_bit: as for :class:`~ferroclip.Preprocessor` (``alpha=None``: the
+            config's rule, as the evaluation preprocessing of the same model uses).
 
     Example:
         >>> aug = TrainAugment(PreprocessConfig.clip(224), seed=0)
@@ -144,8 +144,10 @@ class TrainAugment:
         alpha: Literal["white", "drop"] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        strict: bool = False,
+        sixteen_bit: Literal["scale", "clip"] = "scale",
     ) -> None:
-        alpha = check_image_options(config, num_threads, dtype, alpha)
+        alpha = check_image_options(config, num_threads, dtype, alpha, sixteen_bit)
         if color_jitter is not None:
             try:
                 jitter = tuple(float(v) for v in color_jitter)
@@ -187,6 +189,8 @@ class TrainAugment:
             alpha=alpha,
             max_pixels=max_pixels,
             max_file_bytes=max_file_bytes,
+            strict=strict,
+            sixteen_bit=sixteen_bit,
         )
 
     def augment(
@@ -212,11 +216,11 @@ class TrainAugment:
         epoch = _counter(epoch, "epoch")
         items, failed, urls = to_native_items(images, self.exif_transpose)
         keys = _indices(indices, len(items))
-        pixels, raw_errors = _native.augment_batch(
+        pixels, raw_errors, raw_warnings = _native.augment_batch(
             items, self._spec, epoch=epoch, indices=keys, size=hw, out=out, dtype=self.dtype,
             num_threads=self.num_threads,
         )
-        result = collect_result(pixels, len(items), raw_errors, failed, urls)
+        result = collect_result(pixels, len(items), raw_errors, raw_warnings, failed, urls)
         if on_error == "raise":
             result.raise_for_errors()
         return result

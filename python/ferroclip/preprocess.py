@@ -36,8 +36,9 @@ class PreprocessResult:
     ``ok[i]`` is False. ``errors`` holds one exception per failed input, in input order,
     each with ``.index``, ``.path`` and ``.reason``. ``pil_fallback`` lists, in order, the
     inputs the Rust decoders refused and Pillow decoded instead (``Preprocessor(pil_fallback=...)``);
-    ``warnings`` maps an input's index to the messages its decode left (the core's refusal
-    that sent it to Pillow, and Pillow's own warnings).
+    ``warnings`` maps an input's index to the messages its decode left: recoverable damage
+    the decoder worked around (a corrupt JPEG's libjpeg warnings; the pixels are what PIL
+    gives), or, for a Pillow-fallback input, the core's refusal and Pillow's own warnings.
     """
 
     pixel_values: npt.NDArray[np.floating[Any]]
@@ -58,10 +59,12 @@ def collect_result(
     pixels: npt.NDArray[np.floating[Any]],
     n: int,
     raw_errors: list[tuple[int, str | None, str, str]],
+    raw_warnings: list[tuple[int, list[str]]],
     failed: dict[int, ImageError | Exception],
     urls: dict[int, str],
 ) -> PreprocessResult:
-    """One result from the core's per-item errors and those found before it ran (in Python)."""
+    """One result from the core's per-item errors and warnings and the errors found before
+    it ran (in Python)."""
     errors: dict[int, ImageError | Exception] = {
         index: item_error(index, urls.get(index, path), kind, reason) for index, path, kind, reason in raw_errors
     }
@@ -71,11 +74,12 @@ def collect_result(
         errors[index] = exc
     ok = np.ones(n, dtype=bool)
     ok[list(errors)] = False
-    return PreprocessResult(pixel_values=pixels, ok=ok, errors=[errors[i] for i in sorted(errors)])
+    warned = {index: list(messages) for index, messages in raw_warnings}
+    return PreprocessResult(pixel_values=pixels, ok=ok, errors=[errors[i] for i in sorted(errors)], warnings=warned)
 
 
 def check_image_options(
-    config: PreprocessConfig, num_threads: int | None, dtype: str, alpha: str | None
+    config: PreprocessConfig, num_threads: int | None, dtype: str, alpha: str | None, sixteen_bit: str = "scale"
 ) -> Literal["white", "drop"]:
     """The argument checks :class:`Preprocessor` and :class:`~ferroclip.TrainAugment` share,
     so training and evaluation of one model refuse and default the same way; returns the
@@ -86,6 +90,8 @@ def check_image_options(
         raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if sixteen_bit not in ("scale", "clip"):
+        raise ValueError(f"sixteen_bit must be 'scale' or 'clip', got {sixteen_bit!r}")
     if alpha is None:
         alpha = config.alpha
     if alpha not in ("white", "drop"):
@@ -117,9 +123,15 @@ class Preprocessor:
             them in Rust like any other input; reported in ``result.pil_fallback`` and
             ``result.warnings``. Default ``None``: on when Pillow is importable. Without
             Pillow those inputs keep their typed error.
-        strict: damaged data (truncation, corrupt JPEG entropy data, which libjpeg only warns
-            about and PIL decodes with grey filling) stays an error instead of being decoded
-            by the Pillow fallback; unsupported variants still take the fallback.
+        strict: damaged data (corrupt JPEG entropy data, which libjpeg only warns about and
+            PIL decodes as libjpeg leaves it) is an error instead of a decode with the
+            warning in ``result.warnings``, and the Pillow fallback does not retry damaged
+            files (bad CRCs, ...); unsupported variants still take it. Truncated files
+            are errors either way, as in PIL.
+        sixteen_bit: 16-bit grayscale (PNG, TIFF) as ``"scale"`` (default: the high byte,
+            so the whole 16-bit range maps to 0-255, as PIL does for 16-bit colour) or
+            ``"clip"`` (PIL's own ``I;16 -> RGB``: values above 255 become 255, which turns
+            most 16-bit scans white; choose it to match a pipeline that fed PIL's result).
 
     Example:
         >>> pre = Preprocessor(PreprocessConfig.clip(224))
@@ -143,13 +155,15 @@ class Preprocessor:
         url_max_bytes: int = DEFAULT_MAX_URL_BYTES,
         pil_fallback: bool | None = None,
         strict: bool = False,
+        sixteen_bit: Literal["scale", "clip"] = "scale",
     ) -> None:
-        alpha = check_image_options(config, num_threads, dtype, alpha)
+        alpha = check_image_options(config, num_threads, dtype, alpha, sixteen_bit)
         if pil_fallback and not _pil_fallback.HAVE_PIL:
             raise ValueError("pil_fallback=True needs Pillow installed (pip install pillow)")
         self.pil_fallback = _pil_fallback.HAVE_PIL if pil_fallback is None else bool(pil_fallback)
         self.max_pixels = max_pixels
         self.strict = strict
+        self.sixteen_bit = sixteen_bit
         self.config = config
         self.alpha = alpha
         self.num_threads = num_threads
@@ -175,6 +189,8 @@ class Preprocessor:
             max_pixels=max_pixels,
             jpeg_draft=fast,
             max_file_bytes=max_file_bytes,
+            strict=strict,
+            sixteen_bit=sixteen_bit,
         )
 
     @property
@@ -199,10 +215,10 @@ class Preprocessor:
         items, failed, urls = to_native_items(
             images, self.exif_transpose, url_timeout=self.url_timeout, url_max_bytes=self.url_max_bytes
         )
-        pixels, raw_errors = _native.preprocess_batch(
+        pixels, raw_errors, raw_warnings = _native.preprocess_batch(
             items, self._spec, out=out, dtype=self.dtype, num_threads=self.num_threads
         )
-        result = collect_result(pixels, len(items), raw_errors, failed, urls)
+        result = collect_result(pixels, len(items), raw_errors, raw_warnings, failed, urls)
         if self.pil_fallback:
             self._retry_with_pil(result, items)
         if on_error == "raise":
@@ -220,7 +236,11 @@ class Preprocessor:
             index = cast(int, getattr(exc, "index"))
             try:
                 arr, notes = _pil_fallback.pil_decode(
-                    items[index], exif_transpose=self.exif_transpose, alpha=self.alpha, max_pixels=self.max_pixels
+                    items[index],
+                    exif_transpose=self.exif_transpose,
+                    alpha=self.alpha,
+                    max_pixels=self.max_pixels,
+                    sixteen_bit=self.sixteen_bit,
                 )
             except ImageError as big:  # over max_pixels: that limit is the answer, as for any input
                 path = cast(ImageError, exc).path
@@ -232,7 +252,7 @@ class Preprocessor:
         result.errors = [too_large.get(cast(int, getattr(e, "index", -1)), e) for e in result.errors]
         if not decoded:
             return
-        pixels, raw_errors = _native.preprocess_batch(
+        pixels, raw_errors, _ = _native.preprocess_batch(
             [arr for _, arr, _ in decoded], self._spec, dtype=self.dtype, num_threads=self.num_threads
         )
         failed_again = {pos for pos, *_ in raw_errors}
@@ -257,6 +277,9 @@ def decode_image(
     exif_transpose: bool = True,
     alpha: Literal["white", "drop"] = "white",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    sixteen_bit: Literal["scale", "clip"] = "scale",
 ) -> npt.NDArray[np.uint8]:
     """Decode one file or bytes object to an ``(H, W, 3)`` uint8 array, as the reference sees it."""
-    return _native.decode_image(image, exif_transpose=exif_transpose, alpha=alpha, max_pixels=max_pixels)
+    return _native.decode_image(
+        image, exif_transpose=exif_transpose, alpha=alpha, max_pixels=max_pixels, sixteen_bit=sixteen_bit
+    )

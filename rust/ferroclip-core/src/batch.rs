@@ -1,7 +1,7 @@
 //! Many images in parallel into one preallocated buffer, one result per item.
 //!
 //! Row `i` of the output always belongs to input `i`; a failed item leaves zeros and an
-//! `ItemError`. Each item runs under `catch_unwind`, so a panic anywhere below becomes
+//! `ItemError`, a decoded one may leave warnings (`BatchReport`). Each item runs under `catch_unwind`, so a panic anywhere below becomes
 //! that item's `Internal` error instead of tearing down the batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -81,19 +81,31 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic with a non-string payload".into())
 }
 
+/// What a batch reports besides its pixels: the failed items (zero rows), and for the
+/// items that decoded, the recoverable damage their decoder worked around, both by index.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    pub errors: Vec<ItemError>,
+    pub warnings: Vec<(usize, Vec<String>)>,
+}
+
+/// One item's outcome, `None` for a clean success (most items: nothing to collect).
+type Outcome = Option<std::result::Result<(usize, Vec<String>), ItemError>>;
+
 fn one<T: OutElem>(
     index: usize,
     source: &Source<'_>,
     slot: &mut [T],
-    work: &(impl Fn(usize, &Source<'_>, &mut [T]) -> Result<()> + Sync),
-) -> Option<ItemError> {
+    work: &(impl Fn(usize, &Source<'_>, &mut [T]) -> Result<Vec<String>> + Sync),
+) -> Outcome {
     let result = catch_unwind(AssertUnwindSafe(|| work(index, source, slot)))
         .unwrap_or_else(|p| Err(Error::Internal(panic_message(&*p))));
     match result {
-        Ok(()) => None,
+        Ok(warnings) if warnings.is_empty() => None,
+        Ok(warnings) => Some(Ok((index, warnings))),
         Err(error) => {
             slot.fill(T::default());
-            Some(ItemError { index, origin: origin_of(source), error })
+            Some(Err(ItemError { index, origin: origin_of(source), error }))
         }
     }
 }
@@ -104,7 +116,7 @@ pub fn preprocess_batch<T: OutElem>(
     spec: &PreprocessSpec,
     out: &mut [T],
     num_threads: Option<usize>,
-) -> Result<Vec<ItemError>> {
+) -> Result<BatchReport> {
     let (h, w) = spec.output_hw()?;
     run_items(sources, 3 * h * w, out, num_threads, |_, src, slot| preprocess_one(src, spec, slot))
 }
@@ -112,13 +124,14 @@ pub fn preprocess_batch<T: OutElem>(
 /// Run `work(i, source_i, slot_i)` for every source, in parallel, where slot `i` is the
 /// `per` values of `out` at row `i`: the shared frame of every batch entry point. A
 /// failed or panicking item gets zeros and an `ItemError`; the others are unaffected.
+/// `work` returns the item's warnings.
 pub fn run_items<T: OutElem>(
     sources: &[Source<'_>],
     per: usize,
     out: &mut [T],
     num_threads: Option<usize>,
-    work: impl Fn(usize, &Source<'_>, &mut [T]) -> Result<()> + Sync,
-) -> Result<Vec<ItemError>> {
+    work: impl Fn(usize, &Source<'_>, &mut [T]) -> Result<Vec<String>> + Sync,
+) -> Result<BatchReport> {
     if out.len() != sources.len() * per {
         return Err(Error::Shape(format!(
             "output buffer holds {} values, {} images of {per} values need {}",
@@ -128,10 +141,10 @@ pub fn run_items<T: OutElem>(
         )));
     }
     if sources.is_empty() || per == 0 {
-        return Ok(Vec::new());
+        return Ok(BatchReport::default());
     }
     run_parallel(num_threads, |parallel| {
-        let mut errors: Vec<ItemError> = if parallel {
+        let outcomes: Vec<_> = if parallel {
             out.par_chunks_mut(per)
                 .zip(sources.par_iter())
                 .enumerate()
@@ -141,7 +154,15 @@ pub fn run_items<T: OutElem>(
         } else {
             out.chunks_mut(per).zip(sources).enumerate().filter_map(|(i, (slot, src))| one(i, src, slot, &work)).collect()
         };
-        errors.sort_by_key(|e| e.index);
-        errors
+        let mut report = BatchReport::default();
+        for outcome in outcomes {
+            match outcome {
+                Ok(w) => report.warnings.push(w),
+                Err(e) => report.errors.push(e),
+            }
+        }
+        report.errors.sort_by_key(|e| e.index);
+        report.warnings.sort_by_key(|w| w.0);
+        report
     })
 }

@@ -120,7 +120,15 @@ pub(crate) fn array_part_to_rgb(
         _ => decode::rgba_to_rgb(&pixels, alpha),
     };
     let image = RgbImage { width: part.x1 - part.x0, height: part.y1 - part.y0, data: rgb };
-    Ok(Decoded { image, placed: part, frame_width: width, frame_height: height, full_width: width, full_height: height })
+    Ok(Decoded {
+        image,
+        placed: part,
+        frame_width: width,
+        frame_height: height,
+        full_width: width,
+        full_height: height,
+        warnings: Vec::new(),
+    })
 }
 
 /// Decode (or take) one source as the reference would see it, skipping (JPEG only) the
@@ -154,8 +162,9 @@ pub fn load_rgb(source: &Source<'_>, spec: &PreprocessSpec) -> Result<Decoded> {
     }
 }
 
-/// Preprocess one source into `out` (`3 * H * W` elements, CHW).
-pub fn preprocess_one<T: OutElem>(source: &Source<'_>, spec: &PreprocessSpec, out: &mut [T]) -> Result<()> {
+/// Preprocess one source into `out` (`3 * H * W` elements, CHW); returns the decoder's
+/// warnings (recoverable damage, `Decoded::warnings`).
+pub fn preprocess_one<T: OutElem>(source: &Source<'_>, spec: &PreprocessSpec, out: &mut [T]) -> Result<Vec<String>> {
     let decoded = load_rgb(source, spec)?;
     let layout = geometry::layout(decoded.full_width, decoded.full_height, &spec.resize, spec.crop.as_ref());
     if out.len() != 3 * layout.out_w * layout.out_h {
@@ -186,5 +195,6 @@ pub fn preprocess_one<T: OutElem>(source: &Source<'_>, spec: &PreprocessSpec, ou
         )?;
         write_chw(&window, &layout, spec.pad_value, &spec.lut, out);
         Ok(())
-    })
+    })?;
+    Ok(decoded.warnings)
 }

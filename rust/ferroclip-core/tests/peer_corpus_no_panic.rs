@@ -48,7 +48,7 @@ fn caught_panics(files: &[PathBuf]) -> Vec<String> {
     for (draft, files) in [(false, files), (true, &jpegs[..])] {
         let sources: Vec<Source<'_>> = files.iter().map(|p| Source::Path(p)).collect();
         let mut out = vec![0f32; files.len() * 3 * 224 * 224];
-        let errors = preprocess_batch(&sources, &spec(draft), &mut out, Some(1)).expect("batch runs");
+        let errors = preprocess_batch(&sources, &spec(draft), &mut out, Some(1)).expect("batch runs").errors;
         panics.extend(
             errors.iter().filter(|e| matches!(e.error, Error::Internal(_))).map(|e| format!("jpeg_draft={draft}: {e}")),
         );

@@ -2,14 +2,14 @@
 //! tests and inspection) and the batch call.
 
 use ferroclip_core::augment::{self, AugmentSpec, ColorJitter, ColorOp, CropParams, SampleKey};
-use ferroclip_core::decode::{self, DecodeOptions};
+use ferroclip_core::decode;
 use ferroclip_core::pipeline;
 use numpy::PyUntypedArray;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::{ItemErrorTuple, PyCoreError};
-use crate::preprocess::{fill_batch, hold, parse_alpha, parse_filter, parse_normalize, parse_pass_order, source};
+use crate::preprocess::{decode_options, fill_batch, hold, parse_filter, parse_normalize, parse_pass_order, source, ItemWarnings};
 
 #[pyclass(name = "AugmentSpec", module = "ferroclip._native", frozen)]
 pub struct PyAugmentSpec {
@@ -27,7 +27,7 @@ impl PyAugmentSpec {
         seed=0, resample="bicubic", pil_version="13", rescale="mul", rescale_factor=1.0/255.0,
         mean=None, std=None, exif_transpose=true, alpha="white",
         max_pixels=decode::DEFAULT_MAX_PIXELS, max_scans=decode::DEFAULT_MAX_SCANS,
-        max_file_bytes=pipeline::DEFAULT_MAX_FILE_BYTES
+        max_file_bytes=pipeline::DEFAULT_MAX_FILE_BYTES, strict=false, sixteen_bit="scale"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -48,12 +48,14 @@ impl PyAugmentSpec {
         max_pixels: u64,
         max_scans: u32,
         max_file_bytes: u64,
+        strict: bool,
+        sixteen_bit: &str,
     ) -> PyResult<Self> {
         let jitter = match color_jitter {
             Some((b, c, s, h)) => ColorJitter::from_strengths(b, c, s, h).map_err(PyCoreError)?,
             None => ColorJitter::default(),
         };
-        let decode = DecodeOptions { apply_exif_orientation: exif_transpose, alpha: parse_alpha(alpha)?, max_pixels, max_scans };
+        let decode = decode_options(exif_transpose, alpha, max_pixels, max_scans, strict, sixteen_bit)?;
         let inner = AugmentSpec::new(
             CropParams::new(scale, ratio).map_err(PyCoreError)?,
             hflip,
@@ -99,7 +101,7 @@ impl PyAugmentSpec {
     }
 }
 
-/// Augment a batch at one output size: `(pixel_values, [(index, path, kind, reason), ...])`.
+/// Augment a batch at one output size: `(pixel_values, [(index, path, kind, reason), ...], [(index, [warning, ...]), ...])`.
 #[pyfunction]
 #[pyo3(signature = (items, spec, *, epoch, indices, size, out=None, dtype="float32", num_threads=None))]
 #[allow(clippy::too_many_arguments)]
@@ -113,7 +115,7 @@ fn augment_batch<'py>(
     out: Option<Bound<'py, PyUntypedArray>>,
     dtype: &str,
     num_threads: Option<usize>,
-) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>)> {
+) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>, ItemWarnings)> {
     if indices.len() != items.len() {
         return Err(PyValueError::new_err(format!("indices has {} entries for {} images", indices.len(), items.len())));
     }

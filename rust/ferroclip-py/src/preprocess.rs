@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use ferroclip_core::decode::{self, AlphaMode, DecodeOptions};
+use ferroclip_core::decode::{self, AlphaMode, DecodeOptions, SixteenBit};
 use ferroclip_core::geometry::{CropRounding, CropSpec, ResizeSpec};
 use ferroclip_core::normalize::{NormalizeSpec, OutElem, Rescale};
 use ferroclip_core::resize::{resize_box, resize_window, Filter, PassOrder};
@@ -51,6 +51,36 @@ pub(crate) fn parse_alpha(s: &str) -> PyResult<AlphaMode> {
     }
 }
 
+pub(crate) fn parse_sixteen_bit(s: &str) -> PyResult<SixteenBit> {
+    match s {
+        "scale" => Ok(SixteenBit::Scale),
+        "clip" => Ok(SixteenBit::Clip),
+        _ => Err(PyValueError::new_err(format!("sixteen_bit must be 'scale' or 'clip', got {s:?}"))),
+    }
+}
+
+/// The decode options every spec binding takes, from its keyword arguments.
+pub(crate) fn decode_options(
+    exif_transpose: bool,
+    alpha: &str,
+    max_pixels: u64,
+    max_scans: u32,
+    strict: bool,
+    sixteen_bit: &str,
+) -> PyResult<DecodeOptions> {
+    Ok(DecodeOptions {
+        apply_exif_orientation: exif_transpose,
+        alpha: parse_alpha(alpha)?,
+        max_pixels,
+        max_scans,
+        strict,
+        sixteen_bit: parse_sixteen_bit(sixteen_bit)?,
+    })
+}
+
+/// A batch's warnings as the Python layer takes them: `[(index, [message, ...]), ...]`.
+pub type ItemWarnings = Vec<(usize, Vec<String>)>;
+
 /// `rescale` / `rescale_factor` / `mean` / `std` as the Python layer passes them.
 pub(crate) fn parse_normalize(
     rescale: &str,
@@ -80,7 +110,7 @@ impl PyPreprocessSpec {
         rescale="mul", rescale_factor=1.0/255.0, mean=None, std=None, pad_value=(0, 0, 0),
         exif_transpose=true, alpha="white", max_pixels=decode::DEFAULT_MAX_PIXELS,
         max_scans=decode::DEFAULT_MAX_SCANS, jpeg_draft=false,
-        max_file_bytes=pipeline::DEFAULT_MAX_FILE_BYTES
+        max_file_bytes=pipeline::DEFAULT_MAX_FILE_BYTES, strict=false, sixteen_bit="scale"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -101,6 +131,8 @@ impl PyPreprocessSpec {
         max_scans: u32,
         jpeg_draft: bool,
         max_file_bytes: u64,
+        strict: bool,
+        sixteen_bit: &str,
     ) -> PyResult<Self> {
         let (h, w) = size;
         let resize = match resize_mode {
@@ -125,7 +157,7 @@ impl PyPreprocessSpec {
             other => return Err(PyValueError::new_err(format!("crop_rounding must be 'floor' or 'round', got {other:?}"))),
         };
         let crop = crop_size.map(|(height, width)| CropSpec { height, width, rounding });
-        let decode = DecodeOptions { apply_exif_orientation: exif_transpose, alpha: parse_alpha(alpha)?, max_pixels, max_scans };
+        let decode = decode_options(exif_transpose, alpha, max_pixels, max_scans, strict, sixteen_bit)?;
         let inner = PreprocessSpec::new(
             resize,
             crop,
@@ -203,7 +235,7 @@ fn fill<'py, T: OutElem + Element>(
     spec: &PreprocessSpec,
     out: Option<&Bound<'py, PyUntypedArray>>,
     num_threads: Option<usize>,
-) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>)> {
+) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>, ItemWarnings)> {
     let hw = spec.output_hw().map_err(PyCoreError)?;
     fill_batch::<T>(py, sources.len(), hw, out, |slice| batch::preprocess_batch(sources, spec, slice, num_threads))
 }
@@ -215,8 +247,8 @@ pub(crate) fn fill_batch<'py, T: OutElem + Element>(
     n: usize,
     (h, w): (usize, usize),
     out: Option<&Bound<'py, PyUntypedArray>>,
-    work: impl Send + FnOnce(&mut [T]) -> ferroclip_core::Result<Vec<ferroclip_core::ItemError>>,
-) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>)> {
+    work: impl Send + FnOnce(&mut [T]) -> ferroclip_core::Result<batch::BatchReport>,
+) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>, ItemWarnings)> {
     let shape = [n, 3, h, w];
     let array: Bound<'py, PyArray4<T>> = match out {
         Some(o) => {
@@ -233,15 +265,16 @@ pub(crate) fn fill_batch<'py, T: OutElem + Element>(
         }
         None => PyArray4::<T>::zeros(py, shape, false),
     };
-    let errors = {
+    let report = {
         let mut rw: PyReadwriteArray4<'py, T> = array.try_readwrite().map_err(|e| PyValueError::new_err(format!("out: {e}")))?;
         let slice = rw.as_slice_mut().map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
         run_detached(py, || work(slice))?
     };
-    Ok((array.into_any().cast_into::<PyUntypedArray>()?, errors.iter().map(item_error_tuple).collect()))
+    let errors = report.errors.iter().map(item_error_tuple).collect();
+    Ok((array.into_any().cast_into::<PyUntypedArray>()?, errors, report.warnings))
 }
 
-/// Preprocess a batch: `(pixel_values, [(index, path, kind, reason), ...])`.
+/// Preprocess a batch: `(pixel_values, [(index, path, kind, reason), ...], [(index, [warning, ...]), ...])`.
 #[pyfunction]
 #[pyo3(signature = (items, spec, *, out=None, dtype="float32", num_threads=None))]
 fn preprocess_batch<'py>(
@@ -251,7 +284,7 @@ fn preprocess_batch<'py>(
     out: Option<Bound<'py, PyUntypedArray>>,
     dtype: &str,
     num_threads: Option<usize>,
-) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>)> {
+) -> PyResult<(Bound<'py, PyUntypedArray>, Vec<ItemErrorTuple>, ItemWarnings)> {
     let held = items.iter().enumerate().map(|(i, it)| hold(i, it)).collect::<PyResult<Vec<_>>>()?;
     let sources = held.iter().enumerate().map(|(i, h)| source(i, h)).collect::<PyResult<Vec<_>>>()?;
     match dtype {
@@ -263,15 +296,16 @@ fn preprocess_batch<'py>(
 
 /// Decode one image to RGB8 HWC as the reference sees it (stage hook for parity tests).
 #[pyfunction]
-#[pyo3(signature = (item, *, exif_transpose=true, alpha="white", max_pixels=decode::DEFAULT_MAX_PIXELS))]
+#[pyo3(signature = (item, *, exif_transpose=true, alpha="white", max_pixels=decode::DEFAULT_MAX_PIXELS, sixteen_bit="scale"))]
 fn decode_image<'py>(
     py: Python<'py>,
     item: Bound<'py, PyAny>,
     exif_transpose: bool,
     alpha: &str,
     max_pixels: u64,
+    sixteen_bit: &str,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
-    let opts = DecodeOptions { apply_exif_orientation: exif_transpose, alpha: parse_alpha(alpha)?, max_pixels, ..Default::default() };
+    let opts = decode_options(exif_transpose, alpha, max_pixels, decode::DEFAULT_MAX_SCANS, false, sixteen_bit)?;
     let held = hold(0, &item)?;
     let (result, path) = match &held {
         Held::Path(p) => {

@@ -26,9 +26,9 @@ use std::cell::RefCell;
 pub use crop_box::{sample_box, CropParams};
 pub use rng::{SampleRng, Stream};
 
-use crate::batch::run_items;
+use crate::batch::{run_items, BatchReport};
 use crate::decode::{self, DecodeOptions, Decoded, Hints, Rect};
-use crate::error::{Error, ItemError, Result};
+use crate::error::{Error, Result};
 use crate::geometry::{Layout, Span};
 use crate::normalize::{write_chw, Lut, NormalizeSpec, OutElem};
 use crate::pipeline::{array_part_to_rgb, Source};
@@ -224,14 +224,15 @@ fn load(source: &Source<'_>, spec: &AugmentSpec, key: SampleKey, out_w: usize, o
     }
 }
 
-/// Augment one source into `out` (`3 * out_h * out_w` values, CHW).
+/// Augment one source into `out` (`3 * out_h * out_w` values, CHW); returns the decoder's
+/// warnings.
 pub fn augment_one<T: OutElem>(
     source: &Source<'_>,
     spec: &AugmentSpec,
     key: SampleKey,
     (out_h, out_w): (usize, usize),
     out: &mut [T],
-) -> Result<()> {
+) -> Result<Vec<String>> {
     if out.len() != 3 * out_h * out_w {
         return Err(Error::Shape(format!("output slot holds {} values, sample needs 3x{out_h}x{out_w}", out.len())));
     }
@@ -259,7 +260,8 @@ pub fn augment_one<T: OutElem>(
         let layout = Layout { resized_w: out_w, resized_h: out_h, out_w, out_h, x: all(out_w), y: all(out_h) };
         write_chw(&window, &layout, [0; 3], &spec.lut, out);
         Ok(())
-    })
+    })?;
+    Ok(decoded.warnings)
 }
 
 /// Augment `sources[i]` as sample `keys[i]` into row `i` of `out`
@@ -272,7 +274,7 @@ pub fn augment_batch<T: OutElem>(
     out_hw: (usize, usize),
     out: &mut [T],
     num_threads: Option<usize>,
-) -> Result<Vec<ItemError>> {
+) -> Result<BatchReport> {
     if keys.len() != sources.len() {
         return Err(Error::InvalidArgument(format!("{} sample keys for {} sources", keys.len(), sources.len())));
     }

@@ -65,7 +65,7 @@ fn output_does_not_depend_on_threads_or_batch_composition() {
     let per = 3 * 20 * 24;
     let run = |threads: usize| {
         let mut out = vec![0f32; 9 * per];
-        assert!(augment_batch(&sources, &keys, &s, (20, 24), &mut out, Some(threads)).unwrap().is_empty());
+        assert!(augment_batch(&sources, &keys, &s, (20, 24), &mut out, Some(threads)).unwrap().errors.is_empty());
         out
     };
     let one = run(1);
@@ -107,7 +107,7 @@ fn bad_items_fail_alone() {
     ];
     let keys: Vec<SampleKey> = (0..4).map(key).collect();
     let mut out = vec![1f32; 4 * 3 * 16 * 16];
-    let errors = augment_batch(&sources, &keys, &s, (16, 16), &mut out, Some(2)).unwrap();
+    let errors = augment_batch(&sources, &keys, &s, (16, 16), &mut out, Some(2)).unwrap().errors;
     assert_eq!(errors.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2]);
     let per = 3 * 16 * 16;
     assert!(out[per..3 * per].iter().all(|&v| v == 0.0));

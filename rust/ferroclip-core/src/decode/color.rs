@@ -4,14 +4,15 @@
 //! has alpha (or a tRNS transparency) onto opaque white with `Image.alpha_composite`, and
 //! converts everything else with `Image.convert("RGB")`. 16-bit samples keep their high
 //! byte, as PIL's `RGB;16B` raw mode does; unlike PIL's `I;16 -> RGB` (which clips at 255)
-//! this also scales 16-bit grayscale instead of saturating it.
+//! this also scales 16-bit grayscale instead of saturating it, unless `SixteenBit::Clip`
+//! asks for PIL's rule (`DecodeOptions::sixteen_bit`).
 
 use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError};
 
-use super::{check_pixels, DecodeOptions, Format, RgbImage};
+use super::{check_pixels, orientation, DecodeOptions, Format, RgbImage};
 use crate::error::{Error, Result};
 
 /// What to do with transparency.
@@ -21,6 +22,17 @@ pub enum AlphaMode {
     White,
     /// Drop the alpha channel and keep the stored colour, as `Image.convert("RGB")` does.
     Drop,
+}
+
+/// What 16-bit grayscale becomes (16-bit colour always keeps its high byte, as in PIL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SixteenBit {
+    /// The high byte: the whole 16-bit range scaled to 8 bits (default; a 16-bit scan or
+    /// depth map keeps its contrast).
+    #[default]
+    Scale,
+    /// PIL's `I;16 -> RGB`: values above 255 become 255 (most 16-bit content turns white).
+    Clip,
 }
 
 /// Pillow's `ImagingAlphaComposite` of `(c, a)` over opaque white, one channel.
@@ -106,8 +118,12 @@ fn float_to_u8(samples: &[f32]) -> Vec<u8> {
     samples.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
 }
 
+fn clipped(samples: &[u16]) -> Vec<u8> {
+    samples.iter().map(|&v| v.min(255) as u8).collect()
+}
+
 /// `DynamicImage` (any mode image-rs produces) to RGB8 with PIL's rules.
-pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
+pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode, sixteen: SixteenBit) -> RgbImage {
     let (width, height) = (img.width() as usize, img.height() as usize);
     let data = match img {
         DynamicImage::ImageRgb8(b) => b.into_raw(),
@@ -116,6 +132,7 @@ pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode) -> RgbImage {
         DynamicImage::ImageLumaA8(b) => gray_alpha_to_rgb(b.as_raw(), alpha),
         DynamicImage::ImageRgb16(b) => high_bytes(b.as_raw()),
         DynamicImage::ImageRgba16(b) => rgba_to_rgb(&high_bytes(b.as_raw()), alpha),
+        DynamicImage::ImageLuma16(b) if sixteen == SixteenBit::Clip => gray_to_rgb(&clipped(b.as_raw())),
         DynamicImage::ImageLuma16(b) => gray_to_rgb(&high_bytes(b.as_raw())),
         DynamicImage::ImageLumaA16(b) => gray_alpha_to_rgb(&high_bytes(b.as_raw()), alpha),
         DynamicImage::ImageRgb32F(b) => float_to_u8(b.as_raw()),
@@ -163,9 +180,34 @@ pub(super) fn decode_with_image_rs(
     let mut decoder = reader.into_decoder().map_err(map_image_error)?;
     let (w, h) = decoder.dimensions();
     check_pixels(u64::from(w), u64::from(h), opts.max_pixels)?;
-    let orientation = if opts.apply_exif_orientation { decoder.orientation().ok() } else { None };
+    let orientation = if opts.apply_exif_orientation { reference_orientation(format, data, &mut decoder) } else { None };
     let img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
-    Ok((dynamic_to_rgb(img, opts.alpha), orientation))
+    Ok((dynamic_to_rgb(img, opts.alpha, opts.sixteen_bit), orientation))
+}
+
+/// The orientation PIL applies (`orientation.rs`). GIF and BMP carry none that PIL reads.
+fn reference_orientation(format: Format, data: &[u8], decoder: &mut impl ImageDecoder) -> Option<Orientation> {
+    match format {
+        Format::Png => {
+            let (exif, xmp) = orientation::png_metadata(data);
+            orientation::resolve(exif.as_deref(), xmp.as_deref())
+        }
+        Format::WebP => {
+            let exif = decoder.exif_metadata().ok().flatten();
+            let xmp = decoder.xmp_metadata().ok().flatten();
+            orientation::resolve(exif.as_deref(), xmp.as_deref())
+        }
+        // The tag of the TIFF's own IFD0, else its XMP (tag 700). image-rs reports a
+        // missing tag and an explicit 1 alike, so an explicit 1 beside an XMP orientation
+        // (never seen in practice) would take the XMP's.
+        Format::Tiff => match decoder.orientation().ok() {
+            Some(Orientation::NoTransforms) | None => {
+                orientation::resolve(None, decoder.xmp_metadata().ok().flatten().as_deref())
+            }
+            some => some,
+        },
+        _ => None,
+    }
 }
 
 #[cfg(test)]

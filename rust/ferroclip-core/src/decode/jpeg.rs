@@ -4,8 +4,11 @@
 //! libjpeg reports errors through a callback that must not return; ours unwinds (the C
 //! code is compiled with `-fexceptions` by mozjpeg-sys' `unwinding` feature) and the
 //! unwind is caught right here, so it never crosses into the caller. Warnings that mean
-//! "the data is corrupt or truncated" are promoted to errors: libjpeg would otherwise
-//! fill the missing part with grey and carry on.
+//! "the data is corrupt" are kept with the image (`Decoded::warnings`), since PIL decodes
+//! such files as libjpeg leaves them, or promoted to errors under `DecodeOptions::strict`.
+//! Truncation ("Premature end of JPEG file") is always an error: PIL feeds libjpeg through
+//! a suspending source and raises "image file is truncated" where our in-memory source
+//! would pad the rest with grey.
 
 use std::mem;
 use std::os::raw::{c_int, c_long, c_ulong};
@@ -27,9 +30,16 @@ struct JpegFailure(String);
 /// State reachable from the libjpeg callbacks through `client_data`.
 struct Ctx {
     max_scans: c_int,
+    strict: bool,
+    /// Distinct damage warnings and how often each came (libjpeg repeats them per MCU row).
+    warnings: Vec<(String, usize)>,
 }
 
-const FATAL_WARNINGS: &[c_int] = &[
+/// Warnings kept per image; later distinct ones are counted into the last.
+const MAX_WARNINGS: usize = 8;
+
+/// libjpeg warnings that mean the entropy-coded data is damaged.
+const DAMAGE_WARNINGS: &[c_int] = &[
     ffi::JWRN_HIT_MARKER as c_int,
     ffi::JWRN_HUFF_BAD_CODE as c_int,
     ffi::JWRN_JPEG_EOF as c_int,
@@ -56,9 +66,21 @@ unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
 }
 
 unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
-    if level < 0 && FATAL_WARNINGS.contains(&(*cinfo.err).msg_code) {
-        let msg = format_message(cinfo);
+    let code = (*cinfo.err).msg_code;
+    if level >= 0 || !DAMAGE_WARNINGS.contains(&code) {
+        return;
+    }
+    let msg = format_message(cinfo);
+    let ctx = &mut *cinfo.client_data.cast::<Ctx>();
+    if ctx.strict || code == ffi::JWRN_JPEG_EOF as c_int {
         std::panic::resume_unwind(Box::new(JpegFailure(msg)));
+    }
+    if let Some(seen) = ctx.warnings.iter_mut().find(|(m, _)| *m == msg) {
+        seen.1 += 1;
+    } else if ctx.warnings.len() < MAX_WARNINGS {
+        ctx.warnings.push((msg, 1));
+    } else if let Some(last) = ctx.warnings.last_mut() {
+        last.1 += 1;
     }
 }
 
@@ -79,11 +101,11 @@ struct Decompress {
     cinfo: Box<ffi::jpeg_decompress_struct>,
     _err: Box<ffi::jpeg_error_mgr>,
     _progress: Box<ffi::jpeg_progress_mgr>,
-    _ctx: Box<Ctx>,
+    ctx: Box<Ctx>,
 }
 
 impl Decompress {
-    fn new(max_scans: u32) -> Self {
+    fn new(max_scans: u32, strict: bool) -> Self {
         unsafe {
             let mut err: Box<ffi::jpeg_error_mgr> = Box::new(mem::zeroed());
             ffi::jpeg_std_error(&mut err);
@@ -91,13 +113,14 @@ impl Decompress {
             err.emit_message = Some(emit_message);
             let mut progress: Box<ffi::jpeg_progress_mgr> = Box::new(mem::zeroed());
             progress.progress_monitor = Some(progress_monitor);
-            let mut ctx = Box::new(Ctx { max_scans: c_int::try_from(max_scans).unwrap_or(c_int::MAX) });
+            let max_scans = c_int::try_from(max_scans).unwrap_or(c_int::MAX);
+            let mut ctx = Box::new(Ctx { max_scans, strict, warnings: Vec::new() });
             let mut cinfo: Box<ffi::jpeg_decompress_struct> = Box::new(mem::zeroed());
             cinfo.common.err = &mut *err;
             ffi::jpeg_create_decompress(&mut *cinfo);
             cinfo.common.progress = &mut *progress;
             cinfo.common.client_data = (&mut *ctx as *mut Ctx).cast();
-            Self { cinfo, _err: err, _progress: progress, _ctx: ctx }
+            Self { cinfo, _err: err, _progress: progress, ctx }
         }
     }
 }
@@ -108,13 +131,16 @@ impl Drop for Decompress {
     }
 }
 
-/// Find the EXIF orientation in the APP1 segments before the first scan, without letting
-/// libjpeg buffer markers (many large APP segments would otherwise all be kept in memory).
+/// The orientation PIL applies, from the APP1 segments before the first scan (the first
+/// `Exif` one, else the last XMP one: `orientation.rs`), read here without letting libjpeg
+/// buffer markers (many large APP segments would otherwise all be kept in memory).
 fn exif_orientation(data: &[u8]) -> Option<Orientation> {
+    const XMP: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
+    let (mut exif, mut xmp) = (None, None);
     let mut pos = 2;
     while pos + 4 <= data.len() {
         if data[pos] != 0xFF {
-            return None;
+            break;
         }
         let marker = data[pos + 1];
         if marker == 0xFF {
@@ -122,19 +148,21 @@ fn exif_orientation(data: &[u8]) -> Option<Orientation> {
             continue;
         }
         if marker == 0xDA || marker == 0xD9 {
-            return None; // start of scan / end of image: no more metadata
+            break; // start of scan / end of image: no more metadata
         }
         let len = usize::from(u16::from_be_bytes([data[pos + 2], data[pos + 3]]));
         if len < 2 {
-            return None;
+            break;
         }
-        let body = data.get(pos + 4..pos + 2 + len)?;
-        if marker == 0xE1 && body.starts_with(b"Exif\0\0") {
-            return Orientation::from_exif_chunk(&body[6..]);
+        let Some(body) = data.get(pos + 4..pos + 2 + len) else { break };
+        if marker == 0xE1 && body.starts_with(b"Exif\0\0") && exif.is_none() {
+            exif = Some(body);
+        } else if marker == 0xE1 && body.starts_with(XMP) {
+            xmp = Some(&body[XMP.len()..]);
         }
         pos += 2 + len;
     }
-    None
+    super::orientation::resolve(exif, xmp)
 }
 
 /// Decode in stored orientation; the caller applies the returned EXIF orientation.
@@ -144,11 +172,18 @@ pub(super) fn decode_jpeg(
     hints: Hints<'_>,
 ) -> Result<(Decoded, Option<Orientation>)> {
     let orientation = if opts.apply_exif_orientation { exif_orientation(data) } else { None };
-    let mut dec = Decompress::new(opts.max_scans);
+    let mut dec = Decompress::new(opts.max_scans, opts.strict);
     let result = catch_unwind(AssertUnwindSafe(|| unsafe { run(&mut dec, data, opts, hints, orientation) }));
+    let warnings = std::mem::take(&mut dec.ctx.warnings);
     drop(dec);
     match result {
-        Ok(r) => r.map(|d| (d, orientation)),
+        Ok(r) => r.map(|mut d| {
+            d.warnings = warnings
+                .into_iter()
+                .map(|(m, n)| if n == 1 { m } else { format!("{m} ({n} times)") })
+                .collect();
+            (d, orientation)
+        }),
         Err(payload) => match payload.downcast::<JpegFailure>() {
             // libjpeg's own size refusals (JERR_IMAGE_TOO_BIG, and the memory cap set in
             // `run`: JERR_OUT_OF_MEMORY, JERR_NO_BACKING_STORE) are bombs, like `TooLarge`.
@@ -278,6 +313,7 @@ unsafe fn run(
         frame_height: fh,
         full_width: w,
         full_height: h,
+        warnings: Vec::new(),
     })
 }
 
@@ -296,5 +332,20 @@ mod tests {
         jpeg.extend_from_slice(b"Exif\0\0");
         jpeg.extend_from_slice(tiff);
         assert_eq!(exif_orientation(&jpeg), Some(Orientation::Rotate90));
+    }
+
+    #[test]
+    fn xmp_orientation_counts_without_an_exif_tag() {
+        let mut jpeg = b"\xFF\xD8".to_vec();
+        for xmp in [b"<tiff:Orientation>6<".as_slice(), b"tiff:Orientation=\"3\"".as_slice()] {
+            let body = [b"http://ns.adobe.com/xap/1.0/\0".as_slice(), xmp].concat();
+            jpeg.extend_from_slice(b"\xFF\xE1");
+            jpeg.extend_from_slice(&u16::try_from(body.len() + 2).unwrap().to_be_bytes());
+            jpeg.extend_from_slice(&body);
+        }
+        // PIL keeps the last XMP segment.
+        assert_eq!(exif_orientation(&jpeg), Some(Orientation::Rotate180));
+        jpeg.extend_from_slice(b"\xFF\xDA\x00\x02");
+        assert_eq!(exif_orientation(&jpeg), Some(Orientation::Rotate180));
     }
 }

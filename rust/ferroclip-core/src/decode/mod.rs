@@ -11,12 +11,13 @@ mod color;
 #[cfg(feature = "heif")]
 mod heif;
 mod jpeg;
+mod orientation;
 mod source;
 mod tiff_layout;
 
 use image::metadata::Orientation;
 
-pub use color::AlphaMode;
+pub use color::{AlphaMode, SixteenBit};
 pub use source::read_file;
 pub(crate) use color::rgba_to_rgb;
 
@@ -50,6 +51,11 @@ pub struct DecodeOptions {
     pub alpha: AlphaMode,
     pub max_pixels: u64,
     pub max_scans: u32,
+    /// Refuse recoverable damage (corrupt JPEG entropy data, which libjpeg only warns
+    /// about and PIL decodes) instead of decoding it with a warning in `Decoded::warnings`.
+    pub strict: bool,
+    /// 16-bit grayscale: scaled by its high byte (default) or clipped at 255 as PIL does.
+    pub sixteen_bit: SixteenBit,
 }
 
 impl Default for DecodeOptions {
@@ -59,6 +65,8 @@ impl Default for DecodeOptions {
             alpha: AlphaMode::White,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_scans: DEFAULT_MAX_SCANS,
+            strict: false,
+            sixteen_bit: SixteenBit::Scale,
         }
     }
 }
@@ -156,6 +164,9 @@ pub struct Decoded {
     pub frame_height: usize,
     pub full_width: usize,
     pub full_height: usize,
+    /// Recoverable damage the decoder worked around (libjpeg's warnings), for the caller
+    /// to attach to the item; empty for a clean file.
+    pub warnings: Vec<String>,
 }
 
 impl Decoded {
@@ -163,7 +174,15 @@ impl Decoded {
     #[must_use]
     pub fn whole(image: RgbImage) -> Self {
         let (w, h) = (image.width, image.height);
-        Self { image, placed: Rect::whole(w, h), frame_width: w, frame_height: h, full_width: w, full_height: h }
+        Self {
+            image,
+            placed: Rect::whole(w, h),
+            frame_width: w,
+            frame_height: h,
+            full_width: w,
+            full_height: h,
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -249,7 +268,8 @@ pub fn decode(data: &[u8], opts: &DecodeOptions, hints: Hints<'_>) -> Result<Dec
             let placed = oriented_rect(o, d.placed, d.frame_width, d.frame_height);
             let (frame_width, frame_height) = if swap { (d.frame_height, d.frame_width) } else { (d.frame_width, d.frame_height) };
             let (full_width, full_height) = if swap { (d.full_height, d.full_width) } else { (d.full_width, d.full_height) };
-            Decoded { image: apply_orientation(d.image, o), placed, frame_width, frame_height, full_width, full_height }
+            let image = apply_orientation(d.image, o);
+            Decoded { image, placed, frame_width, frame_height, full_width, full_height, warnings: d.warnings }
         }
         (d, _) => d,
     })

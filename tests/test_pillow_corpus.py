@@ -105,3 +105,31 @@ def test_pillow_corpus_file_matches_reference(name):
     if not res.ok[0]:
         err = res.errors[0]
         assert isinstance(err, ImageError) and err.path == str(path) and str(path) in str(err)
+
+
+def _sixteen_bit_gray(name: str) -> bool:
+    try:
+        with Image.open(CORPUS / name) as img:
+            return img.mode.startswith("I;16")
+    except Exception:  # noqa: BLE001 - files PIL refuses have no mode to choose by
+        return False
+
+
+_PRE_CLIP = Preprocessor(PreprocessConfig.clip(224), num_threads=1, sixteen_bit="clip")
+SIXTEEN = [n for n in FILES if _sixteen_bit_gray(n)]
+
+
+@pytest.mark.parametrize("name", SIXTEEN)
+def test_pillow_corpus_sixteen_bit_clip_is_pils_own_rule(name):
+    """``sixteen_bit="clip"`` equals the reference with PIL's own ``I;16`` conversion (no
+    high-byte rule applied to it), file by file over the corpus's 16-bit grayscale images."""
+    data = (CORPUS / name).read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = _PROC(images=ImageOps.exif_transpose(Image.open(io.BytesIO(data))), return_tensors="np")["pixel_values"][0]
+    res = _PRE_CLIP.preprocess([str(CORPUS / name)])
+    row = EXCEPTIONS.get(name)
+    if row and row[0] == "differ" and PILLOW in row[1]:
+        pytest.skip(f"listed difference: {row[2]}")
+    assert res.ok[0], res.errors
+    assert float(np.abs(res.pixel_values[0] - ref).max()) <= TOL

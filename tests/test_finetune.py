@@ -293,3 +293,54 @@ def test_training_at_another_resolution(family: str, shapes: Path, clip_dir: Pat
         assert ferroclip.load_model(out / "wise_ft", device="cpu").preprocessor.output_size == (48, 48)
     with pytest.raises(ConfigError, match="multiple of the model's patch size"):
         finetune(_cfg(src, shapes, tmp_path / "o2", max_steps=1, image_resolution=50), progress=False)
+
+
+def test_multi_resolution_batches_draw_their_size_from_the_seed(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
+    """multi_resolution: each batch at one of the sizes, drawn from (seed, epoch, batch), so
+    both sizes occur, a repeated call gives the same size, and a run stopped and resumed
+    ends with the uninterrupted run's weights; the model runs the other sizes with its
+    position table interpolated (as transformers' interpolate_pos_encoding)."""
+    from ferroclip.data import load_pairs
+    from ferroclip.finetune.loader import PairLoader
+
+    loader = PairLoader(load_pairs(str(shapes)), prepare=lambda *a: None, tokenize=lambda t: {}, batch_size=4,
+                        image_hw=(32, 32), image_sizes=[16, 32, 48], seed=3)
+    drawn = [loader.image_hw_of(e, i) for e in range(3) for i in range(len(loader))]
+    assert set(drawn) == {(16, 16), (32, 32), (48, 48)}
+    assert drawn == [loader.image_hw_of(e, i) for e in range(3) for i in range(len(loader))]
+
+    seen: list[tuple[int, ...]] = []
+    from ferroclip.finetune import towers as towers_mod
+
+    real = towers_mod.Towers.encode_image
+
+    def spy(self: object, pixel_values: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(pixel_values.shape[-2:]))
+        return real(self, pixel_values)  # type: ignore[arg-type]
+
+    kw = dict(max_steps=6, save_steps=3, val_split=0.0, train_split=1.0, batch_size=8, augment_images=True,
+              multi_resolution=[16, 48], wise_ft_alphas=[])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(towers_mod.Towers, "encode_image", spy)
+        full = finetune(_cfg(clip_dir, shapes, tmp_path / "full", **kw), progress=False)
+    assert {(16, 16), (48, 48)} <= set(seen)
+
+    class Stop(Exception):
+        pass
+
+    def kill_at_4(info: object) -> None:
+        if getattr(info, "step") == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(_cfg(clip_dir, shapes, tmp_path / "cut", **kw), progress=False, callbacks=[kill_at_4])
+    resumed = finetune(_cfg(clip_dir, shapes, tmp_path / "cut", **kw), resume=True, progress=False)
+    a, b = _weights(full.output_dir), _weights(resumed.output_dir)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert json.loads((full.output_dir / "config.json").read_text())["vision_config"]["image_size"] == 32
+
+    with pytest.raises(ConfigError, match="patch size"):
+        finetune(_cfg(clip_dir, shapes, tmp_path / "o2", max_steps=1, augment_images=True, multi_resolution=[20]),
+                 progress=False)
+    with pytest.raises(ConfigError, match="augment_images"):
+        finetune(_cfg(clip_dir, shapes, tmp_path / "o3", max_steps=1, multi_resolution=[16, 32]), progress=False)

@@ -42,7 +42,8 @@ class FinetuneConfig:
     ``gradient_checkpointing``, ``lora`` (peft ``LoraConfig`` keywords, e.g.
     ``{"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}``), ``wise_ft_alphas``,
     ``early_stopping_patience`` (evaluations without a better val R@1), the data's column
-    names, augmentation settings, and ``device``.
+    names, augmentation settings (``multi_resolution``: train each batch at one of these
+    sizes, drawn per batch from the seed), and ``device``.
     """
 
     # model
@@ -54,6 +55,7 @@ class FinetuneConfig:
     num_epochs: int = 10
     max_sequence_length: int = 77
     image_resolution: Optional[int] = None
+    multi_resolution: Optional[list[int]] = None
     # hardware
     use_mps: bool = True
     mixed_precision: Union[bool, str] = True
@@ -192,6 +194,10 @@ class FinetuneConfig:
         need(self.num_epochs >= 1, "num_epochs", f"must be >= 1, got {self.num_epochs}")
         need(self.max_sequence_length >= 2, "max_sequence_length", f"must be >= 2, got {self.max_sequence_length}")
         need(self.image_resolution is None or self.image_resolution >= 8, "image_resolution", f"must be >= 8 or null, got {self.image_resolution}")
+        need(self.multi_resolution is None or (bool(self.multi_resolution) and all(isinstance(s, int) and s >= 8 for s in self.multi_resolution)),
+             "multi_resolution", f"must be a non-empty list of sizes >= 8 or null, got {self.multi_resolution}")
+        need(self.multi_resolution is None or self.augment_images, "multi_resolution",
+             "needs augment_images: true (the training sizes come from the random resized crop)")
         need(self.mixed_precision in (True, False, "bf16", "fp16", "fp32"), "mixed_precision", f"use true, false, 'bf16', 'fp16' or 'fp32', got {self.mixed_precision!r}")
         need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}")
         for k in ("train_split", "val_split", "test_split"):

@@ -7,8 +7,9 @@ one image as false negatives. The caption is the epoch's turn in the image's lis
 Rust augmentation (random resized crop, flip, jitter; seeded per (epoch, sample), so
 reproducible whatever the thread count) or the model's exact preprocessing, with the GIL
 released, into pinned memory on CUDA; a worker thread prepares batch k+1 while the model
-runs batch k. Batch ``i`` of epoch ``e`` depends only on (seed, e, i), which is what makes a
-resumed run equal to an uninterrupted one. A file that fails to decode drops out of its
+runs batch k. Batch ``i`` of epoch ``e`` depends only on (seed, e, i), its image size too
+when several are given (multi-resolution training), which is what makes a resumed or
+distributed run equal to an uninterrupted one. A file that fails to decode drops out of its
 batch and is reported once, with its path and reason; the epoch goes on.
 """
 
@@ -67,6 +68,7 @@ class PairLoader:
         tokenize: TokenizeFn,
         batch_size: int,
         image_hw: tuple[int, int],
+        image_sizes: Sequence[int] | None = None,
         seed: int = 0,
         shuffle: bool = True,
         augment_text: bool = False,
@@ -86,6 +88,7 @@ class PairLoader:
         self.captions = [[data.pairs[i].caption for i in idx] for idx in groups.values()]
         self.prepare, self.tokenize = prepare, tokenize
         self.batch_size, self.image_hw = int(batch_size), image_hw
+        self.image_sizes = [int(s) for s in image_sizes] if image_sizes else None
         self.seed, self.shuffle, self.augment_text = int(seed), shuffle, augment_text
         self.pin_memory, self.prefetch = pin_memory, prefetch
         if batch_size % world:
@@ -112,6 +115,14 @@ class PairLoader:
             return caps[int(np.random.default_rng([self.seed, epoch, image, 1]).integers(len(caps)))]
         return caps[epoch % len(caps)]
 
+    def image_hw_of(self, epoch: int, index: int) -> tuple[int, int]:
+        """Batch ``index``'s output size: ``image_hw``, or one of ``image_sizes`` drawn from
+        (seed, epoch, index), the same on every rank and after a resume."""
+        if not self.image_sizes:
+            return self.image_hw
+        s = self.image_sizes[int(np.random.default_rng([self.seed, epoch, index, 2]).integers(len(self.image_sizes)))]
+        return (s, s)
+
     def make_batch(self, epoch: int, index: int) -> Batch:
         """Batch ``index`` of ``epoch`` (pure: the same arguments give the same batch); under
         torch.distributed, this rank's contiguous share of it, so the ranks together see
@@ -119,7 +130,7 @@ class PairLoader:
         rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         per = self.batch_size // self.world
         rows = rows[self.rank * per : (self.rank + 1) * per]
-        h, w = self.image_hw
+        h, w = self.image_hw_of(epoch, index)
         shape = (len(rows), 3, h, w)
         buf = torch.empty(shape, dtype=torch.float32, pin_memory=self.pin_memory)
         res = self.prepare([self.images[i] for i in rows], epoch, [int(i) for i in rows], buf.numpy())

@@ -286,6 +286,9 @@ def finetune(
         resolution = r
         _info(main, "image_resolution: %d (position table interpolated from the checkpoint's grid)", r)
     image_hw = pre_cfg.output_size
+    sizes = _training_sizes(cfg, model)
+    if sizes:
+        _info(main, "multi_resolution: each batch at one of %s px (evaluation at %dx%d)", sizes, *image_hw)
     towers = Towers(model)
     towers.lock(image=cfg.lock_image, text=cfg.lock_text, image_unlocked_layers=cfg.lock_image_unlocked_layers,
                 text_unlocked_layers=cfg.lock_text_unlocked_layers)
@@ -302,13 +305,14 @@ def finetune(
     exact = Preprocessor(pre_cfg, num_threads=threads)
     micro = cfg.batch_size
     if micro is None:
-        micro = (_probe_batch_size(towers, loss_of, image_hw, rules.max_length, device, autocast)
+        probe_hw = (max(sizes), max(sizes)) if sizes else image_hw  # the largest batch must fit
+        micro = (_probe_batch_size(towers, loss_of, probe_hw, rules.max_length, device, autocast)
                  if device.type == "cuda" else _default_batch_size(device))
         _info(main, "batch_size: %d (%s)", micro, "largest that fits" if device.type == "cuda" else f"{device.type} default")
     global_batch = micro * cfg.gradient_accumulation_steps * world  # the contrastive batch of one step
     prepare = _train_prepare(cfg, pre_cfg, exact, threads)
     loader = PairLoader(parts["train"], prepare=prepare, tokenize=tokenize, batch_size=global_batch, image_hw=image_hw,
-                        seed=cfg.seed, shuffle=cfg.shuffle, augment_text=cfg.augment_text,
+                        image_sizes=sizes, seed=cfg.seed, shuffle=cfg.shuffle, augment_text=cfg.augment_text,
                         pin_memory=device.type == "cuda", prefetch=cfg.num_workers > 0,
                         rank=0 if ctx is None else ctx.rank, world=world)
     steps_per_epoch = len(loader)
@@ -580,6 +584,17 @@ def _fmt(m: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k in ("i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5", "zero_shot_acc"))
 
 
+def _training_sizes(cfg: FinetuneConfig, model: Any) -> list[int] | None:
+    """``multi_resolution``'s sizes, checked against the patch grid."""
+    if not cfg.multi_resolution:
+        return None
+    patch = int(model.config.vision_config.patch_size)
+    bad = [s for s in cfg.multi_resolution if s % patch]
+    if bad:
+        raise ConfigError(f"multi_resolution: {bad} not a multiple of the model's patch size {patch}")
+    return sorted(set(cfg.multi_resolution))
+
+
 def _train_prepare(cfg: FinetuneConfig, pre_cfg: PreprocessConfig, exact: Any, threads: int) -> Callable[..., Any]:
     """The training images' pipeline: the Rust augmentation, or the exact preprocessing."""
     if cfg.augment_images:
@@ -589,5 +604,6 @@ def _train_prepare(cfg: FinetuneConfig, pre_cfg: PreprocessConfig, exact: Any, t
                            hflip=cfg.hflip, color_jitter=tuple(cfg.color_jitter) if cfg.color_jitter else None,  # type: ignore[arg-type]
                            grayscale=cfg.grayscale, seed=cfg.seed, num_threads=threads,
                            exif_transpose=exact.exif_transpose, alpha=exact.alpha)  # as evaluation does
-        return lambda images, epoch, idx, out: aug.augment(images, epoch=epoch, indices=idx, out=out)
+        # the output size is the buffer's: the loader sizes it per batch (multi_resolution)
+        return lambda images, epoch, idx, out: aug.augment(images, epoch=epoch, indices=idx, size=out.shape[2:], out=out)
     return lambda images, epoch, idx, out: exact.preprocess(images, out=out)

@@ -115,7 +115,13 @@ class Towers(nn.Module):
         return self
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return cast("torch.Tensor", features_tensor(self._base().get_image_features(pixel_values=pixel_values)))
+        base = self._base()
+        kw: dict[str, Any] = {}
+        if pixel_values.shape[-1] != base.config.vision_config.image_size:
+            # another size than the position table's (multi-resolution batches): the table is
+            # interpolated on the fly, as transformers does for inference at a new size
+            kw["interpolate_pos_encoding"] = True
+        return cast("torch.Tensor", features_tensor(base.get_image_features(pixel_values=pixel_values, **kw)))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         kw = {"input_ids": input_ids}

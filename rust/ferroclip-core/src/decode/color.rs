@@ -193,9 +193,8 @@ fn reference_orientation(format: Format, data: &[u8], decoder: &mut impl ImageDe
             orientation::resolve(exif.as_deref(), xmp.as_deref())
         }
         Format::WebP => {
-            let exif = decoder.exif_metadata().ok().flatten();
-            let xmp = decoder.xmp_metadata().ok().flatten();
-            orientation::resolve(exif.as_deref(), xmp.as_deref())
+            let (exif, xmp) = orientation::webp_metadata(data);
+            orientation::resolve(exif, xmp)
         }
         // The tag of the TIFF's own IFD0, else its XMP (tag 700). image-rs reports a
         // missing tag and an explicit 1 alike, so an explicit 1 beside an XMP orientation

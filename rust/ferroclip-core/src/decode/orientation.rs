@@ -114,6 +114,26 @@ pub(super) fn png_metadata(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     (exif.or_else(|| raw_profile.as_deref().and_then(raw_profile_exif)), xmp)
 }
 
+/// The `EXIF` and `XMP ` chunks of a WebP file, as slices of `data` (the first of each,
+/// as libwebp's demuxer hands them to PIL). Read here rather than through image-webp, whose
+/// metadata reader allocates a chunk's declared size before checking that the file holds
+/// it (a 100-byte file declaring a 4 GiB EXIF chunk asked for 4 GiB: found by fuzzing).
+pub(super) fn webp_metadata(data: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let (mut exif, mut xmp) = (None, None);
+    let mut pos = 12; // "RIFF" size "WEBP"
+    while let Some(head) = data.get(pos..pos + 8) {
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let Some(body) = data.get(pos + 8..(pos + 8).saturating_add(len)) else { break };
+        match &head[..4] {
+            b"EXIF" if exif.is_none() => exif = Some(body),
+            b"XMP " if xmp.is_none() => xmp = Some(body),
+            _ => {}
+        }
+        pos += 8 + len + (len & 1); // chunks are padded to an even length
+    }
+    (exif, xmp)
+}
+
 /// A text chunk's keyword and (inflated) text; `None` for the keywords nobody reads here,
 /// so only those chunks are ever inflated.
 fn png_text<'a>(kind: &[u8], body: &'a [u8]) -> Option<(&'a [u8], Vec<u8>)> {
@@ -217,6 +237,26 @@ mod tests {
         v.extend(body);
         v.extend([0; 4]); // CRC: not checked here
         v
+    }
+
+    #[test]
+    fn webp_chunks_are_bounded_by_the_file() {
+        let chunk = |kind: &[u8], body: &[u8]| {
+            let mut v = kind.to_vec();
+            v.extend(u32::try_from(body.len()).unwrap().to_le_bytes());
+            v.extend(body);
+            if body.len() % 2 == 1 {
+                v.push(0);
+            }
+            v
+        };
+        let head = b"RIFF\0\0\0\0WEBP".to_vec();
+        let file = [head.clone(), chunk(b"VP8X", &[0; 10]), chunk(b"XMP ", b"abc"), chunk(b"EXIF", b"Exif\0\0")].concat();
+        assert_eq!(webp_metadata(&file), (Some(b"Exif\0\0".as_slice()), Some(b"abc".as_slice())));
+        // A chunk declaring more than the file holds ends the walk; nothing is allocated.
+        let mut bomb = [head, chunk(b"VP8X", &[0; 10])].concat();
+        bomb.extend(b"EXIF\xfc\xff\xff\xffExif");
+        assert_eq!(webp_metadata(&bomb), (None, None));
     }
 
     #[test]

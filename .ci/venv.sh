@@ -100,7 +100,7 @@ ferroclip_venv() {
     fi
 }
 
-# ferroclip_peer_venv NAME PYTHON: the cached venv of a benchmark peer whose own pins clash with
+# ferroclip_peer_venv NAME PYTHON [--existing]: the cached venv of a benchmark peer whose own pins clash with
 # ferroclip's (clip-retrieval wants numpy<2, pyarrow<16, transformers<5, ...), so it can never
 # share ferroclip's venv. It is layered over PYTHON's site-packages like the bench venv, but the
 # other way round in effect: the peer's exact pins (benches/peers/NAME.txt) are installed into
@@ -109,9 +109,10 @@ ferroclip_venv() {
 # constraints file, so pip never downloads another torch. The key covers the pins, PYTHON's
 # site-packages and its torch, so a change to any of them makes a fresh venv. Sets PEER_VENV.
 # Returns 1, with the reason on stderr and pip's log in $PEER_VENV.log, when it cannot be built:
-# callers treat that as "peer not measured", never as a failed job.
+# callers treat that as "peer not measured", never as a failed job. With --existing it only
+# looks the venv up (returns 1 if it was never built), so a bench run alone installs nothing.
 ferroclip_peer_venv() {
-    local name=$1 py=$2 req="benches/peers/$1.txt" key cache t0 pth
+    local name=$1 py=$2 mode=${3:-} req="benches/peers/$1.txt" key cache t0 pth
     cache="${FERROCLIP_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferroclip-ci}"
     key=$( (python3 -c 'import sys; print(sys.version)'; cat "$req"
             "$py" -c 'import sys, torch, torchvision; print(sys.path, torch.__version__, torchvision.__version__)') |
@@ -121,6 +122,7 @@ ferroclip_peer_venv() {
         echo "== reusing $PEER_VENV (the $name peer)" >&2
         return 0
     fi
+    [ "$mode" = --existing ] && return 1
     echo "== creating $PEER_VENV: the $name peer in its own venv, layered over $py (1-3 min; log in $PEER_VENV.log)" >&2
     t0=$(date +%s)
     rm -rf "$PEER_VENV"

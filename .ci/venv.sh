@@ -138,8 +138,9 @@ ferroclip_peer_venv() {
         >"$PEER_VENV/constraints.txt"
     if ! "$PEER_VENV/bin/python" -m pip install --disable-pip-version-check \
             -r "$req" -c "$PEER_VENV/constraints.txt" >>"$PEER_VENV.log" 2>&1; then
-        echo "   $name: pip install -r $req failed (last lines of $PEER_VENV.log):" >&2
-        tail -5 "$PEER_VENV.log" | sed 's/^/     /' >&2
+        echo "   $name: pip install -r $req failed ($PEER_VENV.log):" >&2
+        { grep -E '^ERROR|caused by|depends on|requested' "$PEER_VENV.log" || tail -5 "$PEER_VENV.log"; } |
+            tail -6 | sed 's/^/     /' >&2
         return 1
     fi
     # The shadowing must hold: the peer's numpy 1.x and its own pins win, torch is the shared one.

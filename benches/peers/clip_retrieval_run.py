@@ -110,7 +110,8 @@ def _stats(out: Path) -> dict:
     for f in (out / "stats").glob("[0-9]*.json"):
         for k, v in json.loads(f.read_text()).items():
             stats[k] = stats.get(k, 0) + v
-    return {k: stats.get(k) for k in ("sample_count", "read_duration", "inference_duration", "write_duration")}
+    return {k: stats.get(k) for k in ("sample_count", "read_duration", "inference_duration", "write_duration",
+                                    "total_duration")}
 
 
 def main() -> None:

@@ -100,22 +100,23 @@ ferroclip_venv() {
     fi
 }
 
-# ferroclip_peer_venv NAME PYTHON [--existing]: the cached venv of a benchmark peer whose own pins clash with
-# ferroclip's (clip-retrieval wants numpy<2, pyarrow<16, transformers<5, ...), so it can never
-# share ferroclip's venv. It is layered over PYTHON's site-packages like the bench venv, but the
-# other way round in effect: the peer's exact pins (benches/peers/NAME.txt) are installed into
-# the peer venv, whose own site-packages come first on sys.path and shadow PYTHON's newer
-# copies, while torch and torchvision (several GB) are reused from PYTHON and held there by a
-# constraints file, so pip never downloads another torch. The key covers the pins, PYTHON's
-# site-packages and its torch, so a change to any of them makes a fresh venv. Sets PEER_VENV.
-# Returns 1, with the reason on stderr and pip's log in $PEER_VENV.log, when it cannot be built:
-# callers treat that as "peer not measured", never as a failed job. With --existing it only
-# looks the venv up (returns 1 if it was never built), so a bench run alone installs nothing.
+# ferroclip_peer_venv NAME PYTHON [--existing]: the cached venv of a benchmark peer whose own
+# pins clash with ferroclip's (clip-retrieval wants numpy<2, pyarrow<16, transformers<5, ...),
+# so it can never share ferroclip's venv. It is layered over PYTHON's site-packages like the
+# bench venv, but the other way round in effect: the peer's exact pins (benches/peers/NAME.txt)
+# are installed into the peer venv, whose own site-packages come first on sys.path and shadow
+# PYTHON's newer copies, while torch and torchvision (several GB) are reused from PYTHON and
+# held there by a constraints file, so pip never downloads another torch. The key covers the
+# pins, PYTHON's site-packages dirs (what the .pth lists) and its torch, so a change to any of
+# them makes a fresh venv. Sets PEER_VENV. Returns 1, with the reason on stderr and pip's log in
+# $PEER_VENV.log, when it cannot be built: callers treat that as "peer not measured", never as
+# a failed job. With --existing it only looks the venv up (returns 1 if it was never built), so
+# a bench run alone installs nothing.
 ferroclip_peer_venv() {
     local name=$1 py=$2 mode=${3:-} req="benches/peers/$1.txt" key cache t0 pth
     cache="${FERROCLIP_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferroclip-ci}"
     key=$( (python3 -c 'import sys; print(sys.version)'; cat "$req"
-            "$py" -c 'import sys, torch, torchvision; print(sys.path, torch.__version__, torchvision.__version__)') |
+            "$py" -c 'import sys, torch, torchvision; print([p for p in sys.path if p.endswith("-packages")], torch.__version__, torchvision.__version__)') |
           sha256sum | cut -c1-16) || { echo "   $name: no torch in $py" >&2; return 1; }
     PEER_VENV="$cache/peer-$name-$key"
     if [ -f "$PEER_VENV/.complete" ]; then

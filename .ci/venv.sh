@@ -99,3 +99,69 @@ ferroclip_venv() {
         _ferroclip_pip "$VENV/bin/python" "$rebuild" --force-reinstall --no-deps --no-cache-dir .
     fi
 }
+
+# ferroclip_peer_venv NAME PYTHON [--existing]: the cached venv of a benchmark peer whose own
+# pins clash with ferroclip's (clip-retrieval wants numpy<2, pyarrow<16, transformers<5, ...),
+# so it can never share ferroclip's venv. It is layered over PYTHON's site-packages like the
+# bench venv, but the other way round in effect: the peer's exact pins (benches/peers/NAME.txt)
+# are installed into the peer venv, whose own site-packages come first on sys.path and shadow
+# PYTHON's newer copies, while torch and torchvision (several GB) are reused from PYTHON and
+# held there by a constraints file, so pip never downloads another torch. The key covers the
+# pins, PYTHON's site-packages dirs (what the .pth lists) and its torch, so a change to any of
+# them makes a fresh venv. Sets PEER_VENV. Returns 1, with the reason on stderr and pip's log in
+# $PEER_VENV.log, when it cannot be built: callers treat that as "peer not measured", never as
+# a failed job. With --existing it only looks the venv up (returns 1 if it was never built), so
+# a bench run alone installs nothing.
+ferroclip_peer_venv() {
+    local name=$1 py=$2 mode=${3:-} req="benches/peers/$1.txt" key cache t0 pth
+    cache="${FERROCLIP_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferroclip-ci}"
+    key=$( (python3 -c 'import sys; print(sys.version)'; cat "$req"
+            "$py" -c 'import sys, torch, torchvision; print([p for p in sys.path if p.endswith("-packages")], torch.__version__, torchvision.__version__)') |
+          sha256sum | cut -c1-16) || { echo "   $name: no torch in $py" >&2; return 1; }
+    PEER_VENV="$cache/peer-$name-$key"
+    if [ -f "$PEER_VENV/.complete" ]; then
+        echo "== reusing $PEER_VENV (the $name peer)" >&2
+        return 0
+    fi
+    [ "$mode" = --existing ] && return 1
+    echo "== creating $PEER_VENV: the $name peer in its own venv, layered over $py (1-3 min; log in $PEER_VENV.log)" >&2
+    t0=$(date +%s)
+    rm -rf "$PEER_VENV"
+    mkdir -p "$cache"
+    if ! python3 -m venv "$PEER_VENV" >"$PEER_VENV.log" 2>&1; then
+        echo "   $name: python3 -m venv failed (see $PEER_VENV.log)" >&2
+        return 1
+    fi
+    pth="$("$PEER_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_ferroclip_layered_over.pth"
+    "$py" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith("-packages")))' >"$pth"
+    # Without the local label (+cu130): pip then keeps the installed build, which satisfies it.
+    "$py" -c 'import torch, torchvision; print("\n".join(f"{m.__name__}=={m.__version__.split(chr(43))[0]}" for m in (torch, torchvision)))' \
+        >"$PEER_VENV/constraints.txt"
+    if ! "$PEER_VENV/bin/python" -m pip install --disable-pip-version-check \
+            -r "$req" -c "$PEER_VENV/constraints.txt" >>"$PEER_VENV.log" 2>&1; then
+        echo "   $name: pip install -r $req failed ($PEER_VENV.log):" >&2
+        { grep -E '^ERROR|caused by|depends on|requested' "$PEER_VENV.log" || tail -5 "$PEER_VENV.log"; } |
+            tail -6 | sed 's/^/     /' >&2
+        return 1
+    fi
+    # The shadowing must hold: the peer's numpy 1.x and its own pins win, torch is the shared one.
+    if ! "$PEER_VENV/bin/python" -c "
+import importlib.metadata as md, sys, torch
+for line in open('$req'):
+    line = line.split('#')[0].strip()
+    if line:
+        name, want = line.split('==')
+        got = md.version(name)
+        assert got == want, f'{name} {got} != {want}'
+assert not torch.__file__.startswith('$PEER_VENV'), torch.__file__  # the shared torch
+import numpy as np
+torch.from_numpy(np.ones(3, np.float32)).numpy()  # torch (built for numpy 2) on numpy 1.x
+import clip_retrieval.clip_inference.main
+" >>"$PEER_VENV.log" 2>&1; then
+        echo "   $name: installed but the smoke test failed (last lines of $PEER_VENV.log):" >&2
+        tail -5 "$PEER_VENV.log" | sed 's/^/     /' >&2
+        return 1
+    fi
+    touch "$PEER_VENV/.complete"
+    echo "   $name peer ready in $(($(date +%s) - t0)) s, $(du -sh "$PEER_VENV" | cut -f1) on disk" >&2
+}

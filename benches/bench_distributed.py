@@ -6,7 +6,12 @@ Rows (images/s from 640x480 JPEG files, wall clock of a whole call, median of re
     every core.
   * embed_dataset, 1 actor  - one actor holding every core (``num_cpus_per_actor`` = cores).
   * embed_dataset, 2 actors - two actors, cores split between them.
-  * clip-retrieval inference - the peer, when it installs and runs offline (see the notes).
+  * clip-retrieval inference - the peer: ``clip-retrieval inference``'s own pipeline (files reader,
+    open_clip preprocess in a DataLoader, ``encode_image``, numpy writer) on the same folder with
+    open_clip's ``ViT-B-32`` at random weights (same architecture, so the same FLOPs), run by
+    ``peers/clip_retrieval_run.py`` in clip-retrieval's own venv (``.ci/venv.sh
+    ferroclip_peer_venv``; ``benches/run.sh`` builds it). Its vectors are not compared with
+    ferroclip's (the weights differ); the driver checks them against its own model instead.
 
 Every ``embed_dataset`` call includes what a real job pays once: actor start-up, model
 load, the driver's listing and shard writes. The fixed part is measured with a 4-image job
@@ -15,14 +20,17 @@ and the rest is the per-image overhead of Ray over the in-process path:
 checked against ``embed_folder``'s vectors (min cosine).
 
 Run: python benches/bench_distributed.py [--quick] [--out benches/results/distributed-x86_64.md]
+     [--clip-retrieval-python <peer venv>/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,20 +68,83 @@ def _read(out_dir: Path) -> dict[str, np.ndarray]:
     return rows
 
 
-def _clip_retrieval_note() -> str:
+def _marginal(n: int, t: float, t_small: float) -> str:
+    """(N - 4) / (t(N) - t(4)), or n/a when noise made the 4-image job the slower one."""
+    return f"{(n - 4) / (t - t_small):.1f}" if t > t_small else "n/a: t(N) <= t(4)"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_ENV = "FERROCLIP_PEER_CLIP_RETRIEVAL"  # the peer venv's python; set by benches/run.sh
+
+
+def _clip_retrieval_python(flag: str | None) -> tuple[str | None, str]:
+    """The peer venv's python, or None and why not. clip-retrieval can never live in ferroclip's
+    venv (it pins numpy<2, pyarrow<16, transformers<5, open-clip<3), so this looks for the venv
+    ``.ci/venv.sh ferroclip_peer_venv`` builds over this interpreter, without building it."""
+    if flag or os.environ.get(PEER_ENV):
+        return flag or os.environ[PEER_ENV], ""
+    if os.environ.get(PEER_ENV + "_ERROR"):
+        return None, os.environ[PEER_ENV + "_ERROR"]
+    look = subprocess.run(
+        ["bash", "-c", 'source .ci/venv.sh && ferroclip_peer_venv clip-retrieval "$0" --existing && echo "$PEER_VENV"',
+         sys.executable], cwd=ROOT, capture_output=True, text=True)
+    if look.returncode == 0 and look.stdout.strip():
+        return look.stdout.strip() + "/bin/python", ""
+    return None, ("its venv is not built for this interpreter: `bash benches/run.sh` builds it (once, cached), "
+                  "or pass --clip-retrieval-python <venv>/bin/python")
+
+
+def _clip_retrieval(py: str, folder: Path, small: Path, repeats: int, tmp: Path) -> dict:
+    """Run the driver in the peer venv; its JSON, or {"error": why}."""
+    out = tmp / "clip-retrieval.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}  # its own packages only
+    cmd = [py, str(ROOT / "benches/peers/clip_retrieval_run.py"), "--folder", str(folder), "--small", str(small),
+           "--json", str(out), "--batch-size", str(BATCH), "--repeats", str(repeats)]
+    print("running clip-retrieval in its venv: " + " ".join(cmd), file=sys.stderr)
     try:
-        import clip_retrieval  # noqa: F401
-    except ImportError:
-        return (
-            "clip-retrieval: not measured. `pip install clip-retrieval` (2.45.0) resolves, but would downgrade "
-            "this environment under ferroclip's tested pins (numpy 1.26.4, pyarrow 15.0.2, transformers 4.57.6, "
-            "open_clip_torch 2.32.0, tokenizers 0.22.2, huggingface_hub 0.36.2, pandas 2.3.3; plus wandb, "
-            "img2dataset, autofaiss, sentence-transformers), so it was not installed next to them. And "
-            "`clip-retrieval inference --clip_model` takes OpenAI CLIP or open_clip pretrained names whose "
-            "weights come from the hub, which this offline machine cannot reach; it has no option for a local "
-            "random-weight checkpoint. Measure it in its own environment on a networked machine."
-        )
-    return "clip-retrieval is installed but not wired up: it cannot load a local random-weight checkpoint offline."
+        run = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    if run.returncode != 0 or not out.exists():
+        tail = " / ".join((run.stderr or run.stdout).strip().splitlines()[-3:])
+        return {"error": f"the driver exited with {run.returncode}: {tail}"}
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def _clip_retrieval_note(res: dict | None, why: str, n: int) -> str:
+    if res is None or "error" in res:
+        return (f"clip-retrieval inference: not measured: {why or res['error']}. It runs only in its own venv "
+                "(benches/peers/clip-retrieval.txt): its pins (numpy<2, pyarrow<16, webdataset<0.3, open-clip<3, "
+                "sentence-transformers<3 and so transformers<5) are below ferroclip's tested ones.")
+    v, st = res["versions"], res["stats"]
+    return (
+        f"clip-retrieval inference: clip-retrieval {v['clip-retrieval']} (all-clip {v['all-clip']}, open_clip_torch "
+        f"{v['open_clip_torch']}, torch {v['torch']}, numpy {v['numpy']}, pyarrow {v['pyarrow']}, "
+        f"pillow {v['pillow']}) "
+        f"in its own venv ({res['python']}), on the same {n} files. Model: open_clip `ViT-B-32` with **random "
+        "weights** (torch seed 0): this machine cannot download clip-retrieval's hub weights, so "
+        "`open_clip.create_model_and_transforms` is patched to `pretrained=None`; the architecture (and so the FLOPs "
+        "per image) is that of ferroclip's random ViT-B/32 (open_clip's `ViT-B-32` uses GELU where the HF config "
+        "uses quick-GELU), but the vectors are not compared with ferroclip's because the weights differ. Instead "
+        f"its output was checked against the same model called directly on a 4-image job: min cos "
+        f"{res['min_cos_self']:.6f}; it wrote {res['images']} float16 unit vectors of 512. Everything else is "
+        "clip-retrieval as shipped: `clip_inference.main.main` (what the CLI calls), input_format=files, "
+        f"batch_size={res['batch_size']}, num_prepro_workers={res['num_prepro_workers']} (this machine's cores; its "
+        f"default is 4), {res['threads']} torch threads in the mapper, enable_wandb=False. The clock is one "
+        "`main(...)` call per job: listing, its DataLoader workers, its two stats-logger processes (started with "
+        "multiprocessing spawn, so each imports clip_retrieval again: "
+        f"{res['t_import']:.1f} s in the driver), reading, preprocessing, `encode_image`, the .npy/.parquet writer. "
+        f"Not on the clock: interpreter start and model construction plus clip-retrieval's warm-up "
+        f"({res['t_load']:.1f} s, done once through the same `all_clip.load_clip` call, which is cached, so the "
+        f"jobs reuse it; checked). clip-retrieval's own stage sums for the {st['sample_count']}-image job: read "
+        f"{st['read_duration']:.1f} s (waiting on the loader), inference {st['inference_duration']:.1f} s, write "
+        f"{st['write_duration']:.2f} s, {st['total_duration']:.1f} s in all of a {res['t_full']:.1f} s call. Its "
+        "`marginal images/s` is the rate inside that loop (images / summed per-batch time, about what it logs as "
+        "sample_per_sec_no_initial_load), not (N - 4) / (t(N) - t(4)): each job spawns a stats-logger process "
+        "before its loop and joins it after, so the child's start-up (an import of clip_retrieval) runs alongside "
+        "the work, and a 4-image job waits for it instead of adding to it (here the 4-image job took "
+        f"{res['t_small']:.1f} s, the {n}-image one {res['t_full']:.1f} s)."
+    )
 
 
 def main() -> None:
@@ -81,6 +152,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer images, one repeat")
     ap.add_argument("--images", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--clip-retrieval-python", default=None,
+                    help=f"python of clip-retrieval's venv (default: ${PEER_ENV}, else the cached one if built)")
     args = ap.parse_args()
     n = args.images or (48 if args.quick else 160)
     repeats = 1 if args.quick else 2
@@ -138,10 +211,18 @@ def main() -> None:
         cos = min(float(got[k] @ ref_rows[k] / np.linalg.norm(got[k]) / np.linalg.norm(ref_rows[k])) for k in got)
         per_image = (t_ray - t_small) / (n - 4) - t_folder / n
         overheads.append((actors, t_small, per_image))
-        steady = (n - 4) / max(t_ray - t_small, 1e-9)
         rows.append([f"embed_dataset, {actors} actor{'s' if actors > 1 else ''}", f"{actors} x {cpus}", f"{cos:.6f}",
-                     f"{n / t_ray:.1f}", f"{t_folder / t_ray:.2f}", f"{t_small:.1f}", f"{steady:.1f}"])
+                     f"{n / t_ray:.1f}", f"{t_folder / t_ray:.2f}", f"{t_small:.1f}", _marginal(n, t_ray, t_small)])
     ray.shutdown()
+
+    peer_py, why = _clip_retrieval_python(args.clip_retrieval_python)
+    peer = _clip_retrieval(peer_py, folder, small, repeats, tmp) if peer_py else None
+    if peer and "error" not in peer:
+        t_cr, st = peer["t_full"], peer["stats"]
+        procs = f"1 x {peer['threads']} + {peer['num_prepro_workers']} loaders"
+        in_loop = f"{st['sample_count'] / st['total_duration']:.1f} (in its loop)"  # why not t(N) - t(4): the note
+        rows.append(["clip-retrieval inference (random ViT-B-32)", procs, "-", f"{n / t_cr:.1f}",
+                     f"{t_folder / t_cr:.2f}", f"{peer['t_small']:.1f}", in_loop])
 
     report = [
         "# Distributed embedding (CPU, local Ray, ViT-B/32-sized CLIP, random weights)\n",
@@ -149,7 +230,9 @@ def main() -> None:
         f"{n} JPEG files 640x480, batch {BATCH}, wall clock of the whole call, median of {repeats}. "
         f"`ray.init(num_cpus={cores})` took {t_init:.1f} s (not in the rows). `cos` is the minimum cosine "
         "against embed_folder's vectors for the same files. `fixed s` is a 4-image job: actor start-up, "
-        "model load, driver work. `marginal images/s` = (N - 4) / (t(N) - t(4)): the rate once actors are up. "
+        "model load, driver work (for clip-retrieval: its 4-image job, see Peer). `marginal images/s` = "
+        "(N - 4) / (t(N) - t(4)): the rate once actors are up (for clip-retrieval: the rate inside its batch loop, "
+        "see Peer). "
         "The machine is shared with other jobs, so differences of ~20% are noise.\n",
         markdown_table(["pipeline", "actors x cores", "min cos", "images/s", "vs embed_folder", "fixed s", "marginal images/s"], rows),
         "\n## Overhead of Ray over the in-process path\n",
@@ -161,7 +244,7 @@ def main() -> None:
         "in-process path here: what Ray adds is the fixed cost per job (worker processes, model load in each "
         "actor), which a job of thousands of images amortises.",
         "\n## Peer\n",
-        _clip_retrieval_note(),
+        _clip_retrieval_note(peer, why, n),
         "",
     ]
     text = "\n".join(report)

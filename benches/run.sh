@@ -37,6 +37,14 @@ else
     PY="$VENV/bin/python"
     echo "== benchmarks run in $VENV; for everyday use: source $VENV/bin/activate  (then: ferroclip --help)" >&2
 fi
+# clip-retrieval, bench_distributed.py's peer, pins numpy<2, pyarrow<16, transformers<5, ...: it
+# gets its own venv over $PY's packages (torch reused, not downloaded again), built once and
+# cached. A failure here is not the job's: bench_distributed.py then says why it is missing.
+if ferroclip_peer_venv clip-retrieval "$PY"; then
+    export FERROCLIP_PEER_CLIP_RETRIEVAL="$PEER_VENV/bin/python"
+else
+    export FERROCLIP_PEER_CLIP_RETRIEVAL_ERROR="its venv could not be built by benches/run.sh (see ${PEER_VENV:-its}.log)"
+fi
 arch=$(uname -m)
 for bench in preprocess retrieval models train finetune distributed; do
     script="benches/bench_${bench}.py"

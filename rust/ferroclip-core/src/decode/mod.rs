@@ -3,10 +3,12 @@
 //!
 //! JPEG goes through libjpeg-turbo (the mozjpeg build of it), the decoder PIL itself uses,
 //! so JPEG pixels are bit-exact with PIL. Everything else goes through image-rs, whose
-//! lossless decoders give the same pixels as PIL's. HEIF/HEIC goes through libheif (the
-//! `heif` feature), the library pillow-heif wraps (`heif.rs`). Mode handling follows PIL to
-//! the integer (`color.rs`).
+//! lossless decoders give the same pixels as PIL's, except the BMP variants PIL reads its
+//! own way (16-bit, RLE, paletted), which `bmp.rs` decodes as PIL does. HEIF/HEIC goes
+//! through libheif (the `heif` feature), the library pillow-heif wraps (`heif.rs`). Mode
+//! handling follows PIL to the integer (`color.rs`).
 
+mod bmp;
 mod color;
 #[cfg(feature = "heif")]
 mod heif;
@@ -238,6 +240,13 @@ pub fn decode(data: &[u8], opts: &DecodeOptions, hints: Hints<'_>) -> Result<Dec
                     .into(),
             ))
         }
+        Format::Bmp => match bmp::decode(data, opts)? {
+            Some(img) => (Decoded::whole(img), None),
+            None => {
+                let (img, o) = color::decode_with_image_rs(data, Format::Bmp, opts)?;
+                (Decoded::whole(img), o)
+            }
+        },
         other => {
             let (img, o) = color::decode_with_image_rs(data, other, opts)?;
             (Decoded::whole(img), o)

@@ -15,6 +15,7 @@ mod heif;
 mod jpeg;
 mod source;
 mod tiff_layout;
+mod tiff_tags;
 
 use image::metadata::Orientation;
 

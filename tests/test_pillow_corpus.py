@@ -34,10 +34,6 @@ BOTH = ("12", "13")
 _BMP_BITFIELDS = "BMP bitfield layout PIL does not support; image-rs decodes it (the layout is valid)"
 _WEBP_EXIF = "WebP EXIF chunk with an 'Exif\\0\\0' prefix: the core ignores its orientation"
 _PNG_XMP = "PNG orientation PIL reads from XMP: the core ignores it"
-_BMP_RLE4_12 = (
-    "BMP RLE4 absolute run of odd length: Pillow 12's BmpRleDecoder reads n // 2 bytes for n pixels, dropping"
-    " the last pixel and desynchronising the stream (Pillow 13 reads (n + 1) // 2); the core follows Pillow 13"
-)
 _TIFF_JPEG = "JPEG-in-TIFF: the tiff crate's JPEG decoder is not libjpeg-turbo (off by rounding)"
 
 #: name -> (expected outcome, Pillow majors it applies under, reason), each reason traced to
@@ -57,8 +53,6 @@ EXCEPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "xmp_tags_orientation.png": ("differ", BOTH, _PNG_XMP),
     "xmp_tags_orientation_exiftool.png": ("differ", BOTH, _PNG_XMP),
     "exif_imagemagick_orientation.png": ("differ", BOTH, "PNG orientation PIL reads from ImageMagick's 'Raw profile type exif' text chunk"),
-    "bmp/g/pal4rle.bmp": ("differ", ("12",), _BMP_RLE4_12),
-    "bmp/q/pal4rletrns.bmp": ("differ", ("12",), _BMP_RLE4_12),
     "hopper_jpg.tif": ("differ", BOTH, _TIFF_JPEG),
     "tiff_strip_cmyk_jpeg.tif": ("differ", BOTH, _TIFF_JPEG),
     "tiff_strip_cmyk_16l_jpeg.tif": ("differ", BOTH, _TIFF_JPEG),

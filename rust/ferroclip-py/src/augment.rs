@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::{ItemErrorTuple, PyCoreError};
-use crate::preprocess::{fill_batch, hold, parse_alpha, parse_filter, parse_normalize, parse_pass_order, source};
+use crate::preprocess::{fill_batch, hold, parse_alpha, parse_filter, parse_normalize, parse_pass_order, pillow12_bmp, source};
 
 #[pyclass(name = "AugmentSpec", module = "ferroclip._native", frozen)]
 pub struct PyAugmentSpec {
@@ -53,7 +53,13 @@ impl PyAugmentSpec {
             Some((b, c, s, h)) => ColorJitter::from_strengths(b, c, s, h).map_err(PyCoreError)?,
             None => ColorJitter::default(),
         };
-        let decode = DecodeOptions { apply_exif_orientation: exif_transpose, alpha: parse_alpha(alpha)?, max_pixels, max_scans };
+        let decode = DecodeOptions {
+            apply_exif_orientation: exif_transpose,
+            alpha: parse_alpha(alpha)?,
+            max_pixels,
+            max_scans,
+            pillow12_bmp: pillow12_bmp(pil_version),
+        };
         let inner = AugmentSpec::new(
             CropParams::new(scale, ratio).map_err(PyCoreError)?,
             hflip,

@@ -43,6 +43,11 @@ pub(crate) fn parse_pass_order(s: &str) -> PyResult<PassOrder> {
     }
 }
 
+/// Whether a `pil_version` rule names a Pillow whose BMP reader is 12's (`bmp.rs`).
+pub(crate) fn pillow12_bmp(pil_version: &str) -> bool {
+    pil_version != "13"
+}
+
 pub(crate) fn parse_alpha(s: &str) -> PyResult<AlphaMode> {
     match s {
         "white" => Ok(AlphaMode::White),
@@ -125,7 +130,13 @@ impl PyPreprocessSpec {
             other => return Err(PyValueError::new_err(format!("crop_rounding must be 'floor' or 'round', got {other:?}"))),
         };
         let crop = crop_size.map(|(height, width)| CropSpec { height, width, rounding });
-        let decode = DecodeOptions { apply_exif_orientation: exif_transpose, alpha: parse_alpha(alpha)?, max_pixels, max_scans };
+        let decode = DecodeOptions {
+            apply_exif_orientation: exif_transpose,
+            alpha: parse_alpha(alpha)?,
+            max_pixels,
+            max_scans,
+            pillow12_bmp: pillow12_bmp(pil_version),
+        };
         let inner = PreprocessSpec::new(
             resize,
             crop,

@@ -12,13 +12,14 @@
 //!   palette index 0, not transparent, and PIL's exact stream rules are followed
 //!   (absolute-mode runs are not clipped at the row end, word alignment is taken from the
 //!   file position, a stream that does not fill the image is an error, as in
-//!   `ImageFile.set_as_raw`). The rules are Pillow 13's: Pillow 12 read `n // 2` bytes for
-//!   an odd RLE4 absolute run of `n` pixels, dropping a pixel and desynchronising the
-//!   stream, which Pillow 13 fixed.
+//!   `ImageFile.set_as_raw`). Pillow 12 and older read `n // 2` bytes for an odd RLE4
+//!   absolute run of `n` pixels, dropping a pixel and desynchronising the stream; Pillow
+//!   13 reads `(n + 1) // 2`. `DecodeOptions::pillow12_bmp` picks the release to match.
 //! - 1/4/8-bit palettes: when the pixel-data offset points right after the header (at the
 //!   palette), PIL takes the pixels to start after the palette; a palette of pure greys
 //!   (`0..colors`, or black and white) makes the image `L` (or `1`), whose values are the
-//!   indices themselves and whose unpacker reads 8 (or 1) bits per pixel.
+//!   indices themselves and whose unpacker reads 8 (or 1) bits per pixel. (A palette of
+//!   one black entry is `1` from Pillow 13 on, `L` before.)
 //!
 //! `decode` answers `Ok(None)` for what it does not take (24/32-bit, other header sizes
 //! and bitfield layouts, JPEG/PNG inside BMP), so those keep image-rs's behaviour.
@@ -84,11 +85,11 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
 /// Decode `data` (which starts with `BM`) if it is a variant PIL reads differently from
 /// image-rs; `Ok(None)` hands it to image-rs unchanged.
 pub(super) fn decode(data: &[u8], opts: &DecodeOptions) -> Result<Option<RgbImage>> {
-    let Some(header) = parse(data)? else { return Ok(None) };
+    let Some(header) = parse(data, opts.pillow12_bmp)? else { return Ok(None) };
     check_pixels(header.width, header.height, opts.max_pixels)?;
     let (w, h) = (header.width as usize, header.height as usize);
     let image = if matches!(header.compression, RLE4 | RLE8) {
-        let indices = rle_indices(data, &header, w, h)?;
+        let indices = rle_indices(data, &header, w, h, opts.pillow12_bmp)?;
         to_rgb(&header, w, h, |y| &indices[y * w..(y + 1) * w], 8)
     } else {
         let file_bits = u64::from(header.bits);
@@ -113,7 +114,7 @@ pub(super) fn decode(data: &[u8], opts: &DecodeOptions) -> Result<Option<RgbImag
 }
 
 /// The header and palette, or `None` where this module leaves the file to image-rs.
-fn parse(data: &[u8]) -> Result<Option<Header>> {
+fn parse(data: &[u8], pillow12: bool) -> Result<Option<Header>> {
     let (Some(mut offset), Some(header_size)) = (u32_at(data, 10), u32_at(data, 14)) else {
         return Ok(None);
     };
@@ -170,14 +171,14 @@ fn parse(data: &[u8]) -> Result<Option<Header>> {
         palette: Vec::new(),
     };
     if let Pixels::Palette(_) = pixels {
-        read_palette(data, palette_at, colors, padding as usize, &mut header)?;
+        read_palette(data, palette_at, colors, padding as usize, pillow12, &mut header)?;
     }
     Ok(Some(header))
 }
 
 /// PIL's palette step: read `colors` entries (fewer if the file ends), turn an all-grey
 /// palette into mode `1` or `L`, and refuse more than 256 entries (`putpalette`).
-fn read_palette(data: &[u8], at: usize, colors: u64, padding: usize, header: &mut Header) -> Result<()> {
+fn read_palette(data: &[u8], at: usize, colors: u64, padding: usize, pillow12: bool, header: &mut Header) -> Result<()> {
     if !(1..=65536).contains(&colors) {
         return Err(Error::Decode(format!("BMP: unsupported palette size ({colors})")));
     }
@@ -188,11 +189,13 @@ fn read_palette(data: &[u8], at: usize, colors: u64, padding: usize, header: &mu
     let grey = |i: usize, v: usize| entry(i) == Some(&[v as u8; 3][..]);
     let grayscale = if colors == 2 { grey(0, 0) && grey(1, 255) } else { (0..colors).all(|i| grey(i, i & 255)) };
     if grayscale {
-        // Pillow 13's rule (`colors <= 2`); Pillow 12 made a 1-colour grey palette `L`.
-        if header.compression != RAW && colors <= 2 {
+        // Pillow 13 makes `colors <= 2` mode 1; Pillow 12 only `colors == 2`.
+        let bilevel = if pillow12 { colors == 2 } else { colors <= 2 };
+        if header.compression != RAW && bilevel {
+            // Neither release has an unpacker from its RLE raw mode into mode 1.
             return Err(Error::Unsupported("BMP: RLE with a black-and-white palette".into()));
         }
-        header.pixels = if colors <= 2 { Pixels::Bilevel } else { Pixels::Gray };
+        header.pixels = if bilevel { Pixels::Bilevel } else { Pixels::Gray };
         return Ok(());
     }
     if raw.len() / padding > 256 {
@@ -202,8 +205,8 @@ fn read_palette(data: &[u8], at: usize, colors: u64, padding: usize, header: &mu
     Ok(())
 }
 
-/// Pillow 13's `BmpRleDecoder`: the palette indices of the whole image, in file row order.
-fn rle_indices(data: &[u8], header: &Header, w: usize, h: usize) -> Result<Vec<u8>> {
+/// Pillow's `BmpRleDecoder`: the palette indices of the whole image, in file row order.
+fn rle_indices(data: &[u8], header: &Header, w: usize, h: usize, pillow12: bool) -> Result<Vec<u8>> {
     let rle4 = header.compression == RLE4;
     let dest = w * h;
     let mut out: Vec<u8> = Vec::with_capacity(dest);
@@ -237,6 +240,20 @@ fn rle_indices(data: &[u8], header: &Header, w: usize, h: usize) -> Result<Vec<u
                 let skip = usize::from(right) + usize::from(up) * w;
                 out.resize(out.len() + skip.min(dest - out.len()), 0);
                 x = out.len() % w;
+            }
+            n if rle4 && pillow12 => {
+                // Pillow 12: `n // 2` bytes, both nibbles of each (an odd run loses its
+                // last pixel and the stream its step). Reading past the image is harmless:
+                // the loop stops and the excess is cut below.
+                let want = usize::from(n) / 2;
+                let got = data.get(pos..).map_or(&[][..], |rest| &rest[..want.min(rest.len())]);
+                pos += got.len();
+                out.extend(got.iter().flat_map(|&b| [b >> 4, b & 0x0F]));
+                if got.len() < want {
+                    break;
+                }
+                x += usize::from(n);
+                pos += pos % 2;
             }
             n => {
                 // Absolute run of `n` pixels, not clipped at the row end.
@@ -458,6 +475,21 @@ mod tests {
         let img = run(&bmp(40, (3, 2), 4, RLE4, 6, NO_MASKS, &pal, &stream, None));
         let red = |y| (0..3).map(|x| px(&img, x, y)[0]).collect::<Vec<_>>();
         assert_eq!(red(1), [11, 21, 31]);
+        assert_eq!(red(0), [41, 51, 41]);
+    }
+
+    #[test]
+    fn rle4_odd_absolute_run_under_pillow_12() {
+        let pal = bgrx(&(0..6).map(|i| [i * 10 + 1, 0, 0]).collect::<Vec<_>>());
+        // Pillow 12 reads one byte for the 3-nibble run (pixels 1, 2), skips 0x30 as the
+        // word-alignment pad (its file position is odd), so the end of line leaves the
+        // row's last pixel at index 0; Pillow 13 gives [1, 2, 3] (the test above).
+        let stream = [0, 3, 0x12, 0x30, 0, 0, 3, 0x45];
+        let data = bmp(40, (3, 2), 4, RLE4, 6, NO_MASKS, &pal, &stream, None);
+        let opts = DecodeOptions { pillow12_bmp: true, ..DecodeOptions::default() };
+        let img = decode(&data, &opts).unwrap().unwrap();
+        let red = |y| (0..3).map(|x| px(&img, x, y)[0]).collect::<Vec<_>>();
+        assert_eq!(red(1), [11, 21, 1]);
         assert_eq!(red(0), [41, 51, 41]);
     }
 

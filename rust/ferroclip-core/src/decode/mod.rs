@@ -53,6 +53,9 @@ pub struct DecodeOptions {
     pub alpha: AlphaMode,
     pub max_pixels: u64,
     pub max_scans: u32,
+    /// Read BMP as Pillow 12 and older do (odd RLE4 absolute runs, one-grey palettes;
+    /// `bmp.rs`), for a reference on those releases. Off: Pillow 13's rules.
+    pub pillow12_bmp: bool,
 }
 
 impl Default for DecodeOptions {
@@ -62,6 +65,7 @@ impl Default for DecodeOptions {
             alpha: AlphaMode::White,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_scans: DEFAULT_MAX_SCANS,
+            pillow12_bmp: false,
         }
     }
 }

@@ -170,8 +170,14 @@ fn parse(data: &[u8], pillow12: bool) -> Result<Option<Header>> {
         pixels,
         palette: Vec::new(),
     };
+    let mut after = palette_at;
     if let Pixels::Palette(_) = pixels {
         read_palette(data, palette_at, colors, padding as usize, pillow12, &mut header)?;
+        after = data.len().min(palette_at + colors as usize * padding as usize);
+    }
+    if offset == 0 {
+        // `offset or self.fp.tell()`: no offset means the pixels follow what was read.
+        header.offset = after;
     }
     Ok(Some(header))
 }
@@ -441,6 +447,16 @@ mod tests {
     }
 
     #[test]
+    fn zero_pixel_offset_means_right_after_the_palette() {
+        let pal = bgrx(&[[10, 0, 0], [0, 20, 0]]);
+        let img = run(&bmp(40, (2, 1), 8, RAW, 2, NO_MASKS, &pal, &[1, 0, 0, 0], Some(0)));
+        assert_eq!([px(&img, 0, 0), px(&img, 1, 0)], [[0, 20, 0], [10, 0, 0]]);
+        let p: u16 = 31 << 10;
+        let img = run(&bmp(40, (1, 1), 16, RAW, 0, NO_MASKS, &[], &[p.to_le_bytes(), [0, 0]].concat(), Some(0)));
+        assert_eq!(px(&img, 0, 0), [255, 0, 0]);
+    }
+
+    #[test]
     fn grey_palettes_read_as_l_and_bilevel() {
         // Greys 0..3: mode L, so index 200 is grey 200 (not an unlisted, black entry).
         let pal = bgrx(&[[0; 3], [1; 3], [2; 3], [3; 3]]);
@@ -513,6 +529,35 @@ mod tests {
         assert!(matches!(decode(&short, &small), Err(Error::TooLarge { .. })));
         for cut in 0..early.len() {
             let _ = decode(&early[..cut], &opts); // never panics
+        }
+    }
+
+    /// Corrupted headers, palettes and streams give errors or pixels, never a panic.
+    #[test]
+    fn mutated_files_never_panic() {
+        let pal = bgrx(&[[1, 2, 3], [4, 5, 6], [7, 8, 9]]);
+        let seeds = [
+            bmp(40, (4, 3), 8, RLE8, 3, NO_MASKS, &pal, &[2, 1, 0, 0, 0, 2, 1, 1, 0, 3, 2, 2, 2, 0, 0, 1], None),
+            bmp(40, (3, 2), 4, RLE4, 3, NO_MASKS, &pal, &[0, 3, 0x12, 0x30, 0, 0, 3, 0x45], None),
+            bmp(40, (3, 2), 4, RAW, 3, NO_MASKS, &pal, &[0x01, 0x20, 0, 0, 0x21, 0xF0, 0, 0], None),
+            bmp(56, (1, 1), 16, BITFIELDS, 0, [0x7C00, 0x3E0, 0x1F, 0x8000], &[], &[0, 0x7C, 0, 0], None),
+        ];
+        let opts = DecodeOptions { max_pixels: 1 << 16, ..DecodeOptions::default() };
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for seed in &seeds {
+            for _ in 0..2000 {
+                let mut data = seed.clone();
+                for _ in 0..3 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let at = (state as usize) % data.len();
+                    data[at] = (state >> 32) as u8;
+                }
+                for pillow12_bmp in [false, true] {
+                    let _ = decode(&data, &DecodeOptions { pillow12_bmp, ..opts });
+                }
+            }
         }
     }
 

@@ -32,53 +32,50 @@ PILLOW = PIL.__version__.split(".")[0]
 BOTH = ("12", "13")
 
 _BMP_BITFIELDS = "BMP bitfield layout PIL does not support; image-rs decodes it (the layout is valid)"
-_BMP_565 = "BMP 16-bit bitfields: image-rs expands 5/6-bit channels differently from PIL's table"
-_BMP_RLE = "BMP RLE skipped pixels: PIL fills them with palette index 0, image-rs differently"
 _TIFF_JPEG = "JPEG-in-TIFF: the tiff crate's JPEG decoder is not libjpeg-turbo (off by rounding)"
-_TIFF_RGBA = "TIFF 16-bit RGBa (associated alpha extra sample): PIL un-premultiplies differently"
 
-#: name -> (expected outcome, Pillow majors it applies under, reason). Reasons marked
-#: "unverified guess" were not traced to the code yet; the others are the issue's findings.
+#: name -> (expected outcome, Pillow majors it applies under, reason), each reason traced to
+#: the code that makes the difference.
 #: Outcomes: "differ" (both decode, pixels differ), "we-refuse", "we-decode" (PIL refuses).
 EXCEPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "apng/chunk_no_fctl.png": ("we-decode", BOTH, "unverified guess: APNG frame sequence error: PIL refuses the file, the core reads the default image"),
+    "apng/chunk_no_fctl.png": ("we-decode", BOTH, "APNG fdAT chunk with no fcTL before it: PngImagePlugin.chunk_fdAT raises 'APNG contains frame sequence errors'; the png crate reads the default image (IDAT) and stops"),
     "bmp/g/rgb32bf.bmp": ("we-decode", BOTH, _BMP_BITFIELDS),
     "bmp/q/rgb16-231.bmp": ("we-decode", BOTH, _BMP_BITFIELDS),
     "bmp/q/rgb32-111110.bmp": ("we-decode", BOTH, _BMP_BITFIELDS),
     "bmp/q/rgba16-4444.bmp": ("we-decode", BOTH, _BMP_BITFIELDS),
-    "bmp/q/pal2.bmp": ("we-decode", BOTH, "unverified guess: 2-bit BMP: PIL refuses the depth, image-rs decodes it"),
-    "hopper_unknown_pixel_mode.tif": ("we-decode", BOTH, "unverified guess: TIFF PIL cannot identify (unknown pixel mode); the tiff crate decodes it"),
-    "png_decompression_dos.png": ("we-decode", BOTH, "unverified guess: PIL refuses a text chunk over MAX_TEXT_CHUNK; the core skips text chunks and decodes the image"),
-    "unknown_compression_method.png": ("we-decode", BOTH, "unverified guess: PNG with an unknown compression method byte; the png crate ignores it"),
-    "16bit.r.tif": ("differ", BOTH, "unverified guess: 16-bit gray TIFF with SampleFormat/predictor PIL reads as I;16 differently (to investigate)"),
-    "bmp/g/rgb16-565.bmp": ("differ", BOTH, _BMP_565),
-    "bmp/g/rgb16-565pal.bmp": ("differ", BOTH, _BMP_565),
-    "bmp/g/rgb16.bmp": ("differ", BOTH, _BMP_565),
-    "bmp/g/pal4rle.bmp": ("differ", ("12",), _BMP_RLE + " (Pillow 13 agrees with the core)"),
-    "bmp/q/pal4rletrns.bmp": ("differ", BOTH, _BMP_RLE),
-    "bmp/q/pal8rletrns.bmp": ("differ", BOTH, _BMP_RLE),
-    "mmap_error.bmp": ("differ", BOTH, "BMP A1R5G5B5: the core composites the alpha bit, PIL ignores it"),
-    "i_trns.png": ("differ", BOTH, "unverified guess: PNG mode I with tRNS: PIL keeps the transparent colour, the core composites it onto white"),
+    "bmp/q/pal2.bmp": ("we-decode", BOTH, "2-bit BMP: BmpImagePlugin.BIT2MODE has no 2-bit entry ('Unsupported BMP pixel depth'); image-rs decodes it"),
+    "hopper_unknown_pixel_mode.tif": ("we-decode", BOTH, "32-bit unsigned RGB TIFF: TiffImagePlugin.OPEN_INFO has no (2, (1,), 1, (32, 32, 32), ()) key ('unknown pixel mode', so Image.open cannot identify it); the tiff crate decodes it"),
+    "png_decompression_dos.png": ("we-decode", BOTH, "zTXt chunks inflating past PngImagePlugin.MAX_TEXT_CHUNK: PIL refuses (_safe_zlib_decompress); the png crate keeps zTXt compressed until asked (compressed_latin1_text) and the core never asks"),
+    "unknown_compression_method.png": ("we-decode", BOTH, "iCCP chunk with compression method 1: PngImagePlugin.chunk_iCCP raises, so Image.open cannot identify it; the png crate drops the profile (parse_iccp ignores parse_iccp_raw's error) and the core reads no ICC"),
     "hopper_jpg.tif": ("differ", BOTH, _TIFF_JPEG),
     "tiff_strip_cmyk_jpeg.tif": ("differ", BOTH, _TIFF_JPEG),
     "tiff_strip_cmyk_16l_jpeg.tif": ("differ", BOTH, _TIFF_JPEG),
     "tiff_tiled_cmyk_jpeg.tif": ("differ", BOTH, _TIFF_JPEG),
-    "pil136.tiff": ("differ", BOTH, "unverified guess: TIFF CMYK with extra samples: PIL's CMYK->RGB formula differs by rounding"),
-    "pil168.tif": ("differ", BOTH, "unverified guess: 1-bit TIFF with odd width: PIL's row padding differs at the edge (to investigate)"),
-    "tiff_16bit_RGBa.tiff": ("differ", BOTH, "unverified guess: " + _TIFF_RGBA),
-    "tiff_strip_planar_16bit_RGBa.tiff": ("differ", BOTH, "unverified guess: " + _TIFF_RGBA),
+    "pil168.tif": ("differ", BOTH, "pil168.tif is JPEG-compressed RGB (not 1-bit): " + _TIFF_JPEG),
 }
 
 _PRE = Preprocessor(PreprocessConfig.clip(224), num_threads=1)
 _PROC = CLIPImageProcessorPil()
 
 
+def _high_byte(img: Image.Image) -> Image.Image:
+    """ferroclip's documented 16-bit rule (the high byte), keeping a tRNS grey transparent:
+    a new image from the array would drop ``info["transparency"]``, which the processor's
+    ``convert_to_rgb`` composites onto white (as the core does)."""
+    arr = np.asarray(img, dtype=np.uint32)
+    out = Image.fromarray((arr >> 8).astype(np.uint8), "L")
+    trns = img.info.get("transparency")
+    if isinstance(trns, int):
+        out.putalpha(Image.fromarray(np.where(arr == trns, 0, 255).astype(np.uint8), "L"))
+    return out
+
+
 def _reference(data: bytes) -> np.ndarray:
     with warnings.catch_warnings():  # PIL's warnings on damaged files are not refusals
         warnings.simplefilter("ignore")
         img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-        if img.mode.startswith("I;16"):  # ferroclip's documented 16-bit rule (the high byte)
-            img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8), "L")
+        if img.mode.startswith("I;16"):
+            img = _high_byte(img)
         return _PROC(images=img, return_tensors="np")["pixel_values"][0]
 
 
@@ -115,6 +112,12 @@ def _sixteen_bit_gray(name: str) -> bool:
         return False
 
 
+#: Files where ``sixteen_bit="clip"`` is not PIL's result, with the traced cause.
+CLIP_EXCEPTIONS = {
+    "i_trns.png": "16-bit gray with a tRNS colour: the png crate expands it to gray+alpha 16-bit, "
+    "which the core reads by its high byte like a true 16-bit LA PNG (PIL's 'LA;16B'); the clip rule "
+    "applies to 16-bit gray without transparency only",
+}
 _PRE_CLIP = Preprocessor(PreprocessConfig.clip(224), num_threads=1, sixteen_bit="clip")
 SIXTEEN = [n for n in FILES if _sixteen_bit_gray(n)]
 
@@ -131,5 +134,7 @@ def test_pillow_corpus_sixteen_bit_clip_is_pils_own_rule(name):
     row = EXCEPTIONS.get(name)
     if row and row[0] == "differ" and PILLOW in row[1]:
         pytest.skip(f"listed difference: {row[2]}")
+    if name in CLIP_EXCEPTIONS:
+        pytest.skip(CLIP_EXCEPTIONS[name])
     assert res.ok[0], res.errors
     assert float(np.abs(res.pixel_values[0] - ref).max()) <= TOL

@@ -28,7 +28,13 @@ TOL = 1e-6
 def reference_image(data: bytes) -> Image.Image:
     img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     if img.mode.startswith("I;16"):
-        img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8), "L")
+        # The high byte, keeping a tRNS grey transparent (a new image would drop it).
+        arr = np.asarray(img, dtype=np.uint32)
+        gray = Image.fromarray((arr >> 8).astype(np.uint8), "L")
+        trns = img.info.get("transparency")
+        if isinstance(trns, int):
+            gray.putalpha(Image.fromarray(np.where(arr == trns, 0, 255).astype(np.uint8), "L"))
+        img = gray
     return img
 
 

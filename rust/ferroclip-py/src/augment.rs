@@ -55,7 +55,7 @@ impl PyAugmentSpec {
             Some((b, c, s, h)) => ColorJitter::from_strengths(b, c, s, h).map_err(PyCoreError)?,
             None => ColorJitter::default(),
         };
-        let decode = decode_options(exif_transpose, alpha, max_pixels, max_scans, strict, sixteen_bit)?;
+        let decode = decode_options(exif_transpose, alpha, max_pixels, max_scans, strict, sixteen_bit, pil_version)?;
         let inner = AugmentSpec::new(
             CropParams::new(scale, ratio).map_err(PyCoreError)?,
             hflip,

@@ -43,6 +43,11 @@ pub(crate) fn parse_pass_order(s: &str) -> PyResult<PassOrder> {
     }
 }
 
+/// Whether a `pil_version` rule names a Pillow whose BMP reader is 12's (`bmp.rs`).
+pub(crate) fn pillow12_bmp(pil_version: &str) -> bool {
+    pil_version != "13"
+}
+
 pub(crate) fn parse_alpha(s: &str) -> PyResult<AlphaMode> {
     match s {
         "white" => Ok(AlphaMode::White),
@@ -67,6 +72,7 @@ pub(crate) fn decode_options(
     max_scans: u32,
     strict: bool,
     sixteen_bit: &str,
+    pil_version: &str,
 ) -> PyResult<DecodeOptions> {
     Ok(DecodeOptions {
         apply_exif_orientation: exif_transpose,
@@ -75,6 +81,7 @@ pub(crate) fn decode_options(
         max_scans,
         strict,
         sixteen_bit: parse_sixteen_bit(sixteen_bit)?,
+        pillow12_bmp: pillow12_bmp(pil_version),
     })
 }
 
@@ -157,7 +164,7 @@ impl PyPreprocessSpec {
             other => return Err(PyValueError::new_err(format!("crop_rounding must be 'floor' or 'round', got {other:?}"))),
         };
         let crop = crop_size.map(|(height, width)| CropSpec { height, width, rounding });
-        let decode = decode_options(exif_transpose, alpha, max_pixels, max_scans, strict, sixteen_bit)?;
+        let decode = decode_options(exif_transpose, alpha, max_pixels, max_scans, strict, sixteen_bit, pil_version)?;
         let inner = PreprocessSpec::new(
             resize,
             crop,
@@ -305,7 +312,7 @@ fn decode_image<'py>(
     max_pixels: u64,
     sixteen_bit: &str,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
-    let opts = decode_options(exif_transpose, alpha, max_pixels, decode::DEFAULT_MAX_SCANS, false, sixteen_bit)?;
+    let opts = decode_options(exif_transpose, alpha, max_pixels, decode::DEFAULT_MAX_SCANS, false, sixteen_bit, "13")?;
     let held = hold(0, &item)?;
     let (result, path) = match &held {
         Held::Path(p) => {

@@ -182,6 +182,7 @@ pub(super) fn decode_with_image_rs(
     check_pixels(u64::from(w), u64::from(h), opts.max_pixels)?;
     let orientation = if opts.apply_exif_orientation { reference_orientation(format, data, &mut decoder) } else { None };
     let img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
+    let img = if format == Format::Tiff { super::tiff_tags::apply(data, img) } else { img };
     Ok((dynamic_to_rgb(img, opts.alpha, opts.sixteen_bit), orientation))
 }
 

@@ -3,10 +3,12 @@
 //!
 //! JPEG goes through libjpeg-turbo (the mozjpeg build of it), the decoder PIL itself uses,
 //! so JPEG pixels are bit-exact with PIL. Everything else goes through image-rs, whose
-//! lossless decoders give the same pixels as PIL's. HEIF/HEIC goes through libheif (the
-//! `heif` feature), the library pillow-heif wraps (`heif.rs`). Mode handling follows PIL to
-//! the integer (`color.rs`).
+//! lossless decoders give the same pixels as PIL's, except the BMP variants PIL reads its
+//! own way (16-bit, RLE, paletted), which `bmp.rs` decodes as PIL does. HEIF/HEIC goes
+//! through libheif (the `heif` feature), the library pillow-heif wraps (`heif.rs`). Mode
+//! handling follows PIL to the integer (`color.rs`).
 
+mod bmp;
 mod color;
 #[cfg(feature = "heif")]
 mod heif;
@@ -14,6 +16,7 @@ mod jpeg;
 mod orientation;
 mod source;
 mod tiff_layout;
+mod tiff_tags;
 
 use image::metadata::Orientation;
 
@@ -56,6 +59,9 @@ pub struct DecodeOptions {
     pub strict: bool,
     /// 16-bit grayscale: scaled by its high byte (default) or clipped at 255 as PIL does.
     pub sixteen_bit: SixteenBit,
+    /// Read BMP as Pillow 12 and older do (odd RLE4 absolute runs, one-grey palettes;
+    /// `bmp.rs`), for a reference on those releases. Off: Pillow 13's rules.
+    pub pillow12_bmp: bool,
 }
 
 impl Default for DecodeOptions {
@@ -67,6 +73,7 @@ impl Default for DecodeOptions {
             max_scans: DEFAULT_MAX_SCANS,
             strict: false,
             sixteen_bit: SixteenBit::Scale,
+            pillow12_bmp: false,
         }
     }
 }
@@ -257,6 +264,13 @@ pub fn decode(data: &[u8], opts: &DecodeOptions, hints: Hints<'_>) -> Result<Dec
                     .into(),
             ))
         }
+        Format::Bmp => match bmp::decode(data, opts)? {
+            Some(img) => (Decoded::whole(img), None),
+            None => {
+                let (img, o) = color::decode_with_image_rs(data, Format::Bmp, opts)?;
+                (Decoded::whole(img), o)
+            }
+        },
         other => {
             let (img, o) = color::decode_with_image_rs(data, other, opts)?;
             (Decoded::whole(img), o)

@@ -112,12 +112,6 @@ def _sixteen_bit_gray(name: str) -> bool:
         return False
 
 
-#: Files where ``sixteen_bit="clip"`` is not PIL's result, with the traced cause.
-CLIP_EXCEPTIONS = {
-    "i_trns.png": "16-bit gray with a tRNS colour: the png crate expands it to gray+alpha 16-bit, "
-    "which the core reads by its high byte like a true 16-bit LA PNG (PIL's 'LA;16B'); the clip rule "
-    "applies to 16-bit gray without transparency only",
-}
 _PRE_CLIP = Preprocessor(PreprocessConfig.clip(224), num_threads=1, sixteen_bit="clip")
 SIXTEEN = [n for n in FILES if _sixteen_bit_gray(n)]
 
@@ -134,7 +128,5 @@ def test_pillow_corpus_sixteen_bit_clip_is_pils_own_rule(name):
     row = EXCEPTIONS.get(name)
     if row and row[0] == "differ" and PILLOW in row[1]:
         pytest.skip(f"listed difference: {row[2]}")
-    if name in CLIP_EXCEPTIONS:
-        pytest.skip(CLIP_EXCEPTIONS[name])
     assert res.ok[0], res.errors
     assert float(np.abs(res.pixel_values[0] - ref).max()) <= TOL

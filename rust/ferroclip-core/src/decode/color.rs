@@ -122,6 +122,21 @@ fn clipped(samples: &[u16]) -> Vec<u8> {
     samples.iter().map(|&v| v.min(255) as u8).collect()
 }
 
+/// A 16-bit grey PNG with a tRNS grey comes from image-rs as LumaA16, while PIL keeps it
+/// `I;16` with `info["transparency"]`: under `SixteenBit::Clip` its grey clips like any
+/// `I;16` and the tRNS pixels stay transparent. A true grey+alpha PNG is PIL's `LA` (high
+/// bytes), so only colour type 0 (grey, IHDR byte 25) is clipped.
+fn clip_trns_grey16(format: Format, data: &[u8], img: DynamicImage) -> DynamicImage {
+    match img {
+        DynamicImage::ImageLumaA16(b) if format == Format::Png && data.get(25) == Some(&0) => {
+            let (w, h) = b.dimensions();
+            let la = b.as_raw().chunks_exact(2).flat_map(|p| [p[0].min(255) as u8, (p[1] >> 8) as u8]).collect();
+            DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_raw(w, h, la).expect("same size as the decoded image"))
+        }
+        other => other,
+    }
+}
+
 /// `DynamicImage` (any mode image-rs produces) to RGB8 with PIL's rules.
 pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode, sixteen: SixteenBit) -> RgbImage {
     let (width, height) = (img.width() as usize, img.height() as usize);
@@ -183,6 +198,7 @@ pub(super) fn decode_with_image_rs(
     let orientation = if opts.apply_exif_orientation { reference_orientation(format, data, &mut decoder) } else { None };
     let img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     let img = if format == Format::Tiff { super::tiff_tags::apply(data, img) } else { img };
+    let img = if opts.sixteen_bit == SixteenBit::Clip { clip_trns_grey16(format, data, img) } else { img };
     Ok((dynamic_to_rgb(img, opts.alpha, opts.sixteen_bit), orientation))
 }
 
@@ -222,6 +238,20 @@ mod tests {
         }
         // Half-transparent black over white is mid grey, as in Pillow.
         assert_eq!(composite_over_white(0, 128), 127);
+    }
+
+    #[test]
+    fn trns_grey16_png_clips_its_grey_under_clip() {
+        let la = image::ImageBuffer::from_raw(2, 1, vec![300u16, 65535, 255, 0]).unwrap();
+        let mut png_grey = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\0\x02\0\0\0\x01\x10".to_vec();
+        png_grey.push(0); // colour type 0: grey (its alpha can only be a tRNS grey)
+        let out = clip_trns_grey16(Format::Png, &png_grey, DynamicImage::ImageLumaA16(la.clone()));
+        assert_eq!(out.as_luma_alpha8().unwrap().as_raw(), &[255, 255, 255, 0]);
+        assert_eq!(dynamic_to_rgb(out, AlphaMode::White, SixteenBit::Clip).data, [255, 255, 255, 255, 255, 255]);
+        // Colour type 4 (grey + alpha) is PIL's LA: left to the high-byte rule.
+        *png_grey.last_mut().unwrap() = 4;
+        let out = clip_trns_grey16(Format::Png, &png_grey, DynamicImage::ImageLumaA16(la));
+        assert!(matches!(out, DynamicImage::ImageLumaA16(_)));
     }
 
     #[test]

@@ -18,8 +18,9 @@ all three must give the same Recall@K first.
 Floors, measured in the same run: sgemm GFLOP/s (numpy matmul, 2048^3, per thread count,
 best of repeated calls, before and after the timings), the core's theoretical FMA peak
 (clock x vector lanes x 2 x FMA units, from ferroclip's probe: a dependent-add chain for the
-clock, independent FMA chains for the units), the read bandwidth (the probe's best simple
-read loop over 1 GiB, per thread count) and copy bandwidth (numpy copyto of 1 GiB, counted
+clock, independent FMA chains for the units), the read bandwidth (the probe's best read
+loop over 1 GiB, per thread count: 1, 2 or 4 streams per thread, with and without software
+prefetch, in the widest vectors the CPU has, so no kernel of ours can read faster than it) and copy bandwidth (numpy copyto of 1 GiB, counted
 as bytes read + written). Columns: GFLOP/s = 2QND / time against the sgemm floor; GB/s =
 database bytes read / time against the read bandwidth. A summary after the tables checks
 the goals (top-k at >= 90% of the sgemm floor, Recall@K <= 1.05x the bare product, one query

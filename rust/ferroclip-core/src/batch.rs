@@ -65,6 +65,125 @@ pub fn run_parallel<R: Send>(num_threads: Option<usize>, f: impl FnOnce(bool) ->
     Ok(pool(n)?.install(|| f(true)))
 }
 
+/// The workers of `shared_pool`: its pool and their thread ids (to pin them, see `run_shared`).
+type SharedPool = (Arc<rayon::ThreadPool>, Arc<Mutex<Vec<i32>>>);
+static SHARED_POOLS: Mutex<(u64, Vec<(usize, SharedPool)>)> = Mutex::new((0, Vec::new()));
+
+/// A pool of `n` workers for `run_shared` only (so re-pinning them never slows another
+/// user's batch), built once per size and per fork generation.
+fn shared_pool(n: usize) -> Result<SharedPool> {
+    let mut cache = SHARED_POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let generation = FORK_GENERATION.load(Ordering::SeqCst);
+    if cache.0 != generation {
+        std::mem::forget(std::mem::take(&mut cache.1)); // as in `pool`
+        cache.0 = generation;
+    }
+    if let Some((_, p)) = cache.1.iter().find(|(k, _)| *k == n) {
+        return Ok(p.clone());
+    }
+    let tids = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let record = Arc::clone(&tids);
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("ferroclip-shared-{i}"))
+        .start_handler(move |_| {
+            if let Some(tid) = affinity::current_tid() {
+                record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tid);
+            }
+        })
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start {n} threads: {e}")))?;
+    let entry = (Arc::new(p), tids);
+    cache.1.push((n, entry.clone()));
+    Ok(entry)
+}
+
+/// Run `f(i)` for every `i in 0..n` on `num_threads` threads of which the caller is one,
+/// results in index order.
+///
+/// For work of a few milliseconds (one query streaming the database). `run_parallel`
+/// hands everything to the pool and waits, so nothing starts before a worker wakes. Here
+/// the caller starts on item 0 at once and the helpers join as they wake, each taking the
+/// next item from a shared counter, so a late helper costs only the items it did not take.
+///
+/// Each helper is first pinned to a CPU other than the caller's. Without that, a woken
+/// thread may queue behind its waker on the same CPU until the load balancer moves it:
+/// on the project's KVM guests (whose kernel packs wakeups onto busy vCPUs) a helper woken
+/// this way started after a median 1-2 ms, pinned after 40-120 us (30 wakeups each, after
+/// 0 and 100 ms idle). The pinning is one `sched_setaffinity` per helper and call; it is
+/// skipped where the caller's CPU or affinity cannot be read, and off Linux.
+pub fn run_shared<R: Send>(num_threads: Option<usize>, n: usize, f: impl Fn(usize) -> R + Sync) -> Result<Vec<R>> {
+    let threads = resolve_num_threads(num_threads).min(n);
+    if threads <= 1 {
+        return Ok((0..n).map(f).collect());
+    }
+    let (pool, tids) = shared_pool(threads - 1)?;
+    affinity::pin_away_from_caller(&tids.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        let r = f(i);
+        *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(r);
+    };
+    pool.in_place_scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+    // The scope returns after every spawned task; a task's panic is re-raised by it, so
+    // each slot is filled here.
+    Ok(slots
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).expect("every item ran"))
+        .collect())
+}
+
+/// Thread placement for `run_shared` (Linux; elsewhere these do nothing).
+mod affinity {
+    #[cfg(target_os = "linux")]
+    pub(super) fn current_tid() -> Option<i32> {
+        // SAFETY: gettid has no preconditions.
+        Some(unsafe { libc::gettid() })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn current_tid() -> Option<i32> {
+        None
+    }
+
+    /// Pin helper `j` to the j-th CPU (cycling) of the caller's affinity set other than
+    /// the one the caller runs on.
+    #[cfg(target_os = "linux")]
+    pub(super) fn pin_away_from_caller(tids: &[i32]) {
+        // SAFETY: plain syscalls on a zeroed cpu_set_t of the size they are told.
+        unsafe {
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            let here = libc::sched_getcpu();
+            let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+            if here < 0 || libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+                return;
+            }
+            let others: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| c != here as usize && libc::CPU_ISSET(c, &allowed)).collect();
+            if others.is_empty() {
+                return;
+            }
+            for (j, &tid) in tids.iter().enumerate() {
+                let mut one: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(others[j % others.len()], &mut one);
+                libc::sched_setaffinity(tid, size, &one); // best effort: a refusal only costs speed
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn pin_away_from_caller(_tids: &[i32]) {}
+}
+
 fn origin_of(source: &Source<'_>) -> Origin {
     match source {
         Source::Path(p) => Origin::Path(p.to_path_buf()),

@@ -125,15 +125,18 @@ pub fn cpu_peak(rounds: usize) -> Option<CpuPeak> {
     }
 }
 
-/// Sum of `data` read as `streams` sequential streams (equal parts), each prefetching
-/// `ahead` bytes ahead of itself (0: none), eight accumulators.
-fn read_once(data: &[f32], streams: usize, ahead: usize) -> f32 {
-    const CHUNK: usize = 16; // one 64-byte line
-    let part = data.len() / streams / CHUNK * CHUNK;
-    let mut acc = [0.0f32; 8 * CHUNK];
+/// Sum of `data` read as `S` sequential streams (equal parts), each prefetching `ahead`
+/// bytes ahead of itself (0: none): two 64-byte lines per stream per step, each element
+/// added to its own lane of the stream's 32 accumulators, so the adds vectorise into
+/// independent chains and the loop is never what limits the rate.
+#[inline(always)]
+fn read_streams<const S: usize>(data: &[f32], ahead: usize) -> f32 {
+    const STEP: usize = 32; // two 64-byte lines
+    let part = data.len() / S / STEP * STEP;
+    let mut acc = [[0.0f32; STEP]; S];
     let mut i = 0;
     while i < part {
-        for s in 0..streams {
+        for (s, a) in acc.iter_mut().enumerate() {
             let at = s * part + i;
             #[cfg(target_arch = "x86_64")]
             if ahead > 0 {
@@ -144,14 +147,60 @@ fn read_once(data: &[f32], streams: usize, ahead: usize) -> f32 {
                     );
                 }
             }
-            let lane = (s % 8) * CHUNK;
-            for (a, x) in acc[lane..lane + CHUNK].iter_mut().zip(&data[at..at + CHUNK]) {
-                *a += x;
+            let x: &[f32; STEP] = data[at..at + STEP].try_into().expect("STEP elements");
+            for l in 0..STEP {
+                a[l] += x[l];
             }
         }
-        i += CHUNK;
+        i += STEP;
     }
-    acc.iter().sum()
+    acc.iter().flatten().sum()
+}
+
+#[inline(always)]
+fn read_portable(data: &[f32], streams: usize, ahead: usize) -> f32 {
+    match streams {
+        1 => read_streams::<1>(data, ahead),
+        2 => read_streams::<2>(data, ahead),
+        _ => read_streams::<4>(data, ahead),
+    }
+}
+
+/// `read_portable` compiled for AVX2: 256-bit loads and adds.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn read_avx2(data: &[f32], streams: usize, ahead: usize) -> f32 {
+    read_portable(data, streams, ahead)
+}
+
+/// `read_portable` compiled for AVX-512: 512-bit loads and adds.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn read_avx512(data: &[f32], streams: usize, ahead: usize) -> f32 {
+    read_portable(data, streams, ahead)
+}
+
+/// The widest read loop the CPU runs (the lanes only change how many bytes one load
+/// takes, never the sum: every element is added to the same accumulator in the same order).
+fn read_once(data: &[f32], streams: usize, ahead: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was just detected.
+            return unsafe { read_avx512(data, streams, ahead) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was just detected.
+            return unsafe { read_avx2(data, streams, ahead) };
+        }
+    }
+    read_portable(data, streams, ahead)
 }
 
 /// Read bandwidth in GB/s over `data` (make it far larger than the last-level cache) on
@@ -162,7 +211,7 @@ fn read_once(data: &[f32], streams: usize, ahead: usize) -> f32 {
 #[must_use]
 pub fn read_bandwidth(data: &[f32], threads: usize, rounds: usize) -> f64 {
     let threads = threads.max(1);
-    let share = data.len() / threads / 64 * 64;
+    let share = data.len() / threads / 128 * 128; // whole steps of 4 streams
     if share == 0 {
         return 0.0;
     }
@@ -208,5 +257,27 @@ mod tests {
             assert_eq!(read_once(&data, streams, ahead), (64 * 40) as f32, "{streams} {ahead}");
         }
         assert!(read_bandwidth(&data, 2, 1) > 0.0);
+    }
+
+    #[test]
+    fn wide_read_loops_give_the_portable_sum_bit_for_bit() {
+        // Values whose sums round: any change of order would show in the bits.
+        let data: Vec<f32> = (0..64 * 97u32).map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) as f32).sqrt() * 1e-3).collect();
+        for streams in [1, 2, 4] {
+            let want = read_portable(&data, streams, 0);
+            assert_ne!(want, 0.0);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: detected.
+                    assert_eq!(unsafe { read_avx2(&data, streams, 512) }.to_bits(), want.to_bits());
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: detected.
+                    assert_eq!(unsafe { read_avx512(&data, streams, 0) }.to_bits(), want.to_bits());
+                }
+            }
+            assert_eq!(read_once(&data, streams, 1024).to_bits(), want.to_bits());
+        }
     }
 }

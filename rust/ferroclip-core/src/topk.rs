@@ -24,6 +24,11 @@ const DOT_BLOCK: usize = 16 * DB_BLOCK;
 /// of the database) is shorter than waking a second thread and merging its lists costs.
 const PARALLEL_MIN_BYTES: usize = 8 << 20;
 
+/// Bytes of database per item when few queries share it between threads (`run_shared`):
+/// small enough that the thread that finishes last waits at most ~0.2 ms for the other,
+/// large enough that each item's four read streams run long.
+const SHARED_ITEM_BYTES: usize = 4 << 20;
+
 /// Heap entries allowed per task before query blocks shrink (large k).
 const MAX_HEAP_ENTRIES: usize = 1 << 22;
 
@@ -186,6 +191,12 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
 /// `k` larger than the database returns every row. Errors on a dimension mismatch and on
 /// non-finite scores (NaN/Inf in either input, or float32 overflow), naming the pair.
 pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_threads: Option<usize>) -> Result<TopK> {
+    topk_tuned(queries, database, k, num_threads, PARALLEL_MIN_BYTES, SHARED_ITEM_BYTES)
+}
+
+/// `topk` with its few-query thresholds as arguments, so tests reach the shared path on
+/// small inputs.
+fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_threads: Option<usize>, parallel_min_bytes: usize, shared_item_bytes: usize) -> Result<TopK> {
     check_dims(queries, "queries", database, "database")?;
     let _blas = crate::blas::SingleThreaded::new();
     let (nq, n) = (queries.rows(), database.rows());
@@ -196,22 +207,35 @@ pub fn topk(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num_t
     let qb_size = TOPK_QUERY_BLOCK.min((MAX_HEAP_ENTRIES / k).max(1));
     let q_blocks = nq.div_ceil(qb_size);
     let kernel = Kernel::for_queries(nq);
-    let num_threads = if kernel == Kernel::Dot && database.bytes() < PARALLEL_MIN_BYTES { Some(1) } else { num_threads };
+    let num_threads = if kernel == Kernel::Dot && database.bytes() < parallel_min_bytes { Some(1) } else { num_threads };
     let threads = resolve_num_threads(num_threads);
     let d_blocks = n.div_ceil(DB_BLOCK);
-    // Split the database only when query blocks alone cannot feed the threads, into parts
-    // that differ by at most one block (so the threads finish together).
-    let parts = if threads == 1 { 1 } else { d_blocks.min((4 * threads).div_ceil(q_blocks)).max(1) };
-
-    let lists = run_parallel(num_threads, |parallel| {
-        map_range(parallel, q_blocks * parts, |t| {
+    let (parts, lists) = if kernel == Kernel::Dot && threads > 1 {
+        // One pass over the database, shared item by item (see `run_shared`): the caller
+        // starts at once, so a second thread can only add bandwidth, never wake-up latency.
+        let row_bytes = (database.bytes() / n).max(1);
+        let item_rows = (shared_item_bytes / row_bytes / DB_BLOCK).max(1) * DB_BLOCK;
+        let parts = n.div_ceil(item_rows);
+        let lists = crate::batch::run_shared(num_threads, q_blocks * parts, |t| {
             let (b, p) = (t / parts, t % parts);
             let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
-            scan(kernel, queries, database, k, q, block_part(p, parts, d_blocks, DB_BLOCK, n))
-        })
-    })?
-    .into_iter()
-    .collect::<Result<Vec<_>>>()?;
+            scan(kernel, queries, database, k, q, (p * item_rows, ((p + 1) * item_rows).min(n)))
+        })?;
+        (parts, lists)
+    } else {
+        // Split the database only when query blocks alone cannot feed the threads, into
+        // parts that differ by at most one block (so the threads finish together).
+        let parts = if threads == 1 { 1 } else { d_blocks.min((4 * threads).div_ceil(q_blocks)).max(1) };
+        let lists = run_parallel(num_threads, |parallel| {
+            map_range(parallel, q_blocks * parts, |t| {
+                let (b, p) = (t / parts, t % parts);
+                let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
+                scan(kernel, queries, database, k, q, block_part(p, parts, d_blocks, DB_BLOCK, n))
+            })
+        })?;
+        (parts, lists)
+    };
+    let lists = lists.into_iter().collect::<Result<Vec<_>>>()?;
 
     let mut scores = Vec::with_capacity(nq * k);
     let mut indices = Vec::with_capacity(nq * k);
@@ -273,6 +297,31 @@ mod tests {
         for threads in [1, 2, 5] {
             check(3, 2 * DB_BLOCK + 7, 2, 10, 3, threads);
             check(QUERY_BLOCK + 1, DB_BLOCK + 1, 3, 4, 3, threads);
+        }
+    }
+
+    #[test]
+    fn few_queries_shared_between_threads_match_one_thread() {
+        // The shared path (few queries, several threads) on inputs small enough for a
+        // test: no size threshold, items of one DB_BLOCK, so many items per thread, ties
+        // across item boundaries and a NaN reported from the item that holds it.
+        let (n, dim) = (7 * DB_BLOCK + 13, 4);
+        for (nq, levels) in [(1, 3), (3, 1000)] {
+            let q = small_ints(nq * dim, 1, levels);
+            let mut d = small_ints(n * dim, 2, levels);
+            let eq = Embeddings::f32(&q, nq, dim, "queries").unwrap();
+            let ed = Embeddings::f32(&d, n, dim, "database").unwrap();
+            assert_eq!(Kernel::for_queries(nq), Kernel::Dot);
+            let (scores, indices) = reference(&eq, &ed, 10);
+            for threads in [2, 3, 8] {
+                let got = topk_tuned(&eq, &ed, 10, Some(threads), 0, 1).unwrap();
+                assert_eq!((&got.scores, &got.indices), (&scores, &indices), "nq={nq} threads={threads}");
+            }
+            d[(5 * DB_BLOCK + 2) * dim] = f32::NAN;
+            d[(6 * DB_BLOCK + 2) * dim] = f32::NAN;
+            let ed = Embeddings::f32(&d, n, dim, "database").unwrap();
+            let err = topk_tuned(&eq, &ed, 10, Some(2), 0, 1).unwrap_err().to_string();
+            assert!(err.contains(&format!("database[{}]", 5 * DB_BLOCK + 2)), "{err}");
         }
     }
 

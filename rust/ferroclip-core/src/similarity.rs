@@ -416,40 +416,45 @@ pub fn similarity(a: &Embeddings<'_>, b: &Embeddings<'_>, num_threads: Option<us
     let blocks_per_group = row_blocks.div_ceil(row_groups);
     let kernel = Kernel::for_queries(m);
     let ptr = OutPtr(out.as_mut_ptr());
-    let results = run_parallel(num_threads, |parallel| {
-        map_range(parallel, col_blocks * row_groups, |t| -> Result<()> {
-            #[allow(clippy::redundant_locals, reason = "moves the whole Send wrapper into the closure, not its raw-pointer field")]
-            let ptr = ptr;
-            let (cb, group) = (t / row_groups, t % row_groups);
-            let (c0, c1) = (cb * DB_BLOCK, ((cb + 1) * DB_BLOCK).min(n));
-            let (mut scratch_a, mut scratch_b, mut scratch_dot) = (Vec::new(), Vec::new(), Vec::new());
-            // The dot kernel reads `b` in its stored dtype; sgemm needs the block as f32.
-            let use_dot = kernel == Kernel::Dot && a.dim > 0;
-            let bb = if use_dot { Cow::Borrowed(&[][..]) } else { b.block(c0, c1, &mut scratch_b) };
-            let first = group * blocks_per_group;
-            for rb in first..(first + blocks_per_group).min(row_blocks) {
-                let (r0, r1) = (rb * QUERY_BLOCK, ((rb + 1) * QUERY_BLOCK).min(m));
-                let ab = a.block(r0, r1, &mut scratch_a);
-                let (h, w) = (r1 - r0, c1 - c0);
-                // SAFETY: rows r0..r1 x columns c0..c1 of `out` belong to this task alone
-                // (tasks own disjoint column blocks x row groups); `out` outlives the call
-                // and nothing else reads or writes it meanwhile.
-                unsafe {
-                    let corner = ptr.0.add(r0 * n + c0);
-                    if use_dot {
-                        crate::dot::dots(&ab, h, b.rows_slice(c0, c1), w, a.dim, corner, n, &mut scratch_dot);
-                    } else {
-                        block_product_raw(kernel, &ab, h, &bb, w, a.dim, corner, n);
-                    }
-                    for i in 0..h {
-                        let row = std::slice::from_raw_parts(corner.add(i * n), w);
-                        check_finite_tile(row, 1, w, w, r0 + i, c0, ("a", "b"))?;
-                    }
+    let task = |t: usize| -> Result<()> {
+        #[allow(clippy::redundant_locals, reason = "moves the whole Send wrapper into the closure, not its raw-pointer field")]
+        let ptr = ptr;
+        let (cb, group) = (t / row_groups, t % row_groups);
+        let (c0, c1) = (cb * DB_BLOCK, ((cb + 1) * DB_BLOCK).min(n));
+        let (mut scratch_a, mut scratch_b, mut scratch_dot) = (Vec::new(), Vec::new(), Vec::new());
+        // The dot kernel reads `b` in its stored dtype; sgemm needs the block as f32.
+        let use_dot = kernel == Kernel::Dot && a.dim > 0;
+        let bb = if use_dot { Cow::Borrowed(&[][..]) } else { b.block(c0, c1, &mut scratch_b) };
+        let first = group * blocks_per_group;
+        for rb in first..(first + blocks_per_group).min(row_blocks) {
+            let (r0, r1) = (rb * QUERY_BLOCK, ((rb + 1) * QUERY_BLOCK).min(m));
+            let ab = a.block(r0, r1, &mut scratch_a);
+            let (h, w) = (r1 - r0, c1 - c0);
+            // SAFETY: rows r0..r1 x columns c0..c1 of `out` belong to this task alone
+            // (tasks own disjoint column blocks x row groups); `out` outlives the call
+            // and nothing else reads or writes it meanwhile.
+            unsafe {
+                let corner = ptr.0.add(r0 * n + c0);
+                if use_dot {
+                    crate::dot::dots(&ab, h, b.rows_slice(c0, c1), w, a.dim, corner, n, &mut scratch_dot);
+                } else {
+                    block_product_raw(kernel, &ab, h, &bb, w, a.dim, corner, n);
+                }
+                for i in 0..h {
+                    let row = std::slice::from_raw_parts(corner.add(i * n), w);
+                    check_finite_tile(row, 1, w, w, r0 + i, c0, ("a", "b"))?;
                 }
             }
-            Ok(())
-        })
-    })?;
+        }
+        Ok(())
+    };
+    let tasks = col_blocks * row_groups;
+    // Few queries stream `b` once: shared with the caller working (see `run_shared`).
+    let results = if kernel == Kernel::Dot && resolve_num_threads(num_threads) > 1 {
+        crate::batch::run_shared(num_threads, tasks, task)?
+    } else {
+        run_parallel(num_threads, |parallel| map_range(parallel, tasks, task))?
+    };
     // Report the error of the first failing task, so the message does not depend on timing.
     results.into_iter().collect::<Result<Vec<()>>>()?;
     Ok(out)

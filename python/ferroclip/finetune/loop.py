@@ -347,7 +347,9 @@ def finetune(
                                "loss_type": cfg.resolved_loss(family), "batch_size": micro,
                                "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "world_size": world,
                                "contrastive_batch": global_batch, "steps_per_epoch": steps_per_epoch, "total_steps": total}
-    base_state = {k: v.detach().to("cpu").clone() for k, v in towers.merged_model().state_dict().items()}
+    # The base weights for WiSE-FT, kept only when it will run (a model-sized copy in memory).
+    base_state = ({k: v.detach().to("cpu").clone() for k, v in towers.merged_model().state_dict().items()}
+                  if parts["val"].num_images and wise_alphas(cfg) else {})
     def evaluate(t: Towers = towers, sharded: bool = True) -> dict[str, float]:
         """Validation metrics; during training every rank embeds its share (all ranks must call)."""
         assert val_set is not None

@@ -149,3 +149,41 @@ def test_integer_class_names_are_ordered_numerically():
     assert res.confusion.sum(axis=1).tolist() == [true["1"], true["2"], true["10"]]
     mixed = linear_probe(x, np.where(ages == "10", "ten", ages), "ridge", folds=3)
     assert mixed.classes == ["1", "2", "ten"]
+
+
+def test_cli_probe_drops_failed_rows_from_every_feature_set_and_its_label(tmp_path, capsys):
+    # Two embedding runs of the same 90 images where different images failed (ok=false,
+    # zero rows): the probe must keep only rows that decoded in both, each with its own
+    # label, whether labels come by position (a CSV without paths) or by path.
+    x, y = _blobs(n=90, classes=3)
+    paths = np.array([str(tmp_path / f"img{i:03d}.png") for i in range(90)])
+    ok_a, ok_b = np.ones(90, bool), np.ones(90, bool)
+    ok_a[[3, 40]] = False
+    ok_b[[7, 40, 88]] = False
+    xa, xb = np.where(ok_a[:, None], x, 0), np.where(ok_b[:, None], x + 0.25, 0)
+    np.savez(tmp_path / "a.npz", features=xa, ok=ok_a)
+    np.savez(tmp_path / "b.npz", features=xb, ok=ok_b, paths=paths)
+    keep = ok_a & ok_b
+    with open(tmp_path / "pos.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["label"], *([v] for v in y)])
+    with open(tmp_path / "bypath.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label"], *zip(paths[::-1], y[::-1])])  # any order: matched by path
+    for labels in ("pos.csv", "bypath.csv"):
+        out = tmp_path / f"out-{labels}"
+        assert _probe_cli([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--labels-csv", str(tmp_path / labels),
+                           "--folds", "3", "--out", str(out), "--no-plots"]) == 0
+        assert "4 rows of images that failed" in capsys.readouterr().err
+        for name, feats in (("a", xa), ("b", xb)):
+            got = json.loads((out / f"{name}_probe.json").read_text())
+            want = linear_probe(feats[keep], y[keep], folds=3)
+            assert got["accuracy_mean"] == pytest.approx(want.accuracy[0]), (labels, name)
+
+    # the same images in another order are refused, naming the row
+    np.savez(tmp_path / "c.npz", features=x[::-1], paths=paths[::-1])
+    with pytest.raises(DataError, match=r"c\.npz: row 0 is .*img089\.png but row 0 of .*b\.npz is .*img000\.png"):
+        _probe_cli([str(tmp_path / "b.npz"), str(tmp_path / "c.npz"), "--labels-csv", str(tmp_path / "bypath.csv"),
+                    "--out", str(tmp_path / "o4")])
+    np.save(tmp_path / "d.npy", x[:50])
+    with pytest.raises(DataError, match=r"d\.npy: 50 rows but .*a\.npz has 90"):
+        _probe_cli([str(tmp_path / "a.npz"), str(tmp_path / "d.npy"), "--labels-csv", str(tmp_path / "pos.csv"),
+                    "--out", str(tmp_path / "o5")])

@@ -24,8 +24,10 @@ __all__ = ["register"]
 # ---------------------------------------------------------------------------- probe
 
 
-def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[str, np.ndarray]]:
-    """``name=path`` or ``path``: the features and any ``labels``/``paths`` stored beside them."""
+def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """``name=path`` or ``path``: the features, any ``labels``/``paths`` stored beside them,
+    and the ``ok`` mask of the embedding run (None: every row is an image that decoded).
+    Nothing is dropped here: rows are dropped together across feature sets (`_cmd_probe`)."""
     from .data import load_array
 
     name, sep, path = spec.partition("=")
@@ -56,18 +58,15 @@ def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[s
     features = load_array(p, key)
     if "paths" in extra and len(extra["paths"]) != len(features):
         raise DataError(f"{p}: {len(features)} rows but {len(extra['paths'])} paths stored beside them", str(p))
-    if ok is not None:
-        if len(ok) != len(features):
-            raise DataError(f"{p}: {len(features)} rows but an ok mask of {len(ok)}", str(p))
-        if not ok.all():
-            # Failed images keep a zero row (`embed --out`'s rule): they are not data.
-            print(f"note: {p}: {int((~ok).sum())} rows of failed images (ok=false) left out", file=sys.stderr)
-            features = features[ok]
-            extra = {k: v[ok] if len(v) == len(ok) else v for k, v in extra.items()}
-    return name, p, features, extra
+    if ok is not None and len(ok) != len(features):
+        raise DataError(f"{p}: {len(features)} rows but an ok mask of {len(ok)}", str(p))
+    if "labels" in extra and len(extra["labels"]) != len(features):
+        raise DataError(f"{p}: {len(features)} rows but {len(extra['labels'])} labels stored beside them", str(p))
+    return name, p, features, extra, ok
 
 
-def _labels(args: argparse.Namespace, n: int, cache: dict[str, np.ndarray], where: Path) -> list[str]:
+def _labels(args: argparse.Namespace, keep: np.ndarray, cache: dict[str, np.ndarray], where: Path) -> list[str]:
+    """The label of every kept row (``keep``: rows whose image decoded in every feature set)."""
     from .data import labels_from_folder, load_labels_csv
 
     paths: list[str] | None
@@ -77,7 +76,7 @@ def _labels(args: argparse.Namespace, n: int, cache: dict[str, np.ndarray], wher
     elif args.labels_csv:
         paths, labels = load_labels_csv(args.labels_csv)
     elif "labels" in cache:
-        return [str(v) for v in cache["labels"]]
+        return [str(v) for v, k in zip(cache["labels"], keep) if k]
     else:
         raise DataError(f"{where}: no labels: pass --labels-dir or --labels-csv, or store 'labels' in the .npz")
     src = args.labels_dir or args.labels_csv
@@ -85,20 +84,50 @@ def _labels(args: argparse.Namespace, n: int, cache: dict[str, np.ndarray], wher
         # Paths are compared resolved, so `ferroclip embed photos --out f.npz` (absolute paths)
         # matches `--labels-dir photos` given relative to the current directory.
         by_path = dict(zip((_canonical(p) for p in paths), labels))
-        wanted = [_canonical(q) for q in cache["paths"]]
+        wanted = [_canonical(q) for q, k in zip(cache["paths"], keep) if k]
         missing = [q for q in wanted if q not in by_path]
         if missing:
             raise DataError(f"{src}: no label for {len(missing)} rows of {where}, e.g. {missing[0]}", str(src))
         return [by_path[q] for q in wanted]
-    if len(labels) != n:
-        hint = (
-            f" (no paths stored with {where.name}: write it with `ferroclip embed --out x.npz`, which keeps "
-            "each row's path, so rows can be matched to labels)"
-            if paths is not None
-            else ""
-        )
-        raise DataError(f"{src}: {len(labels)} labels but {where} has {n} rows{hint}", str(src))
-    return labels
+    n, kept = len(keep), int(keep.sum())
+    if len(labels) == n:  # one label per row, failed rows included: drop those with their rows
+        return [label for label, k in zip(labels, keep) if k]
+    if len(labels) == kept:  # one label per image that decoded
+        return labels
+    hint = (
+        f" (no paths stored with {where.name}: write it with `ferroclip embed --out x.npz`, which keeps "
+        "each row's path, so rows can be matched to labels)"
+        if paths is not None
+        else ""
+    )
+    counts = f"{n} rows" if kept == n else f"{n} rows ({kept} of images that decoded)"
+    raise DataError(f"{src}: {len(labels)} labels but {where} has {counts}{hint}", str(src))
+
+
+def _same_rows(loaded: list[tuple[str, Path, np.ndarray, dict[str, np.ndarray], np.ndarray | None]]) -> np.ndarray:
+    """Check that the feature sets hold the same images in the same order (by row count, and
+    by path where they store paths); the rows to keep: those whose image decoded in all."""
+    _, first, x0, _, _ = loaded[0]
+    for _, p, x, _, _ in loaded[1:]:
+        if len(x) != len(x0):
+            raise DataError(f"{p}: {len(x)} rows but {first} has {len(x0)}: the feature sets must hold the same images "
+                            "in the same order", str(p))
+    with_paths = [(p, [str(q) for q in e["paths"]]) for _, p, _, e, _ in loaded if "paths" in e]
+    for p, other in with_paths[1:]:
+        ref_p, ref = with_paths[0]
+        i = next((i for i, (a, b) in enumerate(zip(ref, other)) if a != b and _canonical(a) != _canonical(b)), None)
+        if i is not None:
+            raise DataError(f"{p}: row {i} is {other[i]} but row {i} of {ref_p} is {ref[i]}: the feature sets must "
+                            "hold the same images in the same order", str(p))
+    keep = np.ones(len(x0), dtype=bool)
+    for _, _, _, _, ok in loaded:
+        if ok is not None:
+            keep &= ok
+    if not keep.all():
+        # Failed images keep a zero row (`embed --out`'s rule): they are not data, in any set.
+        print(f"note: {int((~keep).sum())} rows of images that failed (ok=false in a feature set) left out of every "
+              "feature set", file=sys.stderr)
+    return keep
 
 
 def _canonical(path: object) -> str:
@@ -112,12 +141,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     names = [n for n, *_ in loaded]
     if len(set(names)) != len(names):
         raise DataError(f"feature sets need distinct names, got {names}; use name=path")
-    labels = _labels(args, len(loaded[0][2]), loaded[0][3], loaded[0][1])
-    for name, p, x, _ in loaded[1:]:
-        if len(x) != len(labels):
-            raise DataError(f"{p}: {len(x)} rows but the labels cover {len(labels)} samples", str(p))
+    keep = _same_rows(loaded)
+    # Labels from a file are matched by path where any feature set stores paths (else by
+    # position); without a file, they are the first stored with a feature set.
+    wanted = "paths" if args.labels_dir or args.labels_csv else "labels"
+    _, where, _, cache, _ = next((f for f in loaded if wanted in f[3]), loaded[0])
+    labels = _labels(args, keep, cache, where)
     results = compare_probes(
-        {n: x for n, _, x, _ in loaded}, labels, args.model, args.folds,
+        {n: x[keep] for n, _, x, _, _ in loaded}, labels, args.model, args.folds,
         inner_folds=args.inner_folds, seed=args.seed, n_jobs=args.jobs,
     )
     files = write_comparison(results, args.out, plot=not args.no_plots)

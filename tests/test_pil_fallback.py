@@ -130,3 +130,28 @@ def test_damaged_jpeg_decodes_like_pil_with_a_warning_unless_strict():
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
     assert not strict.ok[0] and strict.pil_fallback == [] and "Premature end" in str(strict.errors[0])
+
+
+def test_train_augment_falls_back_to_pillow_with_the_crop_of_the_same_sample(tmp_path):
+    # Training data holds such files too: without the fallback they would drop out of every
+    # batch. The Pillow-decoded file must get exactly the augmentation the same pixels get
+    # when the Rust core decodes them (as a PNG), into the caller's buffer.
+    from ferroclip import TrainAugment
+
+    path = tmp_path / "palette.tif"
+    path.write_bytes(_palette_tiff(seed=4, size=(64, 48)))
+    same_png = io.BytesIO()
+    Image.open(path).convert("RGB").save(same_png, "PNG")
+    aug = TrainAugment(CFG, seed=7, num_threads=2, color_jitter=(0.3, 0.3, 0.3, 0.05))
+    items = [_jpeg(), str(path), b"not an image at all"]
+    out = np.full((3, 3, 32, 32), np.nan, dtype=np.float32)
+    res = aug.augment(items, epoch=3, indices=[10, 11, 12], out=out)
+    assert res.ok.tolist() == [True, True, False] and res.pil_fallback == [1]
+    assert res.warnings[1][0].startswith("decoded by Pillow: ")
+    assert len(res.errors) == 1 and res.errors[0].index == 2
+    core = aug.augment([same_png.getvalue()], epoch=3, indices=[11])
+    assert core.pil_fallback == [] and np.array_equal(out[1], core.pixel_values[0])
+    other = aug.augment([same_png.getvalue()], epoch=4, indices=[11])
+    assert not np.array_equal(out[1], other.pixel_values[0])  # the sample's own draw, not any
+    off = TrainAugment(CFG, seed=7, pil_fallback=False).augment([str(path)], epoch=3, indices=[11])
+    assert not off.ok[0] and off.pil_fallback == [] and off.errors[0].path == str(path)

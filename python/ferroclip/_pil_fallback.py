@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ImageDecodeError, ImageError, ImageTooLargeError
+from .errors import ImageDecodeError, ImageError, ImageTooLargeError, item_error
+
+if TYPE_CHECKING:
+    from .preprocess import PreprocessResult
+
+#: The Rust pass over Pillow's pixels: (RGB arrays, their positions in the batch) ->
+#: (pixel rows, raw errors ``(position, ...)``), as ``preprocess_batch``/``augment_batch`` return.
+RustPass = Callable[[list[npt.NDArray[np.uint8]], list[int]], tuple[npt.NDArray[Any], list[tuple[Any, ...]]]]
 
 try:
     from PIL import Image, ImageOps
@@ -83,3 +91,50 @@ def pil_decode(
             img = ImageOps.exif_transpose(opened) if exif_transpose else opened
             pixels = np.ascontiguousarray(np.asarray(_to_rgb(img, alpha, sixteen_bit)))
     return pixels, [str(w.message) for w in caught]
+
+
+def retry(
+    result: PreprocessResult,
+    items: list[Any],
+    rust_pass: RustPass,
+    *,
+    strict: bool,
+    exif_transpose: bool,
+    alpha: Literal["white", "drop"],
+    max_pixels: int,
+    sixteen_bit: Literal["scale", "clip"],
+) -> None:
+    """Decode the core's decode refusals in ``result`` with Pillow and send those pixels
+    through ``rust_pass`` (the same resize/normalise or augmentation the batch ran), in place:
+    rows filled, errors replaced by ``pil_fallback`` entries and a warning naming the refusal."""
+    retry_items = [exc for exc in result.errors if wants_fallback(exc, items[getattr(exc, "index", -1)], strict)]
+    decoded: list[tuple[int, npt.NDArray[np.uint8], list[str]]] = []
+    too_large: dict[int, ImageError] = {}
+    for exc in retry_items:
+        index = cast(int, getattr(exc, "index"))
+        try:
+            arr, notes = pil_decode(
+                items[index], exif_transpose=exif_transpose, alpha=alpha, max_pixels=max_pixels, sixteen_bit=sixteen_bit
+            )
+        except ImageError as big:  # over max_pixels: that limit is the answer, as for any input
+            path = cast(ImageError, exc).path
+            too_large[index] = item_error(index, path, "too_large", big.reason)
+            continue
+        except Exception:  # noqa: BLE001 - Pillow refuses too: the core's typed error stands
+            continue
+        decoded.append((index, arr, [f"decoded by Pillow: {getattr(exc, 'reason', exc)}", *notes]))
+    result.errors = [too_large.get(cast(int, getattr(e, "index", -1)), e) for e in result.errors]
+    if not decoded:
+        return
+    pixels, raw_errors = rust_pass([arr for _, arr, _ in decoded], [index for index, _, _ in decoded])
+    failed_again = {pos for pos, *_ in raw_errors}
+    done = set()
+    for pos, (index, _, notes) in enumerate(decoded):
+        if pos in failed_again:
+            continue
+        result.pixel_values[index] = pixels[pos]
+        result.ok[index] = True
+        result.pil_fallback.append(index)
+        result.warnings[index] = notes
+        done.add(index)
+    result.errors = [exc for exc in result.errors if getattr(exc, "index", None) not in done]

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from . import _native
+from . import _native, _pil_fallback
 from ._sources import ImageInput, to_native_items
 from .config import PreprocessConfig
 from .preprocess import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, PreprocessResult, check_image_options, collect_result
@@ -117,8 +117,11 @@ class TrainAugment:
         grayscale: probability of ``RandomGrayscale``.
         seed: the run's seed, in ``[0, 2**64)``.
         num_threads, dtype, exif_transpose, alpha, max_pixels, max_file_bytes, strict,
-            sixteen_bit: as for :class:`~ferroclip.Preprocessor` (``alpha=None``: the
-            config's rule, as the evaluation preprocessing of the same model uses).
+            sixteen_bit, pil_fallback: as for :class:`~ferroclip.Preprocessor` (``alpha=None``:
+            the config's rule, as the evaluation preprocessing of the same model uses). With
+            the Pillow fallback, a file the Rust decoders refuse is decoded by Pillow and
+            augmented in Rust like any other (the same crop for the same sample: the box
+            depends only on the seed and the image size).
 
     Example:
         >>> aug = TrainAugment(PreprocessConfig.clip(224), seed=0)
@@ -146,8 +149,13 @@ class TrainAugment:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         strict: bool = False,
         sixteen_bit: Literal["scale", "clip"] = "scale",
+        pil_fallback: bool | None = None,
     ) -> None:
         alpha = check_image_options(config, num_threads, dtype, alpha, sixteen_bit)
+        if pil_fallback and not _pil_fallback.HAVE_PIL:
+            raise ValueError("pil_fallback=True needs Pillow installed (pip install pillow)")
+        self.pil_fallback = _pil_fallback.HAVE_PIL if pil_fallback is None else bool(pil_fallback)
+        self.max_pixels, self.strict, self.sixteen_bit = max_pixels, strict, sixteen_bit
         if color_jitter is not None:
             try:
                 jitter = tuple(float(v) for v in color_jitter)
@@ -221,6 +229,16 @@ class TrainAugment:
             num_threads=self.num_threads,
         )
         result = collect_result(pixels, len(items), raw_errors, raw_warnings, failed, urls)
+        if self.pil_fallback:
+            _pil_fallback.retry(
+                result, items,
+                lambda arrays, pos: _native.augment_batch(
+                    arrays, self._spec, epoch=epoch, indices=[keys[i] for i in pos], size=hw, dtype=self.dtype,
+                    num_threads=self.num_threads,
+                )[:2],
+                strict=self.strict, exif_transpose=self.exif_transpose, alpha=self.alpha, max_pixels=self.max_pixels,
+                sixteen_bit=self.sixteen_bit,
+            )
         if on_error == "raise":
             result.raise_for_errors()
         return result

@@ -229,43 +229,12 @@ class Preprocessor:
 
     def _retry_with_pil(self, result: PreprocessResult, items: list[Any]) -> None:
         """Decode the core's decode refusals with Pillow and preprocess those pixels in Rust."""
-        retry = [exc for exc in result.errors if _pil_fallback.wants_fallback(exc, items[getattr(exc, "index", -1)], self.strict)]
-        decoded: list[tuple[int, npt.NDArray[np.uint8], list[str]]] = []
-        too_large: dict[int, ImageError] = {}
-        for exc in retry:
-            index = cast(int, getattr(exc, "index"))
-            try:
-                arr, notes = _pil_fallback.pil_decode(
-                    items[index],
-                    exif_transpose=self.exif_transpose,
-                    alpha=self.alpha,
-                    max_pixels=self.max_pixels,
-                    sixteen_bit=self.sixteen_bit,
-                )
-            except ImageError as big:  # over max_pixels: that limit is the answer, as for any input
-                path = cast(ImageError, exc).path
-                too_large[index] = item_error(index, path, "too_large", big.reason)
-                continue
-            except Exception:  # noqa: BLE001 - Pillow refuses too: the core's typed error stands
-                continue
-            decoded.append((index, arr, [f"decoded by Pillow: {getattr(exc, 'reason', exc)}", *notes]))
-        result.errors = [too_large.get(cast(int, getattr(e, "index", -1)), e) for e in result.errors]
-        if not decoded:
-            return
-        pixels, raw_errors, _ = _native.preprocess_batch(
-            [arr for _, arr, _ in decoded], self._spec, dtype=self.dtype, num_threads=self.num_threads
+        _pil_fallback.retry(
+            result, items,
+            lambda arrays, _: _native.preprocess_batch(arrays, self._spec, dtype=self.dtype, num_threads=self.num_threads)[:2],
+            strict=self.strict, exif_transpose=self.exif_transpose, alpha=self.alpha, max_pixels=self.max_pixels,
+            sixteen_bit=self.sixteen_bit,
         )
-        failed_again = {pos for pos, *_ in raw_errors}
-        done = set()
-        for pos, (index, _, notes) in enumerate(decoded):
-            if pos in failed_again:
-                continue
-            result.pixel_values[index] = pixels[pos]
-            result.ok[index] = True
-            result.pil_fallback.append(index)
-            result.warnings[index] = notes
-            done.add(index)
-        result.errors = [exc for exc in result.errors if getattr(exc, "index", None) not in done]
 
     def __repr__(self) -> str:
         return f"Preprocessor({self.config!r}, num_threads={self.num_threads}, fast={self.fast})"

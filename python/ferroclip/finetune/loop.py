@@ -605,7 +605,8 @@ def _train_prepare(cfg: FinetuneConfig, pre_cfg: PreprocessConfig, exact: Any, t
         aug = TrainAugment(pre_cfg, scale=(cfg.crop_scale[0], cfg.crop_scale[1]), ratio=(cfg.crop_ratio[0], cfg.crop_ratio[1]),
                            hflip=cfg.hflip, color_jitter=tuple(cfg.color_jitter) if cfg.color_jitter else None,  # type: ignore[arg-type]
                            grayscale=cfg.grayscale, seed=cfg.seed, num_threads=threads,
-                           exif_transpose=exact.exif_transpose, alpha=exact.alpha)  # as evaluation does
+                           exif_transpose=exact.exif_transpose, alpha=exact.alpha,  # as evaluation does
+                           pil_fallback=exact.pil_fallback)
         # the output size is the buffer's: the loader sizes it per batch (multi_resolution)
         return lambda images, epoch, idx, out: aug.augment(images, epoch=epoch, indices=idx, size=out.shape[2:], out=out)
     return lambda images, epoch, idx, out: exact.preprocess(images, out=out)

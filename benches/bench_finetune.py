@@ -18,6 +18,9 @@ data: generated 640x480 JPEG photos with captions. Three measurements:
     in a DataLoader, tokenise in the collate, ``ClipLoss``-style InfoNCE) and transformers'
     ``Trainer`` as ``run_clip.py`` drives it (``return_loss=True``), and against the bare
     forward + backward + optimiser step on ready tensors (the floor: what the model costs).
+    ferroclip and the floor step with torch's fused AdamW, as transformers' Trainer does by
+    default; the open_clip-style loop with ``torch.optim.AdamW``'s default, as open_clip's
+    trainer does.
     Median step time over the timed steps, after one warm-up step. The bare step and
     ferroclip's are timed in alternating rounds (bare first in even rounds), each run in a
     fresh process; ferroclip's "vs bare" is the median of the per-round ratios, so a slow
@@ -208,8 +211,10 @@ def bare_steps(ckpt: Path, batch: int, steps: int) -> list[float]:
 
     from ferroclip.losses import CLIPContrastiveLoss
 
+    from ferroclip._optim import adamw
+
     model, tok = _model_and_batch(ckpt, batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = adamw(model.parameters(), lr=1e-5)  # the optimiser ferroclip's loop uses: the same work
     loss_fn = CLIPContrastiveLoss()
     g = torch.Generator().manual_seed(0)
     pixels = torch.randn(batch, 3, 224, 224, generator=g)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write
+from .._optim import adamw
 from ..config import PreprocessConfig
 from ..data import CaptionDataset, load_pairs
 from ..errors import ConfigError, DataError
@@ -323,7 +324,7 @@ def finetune(
     loss_params = [p for n, p in towers.named_parameters() if p.requires_grad and "logit_" in n]
     loss_params += [p for p in loss_fn.parameters() if p.requires_grad]
     tower_params = [p for p in params if all(p is not q for q in loss_params)]
-    optimizer = torch.optim.AdamW(_param_groups(towers, loss_fn, cfg.weight_decay), lr=cfg.learning_rate)
+    optimizer = adamw(_param_groups(towers, loss_fn, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, cfg.warmup_steps))
     scaler = torch.amp.grad_scaler.GradScaler(device.type) if precision == "fp16" else None
     temp_sched = None

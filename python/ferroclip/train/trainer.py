@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write
+from .._optim import adamw
 from .._torch_state import optimizer_tensors, restore_optimizer, restore_rng, rng_tensors
 from ..errors import ConfigError, DataError, ShapeError
 from .config import HeadsConfig
@@ -184,7 +185,7 @@ def _train(config: HeadsConfig, train: PairedEmbeddings, val: PairedEmbeddings, 
     objective = Objective(config.loss_type, config.loss.queue_size, config.loss.alpha)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW(
+    opt = adamw(
         [{"params": decay, "weight_decay": t_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=t_cfg.learning_rate,
     )

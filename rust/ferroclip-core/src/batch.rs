@@ -16,8 +16,35 @@ use crate::pipeline::{preprocess_one, PreprocessSpec, Source};
 
 /// Bumped in the child after `fork()`: pools built before belong to threads that no longer exist.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
-type PoolCache = (u64, Vec<(usize, Arc<rayon::ThreadPool>)>);
-static POOLS: Mutex<PoolCache> = Mutex::new((0, Vec::new()));
+/// Pools by size, valid for one fork generation.
+type PoolCache<T> = Mutex<(u64, Vec<(usize, T)>)>;
+static POOLS: PoolCache<Arc<rayon::ThreadPool>> = Mutex::new((0, Vec::new()));
+
+/// The entry of `cache` for `n` threads, built by `build` the first time in this process.
+fn cached<T: Clone>(cache: &PoolCache<T>, n: usize, build: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let generation = FORK_GENERATION.load(Ordering::SeqCst);
+    if cache.0 != generation {
+        // Worker threads of these pools did not survive the fork; dropping them would
+        // wait for threads that are gone, so leak them instead.
+        std::mem::forget(std::mem::take(&mut cache.1));
+        cache.0 = generation;
+    }
+    if let Some((_, p)) = cache.1.iter().find(|(k, _)| *k == n) {
+        return Ok(p.clone());
+    }
+    let p = build()?;
+    cache.1.push((n, p.clone()));
+    Ok(p)
+}
+
+fn build_pool(n: usize, name: &'static str, builder: rayon::ThreadPoolBuilder) -> Result<rayon::ThreadPool> {
+    builder
+        .num_threads(n)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start {n} threads: {e}")))
+}
 
 /// Call in the child process right after `fork()` (async-signal-safe: one atomic add).
 pub fn mark_forked() {
@@ -34,26 +61,7 @@ pub fn resolve_num_threads(requested: Option<usize>) -> usize {
 }
 
 fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
-    let mut cache = POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let generation = FORK_GENERATION.load(Ordering::SeqCst);
-    if cache.0 != generation {
-        // Worker threads of these pools did not survive the fork; dropping them would
-        // wait for threads that are gone, so leak them instead.
-        std::mem::forget(std::mem::take(&mut cache.1));
-        cache.0 = generation;
-    }
-    if let Some((_, p)) = cache.1.iter().find(|(k, _)| *k == n) {
-        return Ok(Arc::clone(p));
-    }
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("ferroclip-{i}"))
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot start {n} threads: {e}")))?,
-    );
-    cache.1.push((n, Arc::clone(&p)));
-    Ok(p)
+    cached(&POOLS, n, || Ok(Arc::new(build_pool(n, "ferroclip", rayon::ThreadPoolBuilder::new())?)))
 }
 
 /// Run `f` over `0..n` items with `num_threads` threads (inline when 1).
@@ -67,35 +75,21 @@ pub fn run_parallel<R: Send>(num_threads: Option<usize>, f: impl FnOnce(bool) ->
 
 /// The workers of `shared_pool`: its pool and their thread ids (to pin them, see `run_shared`).
 type SharedPool = (Arc<rayon::ThreadPool>, Arc<Mutex<Vec<i32>>>);
-static SHARED_POOLS: Mutex<(u64, Vec<(usize, SharedPool)>)> = Mutex::new((0, Vec::new()));
+static SHARED_POOLS: PoolCache<SharedPool> = Mutex::new((0, Vec::new()));
 
 /// A pool of `n` workers for `run_shared` only (so re-pinning them never slows another
 /// user's batch), built once per size and per fork generation.
 fn shared_pool(n: usize) -> Result<SharedPool> {
-    let mut cache = SHARED_POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let generation = FORK_GENERATION.load(Ordering::SeqCst);
-    if cache.0 != generation {
-        std::mem::forget(std::mem::take(&mut cache.1)); // as in `pool`
-        cache.0 = generation;
-    }
-    if let Some((_, p)) = cache.1.iter().find(|(k, _)| *k == n) {
-        return Ok(p.clone());
-    }
-    let tids = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let record = Arc::clone(&tids);
-    let p = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("ferroclip-shared-{i}"))
-        .start_handler(move |_| {
+    cached(&SHARED_POOLS, n, || {
+        let tids = Arc::new(Mutex::new(Vec::with_capacity(n)));
+        let record = Arc::clone(&tids);
+        let builder = rayon::ThreadPoolBuilder::new().start_handler(move |_| {
             if let Some(tid) = affinity::current_tid() {
                 record.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tid);
             }
-        })
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start {n} threads: {e}")))?;
-    let entry = (Arc::new(p), tids);
-    cache.1.push((n, entry.clone()));
-    Ok(entry)
+        });
+        Ok((Arc::new(build_pool(n, "ferroclip-shared", builder)?), tids))
+    })
 }
 
 /// Run `f(i)` for every `i in 0..n` on `num_threads` threads of which the caller is one,

@@ -8,6 +8,7 @@ Each is compared with the reference (PIL + ``CLIPImageProcessorPil`` after
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 
 import numpy as np
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps, PngImagePlugin
 from transformers import CLIPImageProcessorPil
 
-from ferroclip import ImageDecodeError, PreprocessConfig, Preprocessor, TrainAugment, decode_image
+from ferroclip import ImageDecodeError, PreprocessConfig, Preprocessor, TrainAugment, _native, decode_image
+from ferroclip import config as config_mod
 
 pytestmark = pytest.mark.reference
 
@@ -182,3 +184,49 @@ def test_orientation_from_metadata_as_pil_reads_it(case, orientation):
         assert np.array_equal(decode_image(data), want)
     assert decode_image(data).shape == want.shape
     assert np.array_equal(decode_image(data, exif_transpose=False).shape, np.asarray(Image.open(io.BytesIO(data))).shape)
+
+
+def _rle4_odd_run_bmp() -> bytes:
+    """A 3x2 RLE4 BMP on which Pillow 12 and 13 differ (decode/bmp.rs): the bottom row is an
+    absolute run of 3 pixels (indices 1, 2, 3) in 2 bytes, then an end of line; the top row
+    an encoded run of 3. Pillow 12 reads ``3 // 2`` bytes of the odd run, so the end of line
+    leaves the row's last pixel at index 0; Pillow 13 reads both."""
+    palette = b"".join(bytes([0, 0, i * 10 + 1, 0]) for i in range(6))  # BGRX: red 1, 11, ..., 51
+    stream = bytes([0, 3, 0x12, 0x30, 0, 0, 3, 0x45])
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, 3, 2, 1, 4, 2, len(stream), 0, 0, 6, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(stream), 0, 0, offset) + info + palette + stream
+
+
+PILLOW12_BOTTOM, PILLOW13_BOTTOM, TOP = [11, 21, 1], [11, 21, 31], [41, 51, 41]
+
+
+@pytest.mark.parametrize(
+    ("pil_version", "bottom"),
+    [("12", PILLOW12_BOTTOM), ("12.3.0", PILLOW12_BOTTOM), (12, PILLOW12_BOTTOM), ("13", PILLOW13_BOTTOM)],
+    ids=["12", "12.3.0", "int-12", "13"],
+)
+def test_decode_image_reads_bmp_as_the_pil_version_given(pil_version, bottom):
+    got = decode_image(_rle4_odd_run_bmp(), pil_version=pil_version)
+    assert got[:, :, 0].tolist() == [TOP, bottom]
+
+
+def test_decode_image_follows_the_installed_pillow_as_configs_do(monkeypatch):
+    data = _rle4_odd_run_bmp()
+    for installed, bottom in [("12.3.0", PILLOW12_BOTTOM), ("13.0.0", PILLOW13_BOTTOM), (None, PILLOW13_BOTTOM)]:
+        monkeypatch.setattr(config_mod, "installed_pil_version", lambda v=installed: v)
+        assert decode_image(data)[:, :, 0].tolist() == [TOP, bottom], installed
+    with pytest.raises(ValueError, match="pil_version"):
+        decode_image(data, pil_version="14")
+    # The native hook keeps its fixed default and takes only the three rule names.
+    assert _native.decode_image(data)[:, :, 0].tolist() == [TOP, PILLOW13_BOTTOM]
+    with pytest.raises(ValueError, match="pil_version"):
+        _native.decode_image(data, pil_version="12.3.0")
+
+
+def test_decode_image_bmp_equals_the_installed_pil():
+    data = _rle4_odd_run_bmp()
+    want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.array_equal(decode_image(data), want)
+    res = Preprocessor(CFG, pil_fallback=False).preprocess([data], on_error="raise")
+    assert np.abs(res.pixel_values[0] - _reference(data)).max() <= 1e-6

@@ -61,7 +61,13 @@ def preprocess_batch(
     num_threads: int | None = None,
 ) -> tuple[npt.NDArray[Any], list[tuple[int, str | None, str, str]], list[tuple[int, list[str]]]]: ...
 def decode_image(
-    item: Any, *, exif_transpose: bool = True, alpha: str = "white", max_pixels: int = ..., sixteen_bit: str = "scale"
+    item: Any,
+    *,
+    exif_transpose: bool = True,
+    alpha: str = "white",
+    max_pixels: int = ...,
+    sixteen_bit: str = "scale",
+    pil_version: str = "13",
 ) -> npt.NDArray[np.uint8]: ...
 def resize_image(
     image: npt.NDArray[np.uint8],

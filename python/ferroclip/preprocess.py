@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from . import _native, _pil_fallback
 from ._sources import ImageInput, to_native_items
-from .config import PreprocessConfig
+from .config import PreprocessConfig, resolve_pil_version
 from .errors import ImageError, item_error, raise_first
 from .fetch import DEFAULT_MAX_URL_BYTES, DEFAULT_URL_TIMEOUT
 
@@ -247,8 +247,22 @@ def decode_image(
     alpha: Literal["white", "drop"] = "white",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     sixteen_bit: Literal["scale", "clip"] = "scale",
+    pil_version: str | int | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Decode one file or bytes object to an ``(H, W, 3)`` uint8 array, as the reference sees it."""
+    """Decode one file or bytes object to an ``(H, W, 3)`` uint8 array, as the reference sees it.
+
+    ``pil_version`` names the Pillow whose reading to match, resolved as
+    :class:`PreprocessConfig` resolves it (default: the installed Pillow), so this array is
+    the one a :class:`Preprocessor` under the same Pillow starts from. Of the decoders only
+    the BMP reader differs between releases (Pillow 12 and older read an odd RLE4 absolute
+    run one pixel short, for one).
+    """
+    rule, _ = resolve_pil_version(pil_version)
     return _native.decode_image(
-        image, exif_transpose=exif_transpose, alpha=alpha, max_pixels=max_pixels, sixteen_bit=sixteen_bit
+        image,
+        exif_transpose=exif_transpose,
+        alpha=alpha,
+        max_pixels=max_pixels,
+        sixteen_bit=sixteen_bit,
+        pil_version=rule,
     )

@@ -303,7 +303,10 @@ fn preprocess_batch<'py>(
 
 /// Decode one image to RGB8 HWC as the reference sees it (stage hook for parity tests).
 #[pyfunction]
-#[pyo3(signature = (item, *, exif_transpose=true, alpha="white", max_pixels=decode::DEFAULT_MAX_PIXELS, sixteen_bit="scale"))]
+#[pyo3(signature = (
+    item, *, exif_transpose=true, alpha="white", max_pixels=decode::DEFAULT_MAX_PIXELS, sixteen_bit="scale",
+    pil_version="13"
+))]
 fn decode_image<'py>(
     py: Python<'py>,
     item: Bound<'py, PyAny>,
@@ -311,8 +314,11 @@ fn decode_image<'py>(
     alpha: &str,
     max_pixels: u64,
     sixteen_bit: &str,
+    pil_version: &str,
 ) -> PyResult<Bound<'py, PyArray3<u8>>> {
-    let opts = decode_options(exif_transpose, alpha, max_pixels, decode::DEFAULT_MAX_SCANS, false, sixteen_bit, "13")?;
+    // Checked as the spec bindings check it: a typo must not quietly pick Pillow 12's BMP reading.
+    parse_pass_order(pil_version)?;
+    let opts = decode_options(exif_transpose, alpha, max_pixels, decode::DEFAULT_MAX_SCANS, false, sixteen_bit, pil_version)?;
     let held = hold(0, &item)?;
     let (result, path) = match &held {
         Held::Path(p) => {

@@ -118,27 +118,33 @@ fn float_to_u8(samples: &[f32]) -> Vec<u8> {
     samples.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
 }
 
-fn clipped(samples: &[u16]) -> Vec<u8> {
-    samples.iter().map(|&v| v.min(255) as u8).collect()
-}
-
-/// A 16-bit grey PNG with a tRNS grey comes from image-rs as LumaA16, while PIL keeps it
-/// `I;16` with `info["transparency"]`: under `SixteenBit::Clip` its grey clips like any
-/// `I;16` and the tRNS pixels stay transparent. A true grey+alpha PNG is PIL's `LA` (high
-/// bytes), so only colour type 0 (grey, IHDR byte 25) is clipped.
-fn clip_trns_grey16(format: Format, data: &[u8], img: DynamicImage) -> DynamicImage {
-    match img {
-        DynamicImage::ImageLumaA16(b) if format == Format::Png && data.get(25) == Some(&0) => {
-            let (w, h) = b.dimensions();
-            let la = b.as_raw().chunks_exact(2).flat_map(|p| [p[0].min(255) as u8, (p[1] >> 8) as u8]).collect();
-            DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_raw(w, h, la).expect("same size as the decoded image"))
-        }
-        other => other,
+/// One 16-bit grey sample to 8 bits: the one place `SixteenBit` is applied.
+#[inline]
+fn grey16(v: u16, sixteen: SixteenBit) -> u8 {
+    match sixteen {
+        SixteenBit::Scale => (v >> 8) as u8,
+        SixteenBit::Clip => v.min(255) as u8,
     }
 }
 
-/// `DynamicImage` (any mode image-rs produces) to RGB8 with PIL's rules.
-pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode, sixteen: SixteenBit) -> RgbImage {
+fn grey16_to_u8(samples: &[u16], sixteen: SixteenBit) -> Vec<u8> {
+    samples.iter().map(|&v| grey16(v, sixteen)).collect()
+}
+
+/// Whether image-rs's `LumaA16` for this file is PIL's `I;16` with a tRNS grey rather
+/// than a true grey+alpha. A 16-bit grey PNG with a tRNS grey comes from image-rs as
+/// `LumaA16`, while PIL keeps it `I;16` with `info["transparency"]`, so its grey follows
+/// `SixteenBit` like any `I;16` and the tRNS pixels stay transparent. A grey+alpha PNG
+/// (colour type 4) is PIL's `LA`, read by its high bytes, so only colour type 0 (grey,
+/// IHDR byte 25) counts.
+fn lumaa16_is_trns_grey(format: Format, data: &[u8]) -> bool {
+    format == Format::Png && data.get(25) == Some(&0)
+}
+
+/// `DynamicImage` (any mode image-rs produces) to RGB8 with PIL's rules. `trns_grey`:
+/// a `LumaA16` is a 16-bit grey with a tRNS grey (`lumaa16_is_trns_grey`), whose grey
+/// follows `sixteen` as `Luma16`'s does.
+pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode, sixteen: SixteenBit, trns_grey: bool) -> RgbImage {
     let (width, height) = (img.width() as usize, img.height() as usize);
     let data = match img {
         DynamicImage::ImageRgb8(b) => b.into_raw(),
@@ -147,8 +153,11 @@ pub(crate) fn dynamic_to_rgb(img: DynamicImage, alpha: AlphaMode, sixteen: Sixte
         DynamicImage::ImageLumaA8(b) => gray_alpha_to_rgb(b.as_raw(), alpha),
         DynamicImage::ImageRgb16(b) => high_bytes(b.as_raw()),
         DynamicImage::ImageRgba16(b) => rgba_to_rgb(&high_bytes(b.as_raw()), alpha),
-        DynamicImage::ImageLuma16(b) if sixteen == SixteenBit::Clip => gray_to_rgb(&clipped(b.as_raw())),
-        DynamicImage::ImageLuma16(b) => gray_to_rgb(&high_bytes(b.as_raw())),
+        DynamicImage::ImageLuma16(b) => gray_to_rgb(&grey16_to_u8(b.as_raw(), sixteen)),
+        DynamicImage::ImageLumaA16(b) if trns_grey => {
+            let la: Vec<u8> = b.as_raw().chunks_exact(2).flat_map(|p| [grey16(p[0], sixteen), (p[1] >> 8) as u8]).collect();
+            gray_alpha_to_rgb(&la, alpha)
+        }
         DynamicImage::ImageLumaA16(b) => gray_alpha_to_rgb(&high_bytes(b.as_raw()), alpha),
         DynamicImage::ImageRgb32F(b) => float_to_u8(b.as_raw()),
         DynamicImage::ImageRgba32F(b) => rgba_to_rgb(&float_to_u8(b.as_raw()), alpha),
@@ -198,8 +207,8 @@ pub(super) fn decode_with_image_rs(
     let orientation = if opts.apply_exif_orientation { reference_orientation(format, data, &mut decoder) } else { None };
     let img = DynamicImage::from_decoder(decoder).map_err(map_image_error)?;
     let img = if format == Format::Tiff { super::tiff_tags::apply(data, img) } else { img };
-    let img = if opts.sixteen_bit == SixteenBit::Clip { clip_trns_grey16(format, data, img) } else { img };
-    Ok((dynamic_to_rgb(img, opts.alpha, opts.sixteen_bit), orientation))
+    let trns_grey = lumaa16_is_trns_grey(format, data);
+    Ok((dynamic_to_rgb(img, opts.alpha, opts.sixteen_bit, trns_grey), orientation))
 }
 
 /// The orientation PIL applies (`orientation.rs`). GIF and BMP carry none that PIL reads.
@@ -241,17 +250,32 @@ mod tests {
     }
 
     #[test]
-    fn trns_grey16_png_clips_its_grey_under_clip() {
-        let la = image::ImageBuffer::from_raw(2, 1, vec![300u16, 65535, 255, 0]).unwrap();
-        let mut png_grey = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\0\x02\0\0\0\x01\x10".to_vec();
-        png_grey.push(0); // colour type 0: grey (its alpha can only be a tRNS grey)
-        let out = clip_trns_grey16(Format::Png, &png_grey, DynamicImage::ImageLumaA16(la.clone()));
-        assert_eq!(out.as_luma_alpha8().unwrap().as_raw(), &[255, 255, 255, 0]);
-        assert_eq!(dynamic_to_rgb(out, AlphaMode::White, SixteenBit::Clip).data, [255, 255, 255, 255, 255, 255]);
-        // Colour type 4 (grey + alpha) is PIL's LA: left to the high-byte rule.
-        *png_grey.last_mut().unwrap() = 4;
-        let out = clip_trns_grey16(Format::Png, &png_grey, DynamicImage::ImageLumaA16(la));
-        assert!(matches!(out, DynamicImage::ImageLumaA16(_)));
+    fn trns_grey16_png_follows_sixteen_bit_and_keeps_its_transparency() {
+        // Grey 300 opaque, grey 100 transparent (a tRNS grey is all or nothing).
+        let la = || DynamicImage::ImageLumaA16(image::ImageBuffer::from_raw(2, 1, vec![300u16, 65535, 100, 0]).unwrap());
+        let rgb = |trns, alpha, sixteen| dynamic_to_rgb(la(), alpha, sixteen, trns).data;
+        assert_eq!(rgb(true, AlphaMode::Drop, SixteenBit::Clip), [255, 255, 255, 100, 100, 100]);
+        assert_eq!(rgb(true, AlphaMode::White, SixteenBit::Clip), [255; 6]);
+        assert_eq!(rgb(true, AlphaMode::Drop, SixteenBit::Scale), [1, 1, 1, 0, 0, 0]);
+        // A true grey+alpha is PIL's LA: its high bytes, whatever `sixteen` says.
+        assert_eq!(rgb(false, AlphaMode::Drop, SixteenBit::Clip), [1, 1, 1, 0, 0, 0]);
+        assert_eq!(rgb(false, AlphaMode::White, SixteenBit::Clip), [1, 1, 1, 255, 255, 255]);
+        // Luma16 follows `sixteen` the same way.
+        let luma = || DynamicImage::ImageLuma16(image::ImageBuffer::from_raw(2, 1, vec![300u16, 100]).unwrap());
+        assert_eq!(dynamic_to_rgb(luma(), AlphaMode::White, SixteenBit::Clip, false).data, [255, 255, 255, 100, 100, 100]);
+        assert_eq!(dynamic_to_rgb(luma(), AlphaMode::White, SixteenBit::Scale, false).data, [1, 1, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn only_a_grey_pngs_lumaa16_is_a_trns_grey() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR\0\0\0\x02\0\0\0\x01\x10".to_vec();
+        png.push(0); // colour type 0: grey (its alpha can only be a tRNS grey)
+        assert!(lumaa16_is_trns_grey(Format::Png, &png));
+        *png.last_mut().unwrap() = 4; // grey + alpha: PIL's LA
+        assert!(!lumaa16_is_trns_grey(Format::Png, &png));
+        assert!(!lumaa16_is_trns_grey(Format::Png, &png[..25]));
+        *png.last_mut().unwrap() = 0;
+        assert!(!lumaa16_is_trns_grey(Format::Tiff, &png));
     }
 
     #[test]

@@ -90,14 +90,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// profile type exif` text; XMP: a text chunk keyword `XML:com.adobe.xmp`.
 pub(super) fn png_metadata(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let (mut exif, mut raw_profile, mut xmp) = (None, None, None);
-    let mut pos = 8;
-    while let Some(head) = data.get(pos..pos + 8) {
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let Some(body) = data.get(pos + 8..(pos + 8).saturating_add(len)) else { break };
-        match &head[4..8] {
+    for (kind, body) in Chunks::png(data) {
+        match kind {
             b"eXIf" => exif = Some(body.to_vec()),
             b"IEND" => break,
-            kind @ (b"tEXt" | b"zTXt" | b"iTXt") => {
+            b"tEXt" | b"zTXt" | b"iTXt" => {
                 if let Some((keyword, text)) = png_text(kind, body) {
                     match keyword {
                         b"exif" if kind == b"tEXt" => exif = Some(text),
@@ -109,7 +106,6 @@ pub(super) fn png_metadata(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
             }
             _ => {}
         }
-        pos += 12 + len;
     }
     (exif.or_else(|| raw_profile.as_deref().and_then(raw_profile_exif)), xmp)
 }
@@ -120,18 +116,68 @@ pub(super) fn png_metadata(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
 /// it (a 100-byte file declaring a 4 GiB EXIF chunk asked for 4 GiB: found by fuzzing).
 pub(super) fn webp_metadata(data: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let (mut exif, mut xmp) = (None, None);
-    let mut pos = 12; // "RIFF" size "WEBP"
-    while let Some(head) = data.get(pos..pos + 8) {
-        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        let Some(body) = data.get(pos + 8..(pos + 8).saturating_add(len)) else { break };
-        match &head[..4] {
+    for (kind, body) in Chunks::riff(data) {
+        match kind {
             b"EXIF" if exif.is_none() => exif = Some(body),
             b"XMP " if xmp.is_none() => xmp = Some(body),
             _ => {}
         }
-        pos += 8 + len + (len & 1); // chunks are padded to an even length
     }
     (exif, xmp)
+}
+
+/// The two chunk layouts walked here; they differ only in where the length sits, its byte
+/// order and what follows the payload.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// PNG: big-endian length, tag, payload, 4-byte CRC (not checked).
+    Png,
+    /// RIFF (WebP): tag, little-endian length, payload, a pad byte after an odd length.
+    Riff,
+}
+
+/// The `(tag, payload)` of each chunk, in file order, every payload a slice of the data.
+/// The walk ends at the first chunk whose header or declared payload the data does not
+/// hold, so a length is never trusted beyond the buffer (nor used to allocate). A trailer
+/// (CRC, pad) cut off at the very end still lets its chunk's payload through.
+struct Chunks<'a> {
+    data: &'a [u8],
+    pos: usize,
+    layout: Layout,
+}
+
+impl<'a> Chunks<'a> {
+    /// After the 8-byte PNG signature.
+    fn png(data: &'a [u8]) -> Self {
+        Self { data, pos: 8, layout: Layout::Png }
+    }
+
+    /// After the 12-byte `RIFF` size `WEBP` header.
+    fn riff(data: &'a [u8]) -> Self {
+        Self { data, pos: 12, layout: Layout::Riff }
+    }
+}
+
+impl<'a> Iterator for Chunks<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let head = self.data.get(self.pos..self.pos.checked_add(8)?)?;
+        let (tag, len) = match self.layout {
+            Layout::Png => (&head[4..], u32::from_be_bytes([head[0], head[1], head[2], head[3]])),
+            Layout::Riff => (&head[..4], u32::from_le_bytes([head[4], head[5], head[6], head[7]])),
+        };
+        let len = usize::try_from(len).ok()?;
+        let start = self.pos + 8;
+        let body = self.data.get(start..start.checked_add(len)?)?;
+        let trailer = match self.layout {
+            Layout::Png => 4,
+            Layout::Riff => len & 1,
+        };
+        // A trailer cut off by the end of the data leaves `pos` past it: the walk ends there.
+        self.pos = start + len + trailer;
+        Some((tag, body))
+    }
 }
 
 /// A text chunk's keyword and (inflated) text; `None` for the keywords nobody reads here,
@@ -257,6 +303,24 @@ mod tests {
         let mut bomb = [head, chunk(b"VP8X", &[0; 10])].concat();
         bomb.extend(b"EXIF\xfc\xff\xff\xffExif");
         assert_eq!(webp_metadata(&bomb), (None, None));
+    }
+
+    #[test]
+    fn chunk_walk_stops_at_the_first_length_the_data_does_not_hold() {
+        const SIG: &[u8] = b"\x89PNG\r\n\x1a\n";
+        // A whole chunk, then one whose CRC the data cuts off (its payload still counts).
+        let png = [SIG, &chunk(b"abcd", b"xy"), b"\0\0\0\x01efghz"].concat();
+        let walked: Vec<_> = Chunks::png(&png).collect();
+        assert_eq!(walked, [(b"abcd".as_slice(), b"xy".as_slice()), (b"efgh".as_slice(), b"z".as_slice())]);
+        // A length past the end (u32::MAX here) ends the walk for good.
+        let bad = [SIG, &chunk(b"abcd", b""), b"\xff\xff\xff\xffIDATabc"].concat();
+        let mut it = Chunks::png(&bad);
+        assert_eq!(it.next(), Some((b"abcd".as_slice(), b"".as_slice())));
+        assert_eq!((it.next(), it.next()), (None, None));
+        // RIFF: the tag first, then a little-endian length; an odd payload's pad byte is skipped.
+        let riff = [b"RIFF\0\0\0\0WEBP".as_slice(), b"ABCD\x01\0\0\0x\0", b"EFGH\0\0\0\0"].concat();
+        let walked: Vec<_> = Chunks::riff(&riff).collect();
+        assert_eq!(walked, [(b"ABCD".as_slice(), b"x".as_slice()), (b"EFGH".as_slice(), b"".as_slice())]);
     }
 
     #[test]

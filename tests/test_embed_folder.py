@@ -227,7 +227,7 @@ def test_cli_embed_npy_with_a_broken_image_then_probe(checkpoints, tmp_path, mon
     assert side["paths"] == sorted(side["paths"], key=Path)  # the folder scan's order
     capsys.readouterr()
     assert cli_main(["probe", "feats.npy", "--labels-dir", "ages", "--folds", "2", "--out", "probe", "--no-plots"]) == 0
-    assert "1 rows of failed images (ok=false) left out" in capsys.readouterr().err
+    assert "1 rows of images that failed (ok=false in a feature set) left out" in capsys.readouterr().err
     saved = [json.loads(p.read_text()) for p in (tmp_path / "probe").glob("*.json")]
     assert any(d.get("classes") == ["1", "2", "10"] for d in saved if isinstance(d, dict))
     # Without the paths file the rows still line up with the folder's files by position.

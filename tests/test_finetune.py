@@ -206,7 +206,13 @@ def test_augmented_training_is_reproducible_and_learns(shapes: Path, clip_dir: P
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     c = finetune(_cfg(clip_dir, shapes, tmp_path / "c", seed=7, **kw), progress=False)
     assert any(not torch.equal(wa[k], _weights(c.output_dir)[k]) for k in wa)
-    assert a.metrics["best"]["metrics"]["val_r1"] > 3 * a.metrics["base"]["val_r1"]
+    # val_r1 is the mean of i2t R@1 (19 images) and t2i R@1 (38 captions): steps of 1/76,
+    # chance about 0.05. The base model's value moves between 2/76 and 6/76 from one process
+    # to the next (the tiny tokenizer's BPE trainer breaks ties in hash order, so each
+    # process builds a slightly different model): ask for 6 steps above the base rather
+    # than a multiple of a noisy base (trained runs reach 12-22 steps).
+    best, base = a.metrics["best"]["metrics"]["val_r1"], a.metrics["base"]["val_r1"]
+    assert best >= base + 6 / 76 - 1e-9, (best, base)
 
 
 def test_lora_trains_only_the_adapted_projections_and_saves_a_merged_model(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:

@@ -24,7 +24,11 @@ __all__ = ["register"]
 # ---------------------------------------------------------------------------- probe
 
 
-def _features(spec: str, key: str | None) -> tuple[str, Path, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+#: One feature set as `_features` reads it: name, path, rows, stored labels/paths, ok mask.
+FeatureSet = tuple[str, Path, np.ndarray, dict[str, np.ndarray], np.ndarray | None]
+
+
+def _features(spec: str, key: str | None) -> FeatureSet:
     """``name=path`` or ``path``: the features, any ``labels``/``paths`` stored beside them,
     and the ``ok`` mask of the embedding run (None: every row is an image that decoded).
     Nothing is dropped here: rows are dropped together across feature sets (`_cmd_probe`)."""
@@ -104,7 +108,7 @@ def _labels(args: argparse.Namespace, keep: np.ndarray, cache: dict[str, np.ndar
     raise DataError(f"{src}: {len(labels)} labels but {where} has {counts}{hint}", str(src))
 
 
-def _same_rows(loaded: list[tuple[str, Path, np.ndarray, dict[str, np.ndarray], np.ndarray | None]]) -> np.ndarray:
+def _same_rows(loaded: list[FeatureSet]) -> np.ndarray:
     """Check that the feature sets hold the same images in the same order (by row count, and
     by path where they store paths); the rows to keep: those whose image decoded in all."""
     _, first, x0, _, _ = loaded[0]
@@ -113,8 +117,8 @@ def _same_rows(loaded: list[tuple[str, Path, np.ndarray, dict[str, np.ndarray], 
             raise DataError(f"{p}: {len(x)} rows but {first} has {len(x0)}: the feature sets must hold the same images "
                             "in the same order", str(p))
     with_paths = [(p, [str(q) for q in e["paths"]]) for _, p, _, e, _ in loaded if "paths" in e]
+    ref_p, ref = with_paths[0] if with_paths else (first, [])
     for p, other in with_paths[1:]:
-        ref_p, ref = with_paths[0]
         i = next((i for i, (a, b) in enumerate(zip(ref, other)) if a != b and _canonical(a) != _canonical(b)), None)
         if i is not None:
             raise DataError(f"{p}: row {i} is {other[i]} but row {i} of {ref_p} is {ref[i]}: the feature sets must "

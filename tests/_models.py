@@ -11,6 +11,8 @@ the image processor nested in it, and no ``preprocessor_config.json``).
 from __future__ import annotations
 
 import io
+import re
+from collections import Counter
 from pathlib import Path
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
@@ -27,29 +29,68 @@ CORPUS = [
 ] * 4
 
 
-def _byte_level_bpe(extra_merges: int = 40) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A small byte-level BPE vocabulary in CLIP's format (``</w>`` word ends), learned from CORPUS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-to-symbol table, the one CLIP's tokenizer maps UTF-8 bytes through."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
 
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    import json
 
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    vocab = dict(model["vocab"])
-    # CLIP's vocabulary also holds every byte symbol with the word-end suffix.
-    for sym in pre_tokenizers.ByteLevel.alphabet():
-        vocab.setdefault(sym + "</w>", len(vocab))
-    return vocab, merges
+def _byte_level_bpe(max_merges: int = 400) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A small byte-level BPE vocabulary in CLIP's format (``</w>`` word ends), learned from CORPUS.
+
+    Learned here, not by ``tokenizers``' BpeTrainer: that trainer numbers its alphabet and
+    breaks tied merge counts in hash-map order, which changes from process to process, so
+    the same seed gave a different tokenizer (and a base model whose retrieval moved by
+    several captions) in every test run. Here ties go to the lexicographically first pair
+    and ids follow sorted symbols, so every process builds the same files.
+    """
+    table = _bytes_to_unicode()
+    words: Counter[tuple[str, ...]] = Counter()
+    for text in CORPUS:
+        for word in re.findall(r"\w+|[^\w\s]+", text.lower()):
+            symbols = [table[b] for b in word.encode("utf-8")]
+            symbols[-1] += "</w>"
+            words[tuple(symbols)] += 1
+    alphabet = sorted(table.values())
+    vocab = {tok: i for i, tok in enumerate(["<|startoftext|>", "<|endoftext|>", *alphabet, *(a + "</w>" for a in alphabet)])}
+    return vocab, _learn_merges(words, vocab, len(vocab) + max_merges)
+
+
+def _learn_merges(words: Counter[tuple[str, ...]], vocab: dict[str, int], vocab_size: int) -> list[tuple[str, str]]:
+    """Plain BPE: merge the most frequent adjacent pair (ties: the lexicographically first)
+    until ``vocab`` holds ``vocab_size`` tokens or every word is one token; new tokens are
+    appended to ``vocab``."""
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, count in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        merged: Counter[tuple[str, ...]] = Counter()
+        for symbols, count in words.items():
+            out: list[str] = []
+            i = 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    return merges
 
 
 def tiny_clip(path: Path, *, seed: int = 0, image_size: int = 32, processor: bool = False) -> Path:
@@ -119,19 +160,16 @@ def tiny_siglip(
 
 
 def _gemma_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "▁")])
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_next")
+    """Gemma's layout: lower-cased text, ``▁`` for spaces, the 256 byte-fallback tokens
+    among the specials; learned deterministically like :func:`_byte_level_bpe`."""
+    words: Counter[tuple[str, ...]] = Counter()
+    for text in CORPUS:
+        for i, piece in enumerate(text.lower().split(" ")):
+            words[tuple(("▁" if i else "") + piece)] += 1
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    import json
-
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return dict(model["vocab"]), merges
+    alphabet = sorted({c for word in words for c in word})
+    vocab = {tok: i for i, tok in enumerate([*specials, *alphabet])}
+    return vocab, _learn_merges(words, vocab, 400)
 
 
 def tiny_siglip2_naflex(path: Path) -> Path:

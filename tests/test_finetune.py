@@ -66,13 +66,15 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_finetuning_learns_the_planted_task(family: str, shapes: Path, clip_dir: Path, siglip_dir: Path, tmp_path: Path) -> None:
     model = clip_dir if family == "clip" else siglip_dir
-    lr, steps = (1e-3, 60) if family == "clip" else (3e-3, 150)
+    # Long enough to learn the task well on every model seed tried, not just the one used:
+    # model seeds 0-3 reached i2t and t2i R@1 of 11-15 of 19 (from a base of 3-6 of 76).
+    lr, steps = (1e-3, 120) if family == "clip" else (3e-3, 300)
     res = finetune(_cfg(model, shapes, tmp_path / "out", max_steps=steps, learning_rate=lr, learnable_temp=True, eval_steps=50),
                    progress=False)
     base, best = res.metrics["base"], res.metrics["best"]["metrics"]
     chance = 1.0 / 19  # 19 validation images
     assert base["val_r1"] < 3 * chance
-    assert best["i2t_R@1"] > 4 * chance and best["t2i_R@1"] > 4 * chance, (base, best)
+    assert best["i2t_R@1"] > 6 * chance and best["t2i_R@1"] > 6 * chance, (base, best)
     assert res.metrics["loss_type"] == ("contrastive" if family == "clip" else "sigmoid")
     # the output dir: an HF model dir with the history, metrics, curves and WiSE-FT report
     out = res.output_dir
@@ -198,7 +200,7 @@ def test_cli_fails_fast_on_a_bad_config_and_runs_a_good_one(shapes: Path, clip_d
 def test_augmented_training_is_reproducible_and_learns(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
     """With the Rust augmentation on, two runs with one seed give the same weights (the
     crops depend on (seed, epoch, sample), not on threads), and training still learns."""
-    kw = dict(max_steps=40, augment_images=True, crop_scale=[0.8, 1.0], hflip=0.0, eval_steps=40, learnable_temp=True,
+    kw = dict(max_steps=80, augment_images=True, crop_scale=[0.8, 1.0], hflip=0.0, eval_steps=80, learnable_temp=True,
               wise_ft_alphas=[])
     a = finetune(_cfg(clip_dir, shapes, tmp_path / "a", num_workers=1, **kw), progress=False)
     b = finetune(_cfg(clip_dir, shapes, tmp_path / "b", num_workers=2, **kw), progress=False)
@@ -207,12 +209,9 @@ def test_augmented_training_is_reproducible_and_learns(shapes: Path, clip_dir: P
     c = finetune(_cfg(clip_dir, shapes, tmp_path / "c", seed=7, **kw), progress=False)
     assert any(not torch.equal(wa[k], _weights(c.output_dir)[k]) for k in wa)
     # val_r1 is the mean of i2t R@1 (19 images) and t2i R@1 (38 captions): steps of 1/76,
-    # chance about 0.05. The base model's value moves between 2/76 and 6/76 from one process
-    # to the next (the tiny tokenizer's BPE trainer breaks ties in hash order, so each
-    # process builds a slightly different model): ask for 6 steps above the base rather
-    # than a multiple of a noisy base (trained runs reach 12-22 steps).
+    # chance about 0.05. Model seeds 0-3 went from a base of 3-6 steps to 31-37.
     best, base = a.metrics["best"]["metrics"]["val_r1"], a.metrics["base"]["val_r1"]
-    assert best >= base + 6 / 76 - 1e-9, (best, base)
+    assert best >= base + 15 / 76 - 1e-9, (best, base)
 
 
 def test_lora_trains_only_the_adapted_projections_and_saves_a_merged_model(shapes: Path, clip_dir: Path, tmp_path: Path) -> None:
@@ -242,7 +241,7 @@ def test_labelled_data_reports_zero_shot_accuracy(shapes: Path, clip_dir: Path, 
         w.writerow([*rows[0], "colour"])
         w.writerows([*r, r[0].split("_")[0]] for r in rows[1:])
     templates = ["a photo of a {} shape.", "{}"]
-    res = finetune(_cfg(clip_dir, labelled, tmp_path / "out", max_steps=60, learnable_temp=True, eval_steps=30,
+    res = finetune(_cfg(clip_dir, labelled, tmp_path / "out", max_steps=120, learnable_temp=True, eval_steps=60,
                         label_column="colour", zero_shot_templates=templates), progress=False)
     base, best = res.metrics["base"], res.metrics["best"]["metrics"]
     assert 0.0 <= base["zero_shot_acc"] <= 1.0 and "val_zero_shot_acc" in res.history[-1]
@@ -252,7 +251,8 @@ def test_labelled_data_reports_zero_shot_accuracy(shapes: Path, clip_dir: Path, 
     zs = model.zero_shot(val_ids, classes, templates=templates, progress=False)
     truth = [Path(p).name.split("_")[0] for p in val_ids]
     assert best["zero_shot_acc"] == pytest.approx(np.mean([p == t for p, t in zip(zs.predicted, truth)]))
-    assert best["zero_shot_acc"] > 0.5 > base["zero_shot_acc"]  # chance: 0.25 (4 colours); measured 0.05 -> 0.84
+    # chance: 0.25 (4 colours); model seeds 0-3 measured 0.21-0.26 -> 0.79-0.95
+    assert best["zero_shot_acc"] > 0.6 > base["zero_shot_acc"]
     with pytest.raises(Exception, match="label_column"):
         finetune(_cfg(clip_dir, shapes, tmp_path / "o2", max_steps=1, label_column="colour"), progress=False)
 

@@ -206,6 +206,7 @@ fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num
     }
     let qb_size = TOPK_QUERY_BLOCK.min((MAX_HEAP_ENTRIES / k).max(1));
     let q_blocks = nq.div_ceil(qb_size);
+    let q_block = |b: usize| (b * qb_size, ((b + 1) * qb_size).min(nq));
     let kernel = Kernel::for_queries(nq);
     let num_threads = if kernel == Kernel::Dot && database.bytes() < parallel_min_bytes { Some(1) } else { num_threads };
     let threads = resolve_num_threads(num_threads);
@@ -218,8 +219,7 @@ fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num
         let parts = n.div_ceil(item_rows);
         let lists = crate::batch::run_shared(num_threads, q_blocks * parts, |t| {
             let (b, p) = (t / parts, t % parts);
-            let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
-            scan(kernel, queries, database, k, q, (p * item_rows, ((p + 1) * item_rows).min(n)))
+            scan(kernel, queries, database, k, q_block(b), (p * item_rows, ((p + 1) * item_rows).min(n)))
         })?;
         (parts, lists)
     } else {
@@ -229,8 +229,7 @@ fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num
         let lists = run_parallel(num_threads, |parallel| {
             map_range(parallel, q_blocks * parts, |t| {
                 let (b, p) = (t / parts, t % parts);
-                let q = (b * qb_size, ((b + 1) * qb_size).min(nq));
-                scan(kernel, queries, database, k, q, block_part(p, parts, d_blocks, DB_BLOCK, n))
+                scan(kernel, queries, database, k, q_block(b), block_part(p, parts, d_blocks, DB_BLOCK, n))
             })
         })?;
         (parts, lists)
@@ -240,7 +239,8 @@ fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num
     let mut scores = Vec::with_capacity(nq * k);
     let mut indices = Vec::with_capacity(nq * k);
     for (b, block_lists) in lists.chunks(parts).enumerate() {
-        for i in 0..(((b + 1) * qb_size).min(nq) - b * qb_size) {
+        let (q0, q1) = q_block(b);
+        for i in 0..q1 - q0 {
             let mut merged: Vec<Cand>;
             if parts == 1 {
                 merged = block_lists[0][i].clone();

@@ -18,9 +18,9 @@ data: generated 640x480 JPEG photos with captions. Three measurements:
     in a DataLoader, tokenise in the collate, ``ClipLoss``-style InfoNCE) and transformers'
     ``Trainer`` as ``run_clip.py`` drives it (``return_loss=True``), and against the bare
     forward + backward + optimiser step on ready tensors (the floor: what the model costs).
-    ferroclip, the floor and the open_clip-style loop step with ``torch.optim.AdamW``'s
-    default implementation; transformers' Trainer with its own default (fused AdamW since
-    torch 2.8).
+    ferroclip and the floor step with torch's fused AdamW, as transformers' Trainer does by
+    default; the open_clip-style loop with ``torch.optim.AdamW``'s default, as open_clip's
+    trainer does.
     Median step time over the timed steps, after one warm-up step. The bare step and
     ferroclip's are timed in alternating rounds (bare first in even rounds), each run in a
     fresh process; ferroclip's "vs bare" is the median of the per-round ratios, so a slow

@@ -17,7 +17,10 @@ data: generated 640x480 JPEG photos with captions. Three measurements:
     falls inside the timed steps) against an open_clip-style loop (torchvision transforms
     in a DataLoader, tokenise in the collate, ``ClipLoss``-style InfoNCE) and transformers'
     ``Trainer`` as ``run_clip.py`` drives it (``return_loss=True``), and against the bare
-    forward + backward + optimiser step on ready tensors (the floor: what the model costs).
+    forward + backward + optimiser step on ready tensors (the floor: what the model costs):
+    the very batches ferroclip's loop made (recorded in one extra ferroclip run first, then
+    replayed from memory: its augmented pixels, its tokens padded as it pads them), with
+    the loop's optimiser set-up, so floor and loop do the same arithmetic.
     ferroclip and the floor step with torch's fused AdamW, as transformers' Trainer does by
     default; the open_clip-style loop with ``torch.optim.AdamW``'s default, as open_clip's
     trainer does.
@@ -205,32 +208,71 @@ def _model_and_batch(ckpt: Path, batch: int):
     return model, tok
 
 
-def bare_steps(ckpt: Path, batch: int, steps: int) -> list[float]:
-    """Forward + backward + AdamW on tensors already in memory: what the model alone costs."""
+def bare_steps(ckpt: Path, batch: int, steps: int, batches: Path) -> list[float]:
+    """Forward + backward + AdamW on tensors already in memory: what the model alone costs.
+
+    The tensors are the very batches ferroclip's loop trained on (``record_batches``: its
+    augmented pixels, its tokens padded as it pads them), and the optimiser is set up as
+    the loop sets it up (torch's fused AdamW, no weight decay on norms, biases and the logit
+    scale), so the floor does the same arithmetic as a ferroclip step, minus the pipeline.
+    """
     import torch
 
+    from ferroclip._optim import adamw
     from ferroclip.losses import CLIPContrastiveLoss
 
-    from ferroclip._optim import adamw
-
-    model, tok = _model_and_batch(ckpt, batch)
-    opt = adamw(model.parameters(), lr=1e-5)  # the optimiser ferroclip's loop uses: the same work
+    model, _ = _model_and_batch(ckpt, batch)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [p for n, p in named if p.ndim < 2 or "logit_" in n]
+    decay = [p for n, p in named if not (p.ndim < 2 or "logit_" in n)]
+    opt = adamw([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-5)
     loss_fn = CLIPContrastiveLoss()
-    g = torch.Generator().manual_seed(0)
-    pixels = torch.randn(batch, 3, 224, 224, generator=g)
-    enc = tok([caption(i) for i in range(batch)], padding=True, return_tensors="pt")
+    with np.load(batches, allow_pickle=False) as z:
+        recorded = [
+            (torch.from_numpy(z[f"pixels{i}"]), torch.from_numpy(z[f"ids{i}"]), torch.from_numpy(z[f"mask{i}"]))
+            for i in range(int(z["count"]))
+        ]
+    if len(recorded) < steps + 1:
+        raise RuntimeError(f"{batches}: {len(recorded)} recorded batches, {steps + 1} needed")
     times = []
-    for _ in range(steps + 1):
+    for pixels, ids, mask in recorded[: steps + 1]:
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         img = model.get_image_features(pixel_values=pixels)
-        txt = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        txt = model.get_text_features(input_ids=ids, attention_mask=mask)
         img, txt = getattr(img, "pooler_output", img), getattr(txt, "pooler_output", txt)
         loss_fn(img, txt, logit_scale=model.logit_scale.exp())["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         times.append(time.perf_counter() - t0)
     return times[1:]
+
+
+def record_batches(ckpt: Path, data: Path, out: Path, batch: int, steps: int, threads: int, path: Path) -> list[float]:
+    """Run ``ferroclip_steps`` once and save every batch its loader made (npz, no pickle),
+    for ``bare_steps`` to replay."""
+    from ferroclip.finetune import loader
+
+    made: list = []
+    make_batch = loader.PairLoader.make_batch
+
+    def recording(self, epoch: int, index: int):
+        b = make_batch(self, epoch, index)
+        made.append(b)
+        return b
+
+    loader.PairLoader.make_batch = recording  # type: ignore[method-assign]
+    try:
+        times = ferroclip_steps(ckpt, data, out, batch, steps, threads)
+    finally:
+        loader.PairLoader.make_batch = make_batch  # type: ignore[method-assign]
+    arrays = {"count": np.asarray(len(made))}
+    for i, b in enumerate(made):
+        arrays[f"pixels{i}"] = b.pixel_values.numpy()
+        arrays[f"ids{i}"] = b.input_ids.numpy()
+        arrays[f"mask{i}"] = b.attention_mask.numpy()
+    np.savez(path, **arrays)
+    return times
 
 
 def ferroclip_steps(ckpt: Path, data: Path, out: Path, batch: int, steps: int, threads: int) -> list[float]:
@@ -335,7 +377,8 @@ def _child(kind: str, conn, *a) -> None:
     import torch
 
     torch.set_num_threads(a[-1])
-    fn = {"bare": bare_steps, "ferroclip": ferroclip_steps, "openclip": openclip_style_steps, "trainer": trainer_steps}[kind]
+    fn = {"bare": bare_steps, "ferroclip": ferroclip_steps, "record": record_batches, "openclip": openclip_style_steps,
+          "trainer": trainer_steps}[kind]
     conn.send(fn(*a[:-1]))
 
 
@@ -409,14 +452,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating bare / ferroclip rounds in (b)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating bare / ferroclip rounds in (b)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run in (b) (default 5; --quick 4)")
     ap.add_argument("--sections", default="abcd", help="which measurements to run (default: all, abcd)")
     args = ap.parse_args()
     sections = set(args.sections)
     n_images = 64 if args.quick else 256
     repeats = 2 if args.quick else 3
     batch = 16 if args.quick else 32
-    steps = 4 if args.quick else 5
+    steps = args.steps or (4 if args.quick else 5)
     thread_list = [2] if args.quick else [1, 2]
     tmp = Path(tempfile.mkdtemp(prefix="ferroclip-bench-finetune-"))
     try:
@@ -434,6 +478,10 @@ def main() -> None:
         best_steps: dict[int, tuple[float, float]] = {}
         for threads in thread_list if "b" in sections else []:
             print(f"(b) training steps, {threads} thread(s)", file=sys.stderr)
+            # ferroclip's batches, recorded once (this run also warms the file cache); every
+            # bare round replays them
+            batches = tmp / f"batches{threads}.npz"
+            in_process("record", ckpt, data, tmp / f"record{threads}", batch, steps, threads, batches, threads)
             bares, fcs, ratios = [], [], []
             best = {"bare": float("inf"), "ferroclip": float("inf")}
             for r in range(args.rounds):
@@ -441,7 +489,7 @@ def main() -> None:
                 got = {}
                 for kind in order:
                     if kind == "bare":
-                        b = in_process("bare", ckpt, batch, steps, threads)
+                        b = in_process("bare", ckpt, batch, steps, batches, threads)
                         best["bare"] = min(best["bare"], *b)
                         got[kind] = statistics.median(b)
                     else:

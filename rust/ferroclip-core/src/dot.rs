@@ -89,8 +89,9 @@ mod avx2 {
         _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>()))
     }
 
+    /// The element conversion of f32 rows (none), beside `f16::to_f32` for the kernels' macros.
     #[inline]
-    fn widen_f32(x: f32) -> f32 {
+    pub(super) fn widen_f32(x: f32) -> f32 {
         x
     }
 
@@ -184,11 +185,6 @@ mod avx512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>()))
     }
 
-    #[inline]
-    fn widen_f32(x: f32) -> f32 {
-        x
-    }
-
     macro_rules! kernel {
         ($name:ident, $elem:ty, $load16:ident, $to_f32:path) => {
             /// `S` rows at a time, one from each `S`-th of `d`; each query re-reads them from L1.
@@ -238,7 +234,7 @@ mod avx512 {
         };
     }
 
-    kernel!(dots_f32, f32, load_f32, widen_f32);
+    kernel!(dots_f32, f32, load_f32, super::avx2::widen_f32);
     kernel!(dots_f16, f16, load_f16, f16::to_f32);
 }
 

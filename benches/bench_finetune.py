@@ -1,7 +1,7 @@
 """Whole-model fine-tuning: ferroclip against the loops people run today, one run.
 
-    python benches/bench_finetune.py            # 256 photos, 2 batch sizes, 1 and 2 threads
-    python benches/bench_finetune.py --quick    # fewer images and steps, 2 threads
+    python benches/bench_finetune.py            # 256 photos, batch 32, 1 and 2 threads
+    python benches/bench_finetune.py --quick    # 64 photos, batch 16, 2 threads (--threads 1 2 for both)
 
 Model: a ViT-B/32-sized CLIP with random weights (transformers' default ``CLIPConfig``),
 data: generated 640x480 JPEG photos with captions. Three measurements:
@@ -454,6 +454,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--rounds", type=int, default=5, help="alternating bare / ferroclip rounds in (b)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per run in (b) (default 5; --quick 4)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts in (b) (default 1 2; --quick 2)")
     ap.add_argument("--sections", default="abcd", help="which measurements to run (default: all, abcd)")
     args = ap.parse_args()
     sections = set(args.sections)
@@ -461,7 +462,7 @@ def main() -> None:
     repeats = 2 if args.quick else 3
     batch = 16 if args.quick else 32
     steps = args.steps or (4 if args.quick else 5)
-    thread_list = [2] if args.quick else [1, 2]
+    thread_list = args.threads or ([2] if args.quick else [1, 2])
     tmp = Path(tempfile.mkdtemp(prefix="ferroclip-bench-finetune-"))
     try:
         print(f"building a random ViT-B/32 CLIP and {n_images} JPEGs in {tmp}", file=sys.stderr)

@@ -219,14 +219,15 @@ def bare_steps(ckpt: Path, batch: int, steps: int, batches: Path) -> list[float]
     import torch
 
     from ferroclip._optim import adamw
+    from ferroclip.finetune import FinetuneConfig
+    from ferroclip.finetune.loop import _param_groups
+    from ferroclip.finetune.towers import Towers
     from ferroclip.losses import CLIPContrastiveLoss
 
     model, _ = _model_and_batch(ckpt, batch)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    no_decay = [p for n, p in named if p.ndim < 2 or "logit_" in n]
-    decay = [p for n, p in named if not (p.ndim < 2 or "logit_" in n)]
-    opt = adamw([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-5)
     loss_fn = CLIPContrastiveLoss()
+    # the loop's own groups and its default weight decay (ferroclip_steps keeps the default)
+    opt = adamw(_param_groups(Towers(model), loss_fn, FinetuneConfig.weight_decay), lr=1e-5)
     with np.load(batches, allow_pickle=False) as z:
         recorded = [
             (torch.from_numpy(z[f"pixels{i}"]), torch.from_numpy(z[f"ids{i}"]), torch.from_numpy(z[f"mask{i}"]))

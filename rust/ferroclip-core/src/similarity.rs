@@ -302,6 +302,10 @@ impl<'q> Queries<'q> {
             packed,
         }
     }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.m
+    }
 }
 
 /// Scores of the queries against database rows `c0..c1`: `out[i * ldc + (j - c0)]`, with

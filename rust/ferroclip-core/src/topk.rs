@@ -29,6 +29,9 @@ const PARALLEL_MIN_BYTES: usize = 8 << 20;
 /// large enough that each item's four read streams run long.
 const SHARED_ITEM_BYTES: usize = 4 << 20;
 
+/// Database parts per thread when many queries split the database (see `topk_tuned`).
+const PARTS_PER_THREAD: usize = 16;
+
 /// Heap entries allowed per task before query blocks shrink (large k).
 const MAX_HEAP_ENTRIES: usize = 1 << 22;
 
@@ -164,12 +167,19 @@ fn select_tile(selectors: &mut [Selector], tile: &[f32], w: usize, c0: usize) ->
 }
 
 /// Score queries `q0..q1` against database rows `d0..d1`; one sorted list per query.
-fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, (q0, q1): (usize, usize), (d0, d1): (usize, usize)) -> Result<Vec<Vec<Cand>>> {
-    let m = q1 - q0;
-    let mut selectors: Vec<Selector> = (0..m).map(|_| Selector::new(k)).collect();
-    let (mut scratch_q, mut scratch_d) = (Vec::new(), Vec::new());
+fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, (q0, q1): (usize, usize), rows: (usize, usize)) -> Result<Vec<Vec<Cand>>> {
+    let mut scratch_q = Vec::new();
     let qb = queries.block(q0, q1, &mut scratch_q);
-    let prepared = Queries::new(kernel, &qb, m, queries.dim());
+    let prepared = Queries::new(kernel, &qb, q1 - q0, queries.dim());
+    scan_prepared(kernel, &prepared, q0, database, k, rows)
+}
+
+/// `scan` for a query block prepared by the caller (packed once, shared by the tasks that
+/// split the database between them), its first row being query `q0`.
+fn scan_prepared(kernel: Kernel, prepared: &Queries<'_>, q0: usize, database: &Embeddings<'_>, k: usize, (d0, d1): (usize, usize)) -> Result<Vec<Vec<Cand>>> {
+    let m = prepared.rows();
+    let mut selectors: Vec<Selector> = (0..m).map(|_| Selector::new(k)).collect();
+    let mut scratch_d = Vec::new();
     // The dot kernel reads each block as four streams; longer blocks keep them going.
     let block = if kernel == Kernel::Dot { DOT_BLOCK } else { kernel.scan_width() };
     let mut tile = vec![0.0f32; m * block.min(d1 - d0)];
@@ -177,7 +187,7 @@ fn scan(kernel: Kernel, queries: &Embeddings<'_>, database: &Embeddings<'_>, k: 
     while c0 < d1 {
         let c1 = (c0 + block).min(d1);
         let w = c1 - c0;
-        score_block(kernel, &prepared, database, (c0, c1), &mut tile, w, &mut scratch_d);
+        score_block(kernel, prepared, database, (c0, c1), &mut tile, w, &mut scratch_d);
         if !select_tile(&mut selectors, &tile[..m * w], w, c0) {
             check_finite_tile(&tile, m, w, w, q0, c0, ("queries", "database"))?;
         }
@@ -210,7 +220,6 @@ fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num
     let kernel = Kernel::for_queries(nq);
     let num_threads = if kernel == Kernel::Dot && database.bytes() < parallel_min_bytes { Some(1) } else { num_threads };
     let threads = resolve_num_threads(num_threads);
-    let d_blocks = n.div_ceil(DB_BLOCK);
     let (parts, lists) = if kernel == Kernel::Dot && threads > 1 {
         // One pass over the database, shared item by item (see `run_shared`): the caller
         // starts at once, so a second thread can only add bandwidth, never wake-up latency.
@@ -224,14 +233,27 @@ fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num
         (parts, lists)
     } else {
         // Split the database only when query blocks alone cannot feed the threads, into
-        // parts that differ by at most one block (so the threads finish together).
-        let parts = if threads == 1 { 1 } else { d_blocks.min((4 * threads).div_ceil(q_blocks)).max(1) };
-        let lists = run_parallel(num_threads, |parallel| {
-            map_range(parallel, q_blocks * parts, |t| {
-                let (b, p) = (t / parts, t % parts);
-                scan(kernel, queries, database, k, q_block(b), block_part(p, parts, d_blocks, DB_BLOCK, n))
-            })
-        })?;
+        // parts that differ by at most one scan tile, PARTS_PER_THREAD of them per thread so
+        // that a core the host slows for a while (seen: one of two vCPUs 20% slower for
+        // seconds) leaves the other at most one short part to wait for. Each query block
+        // is then packed once for all its parts.
+        let unit = kernel.scan_width();
+        let units = n.div_ceil(unit);
+        let parts = if threads == 1 { 1 } else { units.min((PARTS_PER_THREAD * threads).div_ceil(q_blocks)).max(1) };
+        let lists = if parts == 1 {
+            run_parallel(num_threads, |parallel| map_range(parallel, q_blocks, |b| scan(kernel, queries, database, k, q_block(b), (0, n))))?
+        } else {
+            let mut scratch: Vec<Vec<f32>> = (0..q_blocks).map(|_| Vec::new()).collect();
+            let blocks: Vec<_> = scratch.iter_mut().enumerate().map(|(b, s)| queries.block(q_block(b).0, q_block(b).1, s)).collect();
+            let prepared: Vec<Queries<'_>> =
+                blocks.iter().enumerate().map(|(b, qb)| Queries::new(kernel, qb, q_block(b).1 - q_block(b).0, queries.dim())).collect();
+            run_parallel(num_threads, |parallel| {
+                map_range(parallel, q_blocks * parts, |t| {
+                    let (b, p) = (t / parts, t % parts);
+                    scan_prepared(kernel, &prepared[b], q_block(b).0, database, k, block_part(p, parts, units, unit, n))
+                })
+            })?
+        };
         (parts, lists)
     };
     let lists = lists.into_iter().collect::<Result<Vec<_>>>()?;
@@ -262,6 +284,7 @@ mod tests {
     use super::*;
     use crate::similarity::similarity;
     use crate::test_data::small_ints;
+    use half::f16;
 
     /// Reference: full similarity matrix, stable sort by descending score.
     fn reference(q: &Embeddings<'_>, d: &Embeddings<'_>, k: usize) -> (Vec<f32>, Vec<i64>) {
@@ -323,6 +346,29 @@ mod tests {
             let err = topk_tuned(&eq, &ed, 10, Some(2), 0, 1).unwrap_err().to_string();
             assert!(err.contains(&format!("database[{}]", 5 * DB_BLOCK + 2)), "{err}");
         }
+    }
+
+    #[test]
+    fn many_queries_split_over_parts_match_one_thread() {
+        // Several query blocks, each packed once and shared by the database parts, f16 on
+        // both sides (the blocks are widened into per-block scratch first): every thread
+        // count gives one thread's bits, and a NaN names its pair from any part.
+        let (nq, n, dim) = (2 * TOPK_QUERY_BLOCK + 5, 9 * DB_BLOCK / 8 + 3, 8);
+        let q: Vec<f16> = small_ints(nq * dim, 3, 1000).iter().map(|&x| f16::from_f32(x / 64.0)).collect();
+        let mut d: Vec<f16> = small_ints(n * dim, 4, 1000).iter().map(|&x| f16::from_f32(x / 64.0)).collect();
+        let eq = Embeddings::f16(&q, nq, dim, "queries").unwrap();
+        let ed = Embeddings::f16(&d, n, dim, "database").unwrap();
+        let one = topk(&eq, &ed, 7, Some(1)).unwrap();
+        let (scores, indices) = reference(&eq, &ed, 7);
+        assert_eq!((&one.scores, &one.indices), (&scores, &indices));
+        for threads in [2, 3] {
+            let got = topk(&eq, &ed, 7, Some(threads)).unwrap();
+            assert_eq!((&got.scores, &got.indices), (&one.scores, &one.indices), "threads={threads}");
+        }
+        d[(n - 2) * dim + 1] = f16::NAN;
+        let ed = Embeddings::f16(&d, n, dim, "database").unwrap();
+        let err = topk(&eq, &ed, 7, Some(2)).unwrap_err().to_string();
+        assert!(err.contains(&format!("database[{}]", n - 2)), "{err}");
     }
 
     #[test]

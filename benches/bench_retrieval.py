@@ -25,7 +25,13 @@ as bytes read + written). Columns: GFLOP/s = 2QND / time against the sgemm floor
 database bytes read / time against the read bandwidth. A summary after the tables checks
 the goals (top-k at >= 90% of the sgemm floor, Recall@K <= 1.05x the bare product, one query
 >= 1.2x the best peer in f32 and >= 2x in f16 at >= 85% of the read bandwidth, 2 threads
-not slower than 1).
+not slower than 1). For those shares ferroclip is also timed against its floor measured
+beside each call (`paired_shares`: top-k against the best of three 2048^3 sgemms and the
+bare product of its own shape, one query against the probe's read loops over the very bytes
+it reads), and the goals take the median of those per-round shares: on a shared host the
+clock and the neighbours' traffic move every call by 20-40% within seconds, which a median
+set against a best-of floor taken minutes apart turns into a spurious gap. The share of the
+run's best floor is printed beside it.
 One run; per case the peers are timed in turn, round after round (median of ``--repeats``
 rounds after a warm-up; a call over 2 s is timed once), and the load average is printed,
 since a shared machine's other work slows every peer.
@@ -126,6 +132,38 @@ def paired_runs(pair: dict, rounds: int) -> dict[str, list[float]]:
     finally:
         gc.enable()
     return times
+
+
+def paired_shares(subjects: dict, floor, rounds: int) -> dict[str, list[float]]:
+    """Each subject's rate as a share of the floor's rate measured right beside it, per round.
+
+    `subjects` maps a name to (call, work): the subject's rate is work / seconds of one call;
+    `floor(name)` returns the floor's rate for that subject at that moment (itself a best of
+    repeated measurements). Within a round the floor goes first, then the subject; the next
+    round the other way round (ABBA). This is the steadiest share a shared host allows: here
+    the clock and the neighbours' memory traffic swing the same call by 20-40% from one
+    second to the next (a 5k x 25k sgemm: 1.17-1.79 s in 8 calls 0.1 s apart), so a median
+    of the subject's calls set against a best-of floor taken minutes earlier mostly measures
+    that swing."""
+    shares: dict[str, list[float]] = {name: [] for name in subjects}
+    gc.collect()
+    for i in range(rounds):
+        for name, (fn, work) in subjects.items():
+            fl = None
+            if i % 2 == 0:
+                fl = floor(name)
+            time.sleep(SETTLE)
+            t0 = time.perf_counter()
+            fn()
+            rate = work / (time.perf_counter() - t0)
+            if fl is None:
+                fl = floor(name)
+            shares[name].append(rate / fl)
+    return shares
+
+
+def share_summary(shares: list[float]) -> str:
+    return f"median {100 * statistics.median(shares):.0f}% (range {100 * min(shares):.0f}-{100 * max(shares):.0f}%, {len(shares)} rounds)"
 
 
 def load_average() -> str:
@@ -243,6 +281,30 @@ def sgemm_peak(threads: int, n: int = 2048, repeats: int = 7) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def sgemm_floor_beside(q: np.ndarray, d: np.ndarray, square: tuple, calls: int = 3):
+    """A function giving numpy's sgemm FLOP/s at this moment, for `paired_shares`: the
+    higher of the best of `calls` 2048^3 products (`square`: operands and output allocated
+    once) and one bare product of the case's own shape (`q @ d.T` into an output allocated
+    once, over at most 100k database rows), since OpenBLAS runs some shapes faster than the
+    square one (5k x 25k x 512: 113 GFLOP/s at 1 thread where 2048^3 gave 92)."""
+    a, b, o = square
+    rows = d[: min(len(d), 100_000)]
+    out = np.empty((len(q), len(rows)), np.float32)
+
+    def floor(_name: str) -> float:
+        best = float("inf")
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=o)
+            best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        np.matmul(q, rows.T, out=out)
+        bare = time.perf_counter() - t0
+        return max(2 * a.shape[0] * a.shape[1] * b.shape[1] / best, 2 * len(q) * len(rows) * q.shape[1] / bare)
+
+    return floor
+
+
 def read_bandwidth(threads: int, nbytes: int = 1 << 30) -> float:
     """GB/s read by the probe's best simple loop over `nbytes` (see ferroclip_core::probe)."""
     data = np.ones(nbytes // 4, np.float32)
@@ -358,28 +420,34 @@ def recall_section(args, rng, peak, torch) -> tuple[list[str], dict[int, float]]
     ], ratios
 
 
-def topk_goals(by_case: dict, args, peak: dict, read_bw: dict) -> list[str]:
-    """The issue's top-k goals, checked on this run's medians and floors."""
+def topk_goals(by_case: dict, args, peak: dict, read_bw: dict, paired: dict) -> list[str]:
+    """The issue's top-k goals, checked on this run: each share is the median of ferroclip's
+    per-round shares of the floor measured beside it (`paired_shares`); the share of the
+    run's best floor (best of all its measurements, against ferroclip's median) follows it."""
     lines = []
     met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     for (n, nq, th, name), t in sorted(by_case.items()):
         if name not in ("ferroclip", "ferroclip f16"):
             continue
+        shares = paired.get((n, nq, th, name))
+        if not shares:
+            continue
+        share = statistics.median(shares)
         if nq >= 256:
             gf = 2 * nq * n * args.dim / t / 1e9
-            share = gf / peak[th]
-            lines.append(f"- top-k {nq} x {n:,}, {name}, {th} thread(s): {gf:.0f} GFLOP/s = {100 * share:.0f}% of the sgemm floor "
-                         f"(goal >= 90%): {met(share >= 0.9)}")
+            lines.append(f"- top-k {nq} x {n:,}, {name}, {th} thread(s): {100 * share:.0f}% of the sgemm floor beside it "
+                         f"(goal >= 90%): {met(share >= 0.9)}; {share_summary(shares)}; median {gf:.0f} GFLOP/s = "
+                         f"{100 * gf / peak[th]:.0f}% of the run's best 2048^3 sgemm")
         elif nq == 1:
             peers = [by_case[(n, nq, th, p)] for p in ("numpy", "torch", "faiss") if (n, nq, th, p) in by_case]
             want = 1.2 if name == "ferroclip" else 2.0
             speedup = min(peers) / t if peers else float("nan")
             gbs = n * args.dim * (4 if name == "ferroclip" else 2) / t / 1e9
-            share = gbs / read_bw[th]
             one = by_case.get((n, nq, 1, name))
             slower = th > 1 and one is not None and t > one
             lines.append(f"- 1 query x {n:,}, {name}, {th} thread(s): {speedup:.2f}x the best peer (goal >= {want}): {met(speedup >= want)}; "
-                         f"{gbs:.1f} GB/s = {100 * share:.0f}% of the read bandwidth (goal >= 85%): {met(share >= 0.85)}"
+                         f"{100 * share:.0f}% of the read bandwidth on the same bytes beside it (goal >= 85%): {met(share >= 0.85)}, "
+                         f"{share_summary(shares)}; median {gbs:.1f} GB/s = {100 * gbs / read_bw[th]:.0f}% of the run's best 1-GiB read"
                          + (f"; {'SLOWER' if slower else 'not slower'} than 1 thread ({one * 1e3:.1f} ms)" if th > 1 and one else ""))
     return lines
 
@@ -438,6 +506,8 @@ def main() -> None:
     print(f"floors at start: sgemm {peak} GFLOP/s, copy {bw:.1f} GB/s", flush=True)
     rng = np.random.default_rng(0)
     rows = []
+    paired: dict[tuple, list[float]] = {}
+    square = tuple(rng.standard_normal((2048, 2048), dtype=np.float32) for _ in range(3))
     for n in sizes:
         d = rng.standard_normal((n, args.dim), dtype=np.float32)
         d /= np.linalg.norm(d, axis=1, keepdims=True)
@@ -483,6 +553,24 @@ def main() -> None:
                 for name, (_, _, elem_bytes) in peers.items():
                     rows.append((n, nq, th, name, times[name], elem_bytes, status[name]))
                 print(f"  threads={th}: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in times.items()), flush=True)
+                # ferroclip against its floor measured beside each call (see `paired_shares`).
+                ours = ("ferroclip", "ferroclip f16")
+                if nq >= 256:
+                    work = 2 * nq * n * args.dim
+                    subjects = {name: (fns[name], work) for name in ours}
+                    with blas_threads(th):
+                        shares = paired_shares(subjects, sgemm_floor_beside(q, d, square), args.repeats)
+                elif nq == 1:
+                    # The floor reads the very bytes the call reads (the f16 rows seen as f32 words).
+                    views = {"ferroclip": d.reshape(-1), "ferroclip f16": d16.reshape(-1).view(np.float32)}
+                    subjects = {name: (fns[name], views[name].nbytes) for name in ours}
+                    shares = paired_shares(subjects, lambda name: 1e9 * ferroclip._native.read_bandwidth(views[name], th, 1),
+                                           4 * args.repeats)
+                else:
+                    shares = {}
+                for name, got in shares.items():
+                    paired[(n, nq, th, name)] = got
+                    print(f"  threads={th}: {name} vs the floor beside it: {share_summary(got)}", flush=True)
 
         del d, d16, d16_wide, index, td
 
@@ -523,13 +611,16 @@ def main() -> None:
               "spin ~70 ms after a call); a peer whose first call takes over 2 s is timed once, after that warm-up call.")
     report += [f"## Exact top-k, D = {args.dim}, k = {args.k}", "", timing, "", _harness.markdown_table(head, table), ""]
 
-    goals = topk_goals(by_case, args, peak, read_bw)
+    goals = topk_goals(by_case, args, peak, read_bw, paired)
     if args.recall_images > 0:
         recall_lines, recall_ratio = recall_section(args, rng, peak, torch)
         report += recall_lines
         goals += [f"- Recall@K, {t} thread(s): {r:.2f}x the bare product (goal <= 1.05): {'met' if r <= 1.05 else 'NOT met'}"
                   for t, r in recall_ratio.items()]
-    report += ["## Goals", "", *goals, ""]
+    report += ["## Goals", "",
+               "Top-k and one-query shares: the median of ferroclip's per-round shares of the floor measured right "
+               "beside each call (alternating which goes first), then the share of the run's best floor.", "",
+               *goals, ""]
     report.append(f"Load average at end: {load_average()}")
     text = "\n".join(report)
     print("\n" + text)

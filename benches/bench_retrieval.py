@@ -147,18 +147,20 @@ def paired_shares(subjects: dict, floor, rounds: int) -> dict[str, list[float]]:
     that swing."""
     shares: dict[str, list[float]] = {name: [] for name in subjects}
     gc.collect()
-    for i in range(rounds):
-        for name, (fn, work) in subjects.items():
-            fl = None
-            if i % 2 == 0:
-                fl = floor(name)
-            time.sleep(SETTLE)
-            t0 = time.perf_counter()
-            fn()
-            rate = work / (time.perf_counter() - t0)
-            if fl is None:
-                fl = floor(name)
-            shares[name].append(rate / fl)
+    gc.disable()
+    try:
+        for i in range(rounds):
+            for name, (fn, work) in subjects.items():
+                fl = floor(name) if i % 2 == 0 else None
+                time.sleep(SETTLE)
+                t0 = time.perf_counter()
+                fn()
+                rate = work / (time.perf_counter() - t0)
+                if fl is None:
+                    fl = floor(name)
+                shares[name].append(rate / fl)
+    finally:
+        gc.enable()
     return shares
 
 
@@ -273,12 +275,19 @@ def sgemm_peak(threads: int, n: int = 2048, repeats: int = 7) -> float:
     out = np.empty((n, n), np.float32)
     with blas_threads(threads):
         np.matmul(a, b, out=out)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            np.matmul(a, b, out=out)
-            best = min(best, time.perf_counter() - t0)
+        best = best_time(lambda: np.matmul(a, b, out=out), repeats)
     return 2 * n**3 / best / 1e9
+
+
+def best_time(fn, calls: int) -> float:
+    """The fastest of `calls` timed calls of `fn` (a floor: what the hardware gives when
+    nothing else runs)."""
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def sgemm_floor_beside(q: np.ndarray, d: np.ndarray, square: tuple, calls: int = 3):
@@ -292,14 +301,8 @@ def sgemm_floor_beside(q: np.ndarray, d: np.ndarray, square: tuple, calls: int =
     out = np.empty((len(q), len(rows)), np.float32)
 
     def floor(_name: str) -> float:
-        best = float("inf")
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            np.matmul(a, b, out=o)
-            best = min(best, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        np.matmul(q, rows.T, out=out)
-        bare = time.perf_counter() - t0
+        best = best_time(lambda: np.matmul(a, b, out=o), calls)
+        bare = best_time(lambda: np.matmul(q, rows.T, out=out), 1)
         return max(2 * a.shape[0] * a.shape[1] * b.shape[1] / best, 2 * len(q) * len(rows) * q.shape[1] / bare)
 
     return floor

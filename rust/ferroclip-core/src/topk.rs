@@ -239,7 +239,8 @@ fn topk_tuned(queries: &Embeddings<'_>, database: &Embeddings<'_>, k: usize, num
     } else {
         // Split the database only when query blocks alone cannot feed the threads, into
         // PARTS_PER_THREAD parts per thread that differ by at most one scan tile. Each query
-        // block is then packed once for all its parts.
+        // block is then packed once for all its parts; with one part per block, each task
+        // packs its own, so only the running tasks' packed blocks exist at once.
         let unit = kernel.scan_width();
         let units = n.div_ceil(unit);
         let parts = if threads == 1 { 1 } else { units.min((PARTS_PER_THREAD * threads).div_ceil(q_blocks)).max(1) };

@@ -1,8 +1,9 @@
 //! The AVX2 + FMA micro-kernel: 6 query rows x 16 database rows (12 ymm accumulators,
 //! 2 loads + 6 broadcasts per 12 FMAs).
 
-use std::arch::x86_64::{_MM_HINT_T0, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+use std::arch::x86_64::{__m256, _MM_HINT_T0, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
 
+use super::pack::Prefetcher;
 use super::Blocking;
 
 /// Query rows per register block.
@@ -25,10 +26,21 @@ pub(crate) fn supported() -> bool {
 
 /// MR query rows (pointers at element k0) x one packed panel of `kc` elements: 12 FMA
 /// chains, continued from `out` unless `first` (storing and reloading a partial sum
-/// does not change the chain's bits).
+/// does not change the chain's bits); one line of the next packing's rows is prefetched
+/// every 8 elements of k.
 #[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 #[inline(always)]
-unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f32, ldc: usize, rows: usize, cols: usize, first: bool) {
+unsafe fn micro(
+    qr: &[*const f32; MR],
+    panel: *const f32,
+    kc: usize,
+    out: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    first: bool,
+    prefetch: &mut Prefetcher,
+) {
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
     let mut tmp = [0.0f32; NR];
     if !first {
@@ -45,7 +57,7 @@ unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f
     }
     // No software prefetch of the next group's query rows: measured slower here, as in
     // `dot` (Zen 3's hardware prefetchers do better on their own).
-    for k in 0..kc {
+    let step = |k: usize, acc: &mut [__m256; 2 * MR]| {
         let b0 = _mm256_loadu_ps(panel.add(k * NR));
         let b1 = _mm256_loadu_ps(panel.add(k * NR + 8));
         for r in 0..MR {
@@ -53,6 +65,16 @@ unsafe fn micro(qr: &[*const f32; MR], panel: *const f32, kc: usize, out: *mut f
             acc[2 * r] = _mm256_fmadd_ps(a, b0, acc[2 * r]);
             acc[2 * r + 1] = _mm256_fmadd_ps(a, b1, acc[2 * r + 1]);
         }
+    };
+    let body = kc / 8 * 8;
+    for k0 in (0..body).step_by(8) {
+        for k in k0..k0 + 8 {
+            step(k, &mut acc);
+        }
+        prefetch.step::<_MM_HINT_T0>();
+    }
+    for k in body..kc {
+        step(k, &mut acc);
     }
     for r in 0..rows {
         if cols == NR {
@@ -82,6 +104,6 @@ pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usiz
         ldc,
         BLOCKING,
         |i, rows, k0| super::row_group::<MR>(q, dim, i, rows, k0),
-        |qr, panel, kc, out, ldc, rows, cols, first| micro(qr, panel, kc, out, ldc, rows, cols, first),
+        |qr, panel, kc, out, ldc, rows, cols, first, prefetch| micro(qr, panel, kc, out, ldc, rows, cols, first, prefetch),
     );
 }

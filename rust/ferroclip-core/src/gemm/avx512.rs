@@ -3,10 +3,11 @@
 //! stores instead of a bounce buffer.
 
 use std::arch::x86_64::{
-    __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
+    __m512, __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
     _mm512_setzero_ps, _MM_HINT_T1,
 };
 
+use super::pack::Prefetcher;
 use super::Blocking;
 
 /// Query rows per register block: 28 accumulators, 2 panel registers and a broadcast in
@@ -35,10 +36,21 @@ fn lanes(cols: usize, lo: usize) -> __mmask16 {
 
 /// MR query rows x one packed panel of `kc` elements: 28 FMA chains, continued from `out`
 /// unless `first`, the same chain per score as the AVX2 kernel (each lane accumulates its
-/// own pair over k in order). `query(r, k)` is row r's element k (in place or packed).
+/// own pair over k in order). `query(r, k)` is row r's element k (in place or packed);
+/// one line of the next packing's rows is prefetched (to L2) every 8 elements of k.
 #[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 #[inline(always)]
-unsafe fn micro(query: impl Fn(usize, usize) -> *const f32, panel: *const f32, kc: usize, out: *mut f32, ldc: usize, rows: usize, cols: usize, first: bool) {
+unsafe fn micro(
+    query: impl Fn(usize, usize) -> *const f32,
+    panel: *const f32,
+    kc: usize,
+    out: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    first: bool,
+    prefetch: &mut Prefetcher,
+) {
     let (m0, m1) = (lanes(cols, 0), lanes(cols, 16));
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
     if !first {
@@ -47,7 +59,7 @@ unsafe fn micro(query: impl Fn(usize, usize) -> *const f32, panel: *const f32, k
             acc[2 * r + 1] = _mm512_maskz_loadu_ps(m1, out.add(r * ldc + 16));
         }
     }
-    for k in 0..kc {
+    let step = |k: usize, acc: &mut [__m512; 2 * MR]| {
         let b0 = _mm512_loadu_ps(panel.add(k * NR));
         let b1 = _mm512_loadu_ps(panel.add(k * NR + 16));
         for r in 0..MR {
@@ -55,6 +67,16 @@ unsafe fn micro(query: impl Fn(usize, usize) -> *const f32, panel: *const f32, k
             acc[2 * r] = _mm512_fmadd_ps(a, b0, acc[2 * r]);
             acc[2 * r + 1] = _mm512_fmadd_ps(a, b1, acc[2 * r + 1]);
         }
+    };
+    let body = kc / 8 * 8;
+    for k0 in (0..body).step_by(8) {
+        for k in k0..k0 + 8 {
+            step(k, &mut acc);
+        }
+        prefetch.step::<_MM_HINT_T1>();
+    }
+    for k in body..kc {
+        step(k, &mut acc);
     }
     for r in 0..rows {
         _mm512_mask_storeu_ps(out.add(r * ldc), m0, acc[2 * r]);
@@ -78,7 +100,7 @@ pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usiz
         ldc,
         BLOCKING,
         |i, rows, k0| super::row_group::<MR>(q, dim, i, rows, k0),
-        |qr, panel, kc, out, ldc, rows, cols, first| micro(|r, k| qr[r].add(k), panel, kc, out, ldc, rows, cols, first),
+        |qr, panel, kc, out, ldc, rows, cols, first, prefetch| micro(|r, k| qr[r].add(k), panel, kc, out, ldc, rows, cols, first, prefetch),
     );
 }
 
@@ -97,6 +119,6 @@ pub(super) unsafe fn product_packed(pq: &super::PackedQueries, d: &[f32], n: usi
         ldc,
         BLOCKING,
         |i, _, k0| pq.block(i, k0),
-        |block, panel, kc, out, ldc, rows, cols, first| micro(|r, k| block.add(k * MR + r), panel, kc, out, ldc, rows, cols, first),
+        |block, panel, kc, out, ldc, rows, cols, first, prefetch| micro(|r, k| block.add(k * MR + r), panel, kc, out, ldc, rows, cols, first, prefetch),
     );
 }

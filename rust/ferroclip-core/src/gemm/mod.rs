@@ -25,7 +25,7 @@ mod pack;
 
 use std::cell::RefCell;
 
-use pack::{pack_panel, prefetch_next, NextPack};
+use pack::{pack_panel, NextPack, Prefetcher};
 
 /// Per-kernel cache blocking.
 #[derive(Clone, Copy)]
@@ -185,11 +185,12 @@ thread_local! {
 }
 
 /// The blocked product around one micro-kernel `micro(query group, panel, kc, out, ldc,
-/// rows, cols, first)`, where `group(i, rows, k0)` gives the micro-kernel's view of
-/// query rows `i..i + rows` from element `k0` (row pointers, or a packed block); `HINT` is
-/// the prefetch level for the next packing's rows. Inlined into each kernel's
-/// `target_feature` function, so the packing and the micro-kernel are compiled for that
-/// kernel's instruction set.
+/// rows, cols, first, prefetcher)`, where `group(i, rows, k0)` gives the micro-kernel's
+/// view of query rows `i..i + rows` from element `k0` (row pointers, or a packed block)
+/// and the prefetcher holds the group's share of the next packing's rows, which the
+/// micro-kernel prefetches as it goes (`HINT`: the kernel's prefetch level). Inlined
+/// into each kernel's `target_feature` function, so the packing and the micro-kernel are
+/// compiled for that kernel's instruction set.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32, A>(
@@ -201,7 +202,7 @@ unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32, A>(
     ldc: usize,
     blocking: Blocking,
     group: impl Fn(usize, usize, usize) -> A,
-    micro: impl Fn(&A, *const f32, usize, *mut f32, usize, usize, usize, bool),
+    micro: impl Fn(&A, *const f32, usize, *mut f32, usize, usize, usize, bool, &mut Prefetcher),
 ) {
     debug_assert!(d.len() >= n * dim && dim > 0);
     if m == 0 || n == 0 {
@@ -237,13 +238,14 @@ unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32, A>(
                 };
                 // Each query group (L1) meets every panel of the block (L2).
                 for i in (0..m).step_by(MR) {
-                    prefetch_next::<HINT>(dp, dim, &next, i / MR, groups);
+                    let mut prefetch = Prefetcher::share(dp, dim, &next, i / MR, groups);
                     let rows = (m - i).min(MR);
                     let qg = group(i, rows, k0);
                     for p in p0..p1 {
                         let (j, panel) = (p * NR, pp.add((p - p0) * panel_len));
-                        micro(&qg, panel, kc, out.add(i * ldc + j), ldc, rows, (n - j).min(NR), k0 == 0);
+                        micro(&qg, panel, kc, out.add(i * ldc + j), ldc, rows, (n - j).min(NR), k0 == 0, &mut prefetch);
                     }
+                    prefetch.finish::<HINT>();
                 }
             }
         }

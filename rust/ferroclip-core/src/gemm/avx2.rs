@@ -1,7 +1,7 @@
 //! The AVX2 + FMA micro-kernel: 6 query rows x 16 database rows (12 ymm accumulators,
 //! 2 loads + 6 broadcasts per 12 FMAs).
 
-use std::arch::x86_64::{__m256, _MM_HINT_T0, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
+use std::arch::x86_64::{_MM_HINT_T0, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps};
 
 use super::pack::Prefetcher;
 use super::Blocking;
@@ -39,7 +39,7 @@ unsafe fn micro(
     rows: usize,
     cols: usize,
     first: bool,
-    prefetch: &mut Prefetcher,
+    prefetch: &mut Prefetcher<{ _MM_HINT_T0 }>,
 ) {
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
     let mut tmp = [0.0f32; NR];
@@ -57,7 +57,7 @@ unsafe fn micro(
     }
     // No software prefetch of the next group's query rows: measured slower here, as in
     // `dot` (Zen 3's hardware prefetchers do better on their own).
-    let step = |k: usize, acc: &mut [__m256; 2 * MR]| {
+    prefetch.k_loop(kc, |k| {
         let b0 = _mm256_loadu_ps(panel.add(k * NR));
         let b1 = _mm256_loadu_ps(panel.add(k * NR + 8));
         for r in 0..MR {
@@ -65,17 +65,7 @@ unsafe fn micro(
             acc[2 * r] = _mm256_fmadd_ps(a, b0, acc[2 * r]);
             acc[2 * r + 1] = _mm256_fmadd_ps(a, b1, acc[2 * r + 1]);
         }
-    };
-    let body = kc / 8 * 8;
-    for k0 in (0..body).step_by(8) {
-        for k in k0..k0 + 8 {
-            step(k, &mut acc);
-        }
-        prefetch.step::<_MM_HINT_T0>();
-    }
-    for k in body..kc {
-        step(k, &mut acc);
-    }
+    });
     for r in 0..rows {
         if cols == NR {
             _mm256_storeu_ps(out.add(r * ldc), acc[2 * r]);

@@ -3,7 +3,7 @@
 //! stores instead of a bounce buffer.
 
 use std::arch::x86_64::{
-    __m512, __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
+    __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
     _mm512_setzero_ps, _MM_HINT_T1,
 };
 
@@ -37,7 +37,8 @@ fn lanes(cols: usize, lo: usize) -> __mmask16 {
 /// MR query rows x one packed panel of `kc` elements: 28 FMA chains, continued from `out`
 /// unless `first`, the same chain per score as the AVX2 kernel (each lane accumulates its
 /// own pair over k in order). `query(r, k)` is row r's element k (in place or packed);
-/// one line of the next packing's rows is prefetched (to L2) every 8 elements of k.
+/// one line of the next packing's rows is prefetched (to L2) every 8 elements of k
+/// (`Prefetcher::k_loop`).
 #[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
 #[inline(always)]
 unsafe fn micro(
@@ -49,7 +50,7 @@ unsafe fn micro(
     rows: usize,
     cols: usize,
     first: bool,
-    prefetch: &mut Prefetcher,
+    prefetch: &mut Prefetcher<{ _MM_HINT_T1 }>,
 ) {
     let (m0, m1) = (lanes(cols, 0), lanes(cols, 16));
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
@@ -59,7 +60,7 @@ unsafe fn micro(
             acc[2 * r + 1] = _mm512_maskz_loadu_ps(m1, out.add(r * ldc + 16));
         }
     }
-    let step = |k: usize, acc: &mut [__m512; 2 * MR]| {
+    prefetch.k_loop(kc, |k| {
         let b0 = _mm512_loadu_ps(panel.add(k * NR));
         let b1 = _mm512_loadu_ps(panel.add(k * NR + 16));
         for r in 0..MR {
@@ -67,17 +68,7 @@ unsafe fn micro(
             acc[2 * r] = _mm512_fmadd_ps(a, b0, acc[2 * r]);
             acc[2 * r + 1] = _mm512_fmadd_ps(a, b1, acc[2 * r + 1]);
         }
-    };
-    let body = kc / 8 * 8;
-    for k0 in (0..body).step_by(8) {
-        for k in k0..k0 + 8 {
-            step(k, &mut acc);
-        }
-        prefetch.step::<_MM_HINT_T1>();
-    }
-    for k in body..kc {
-        step(k, &mut acc);
-    }
+    });
     for r in 0..rows {
         _mm512_mask_storeu_ps(out.add(r * ldc), m0, acc[2 * r]);
         _mm512_mask_storeu_ps(out.add(r * ldc + 16), m1, acc[2 * r + 1]);

@@ -202,7 +202,7 @@ unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32, A>(
     ldc: usize,
     blocking: Blocking,
     group: impl Fn(usize, usize, usize) -> A,
-    micro: impl Fn(&A, *const f32, usize, *mut f32, usize, usize, usize, bool, &mut Prefetcher),
+    micro: impl Fn(&A, *const f32, usize, *mut f32, usize, usize, usize, bool, &mut Prefetcher<HINT>),
 ) {
     debug_assert!(d.len() >= n * dim && dim > 0);
     if m == 0 || n == 0 {
@@ -238,14 +238,14 @@ unsafe fn drive<const MR: usize, const NR: usize, const HINT: i32, A>(
                 };
                 // Each query group (L1) meets every panel of the block (L2).
                 for i in (0..m).step_by(MR) {
-                    let mut prefetch = Prefetcher::share(dp, dim, &next, i / MR, groups);
+                    let mut prefetch = Prefetcher::<HINT>::share(dp, dim, &next, i / MR, groups);
                     let rows = (m - i).min(MR);
                     let qg = group(i, rows, k0);
                     for p in p0..p1 {
                         let (j, panel) = (p * NR, pp.add((p - p0) * panel_len));
                         micro(&qg, panel, kc, out.add(i * ldc + j), ldc, rows, (n - j).min(NR), k0 == 0, &mut prefetch);
                     }
-                    prefetch.finish::<HINT>();
+                    prefetch.finish();
                 }
             }
         }

@@ -20,7 +20,10 @@
 
 use crate::batch::run_parallel;
 use crate::error::{Error, Result};
-use crate::similarity::{block_part, block_product, check_dims, check_finite_tile, map_range, score_block, Embeddings, Kernel, Queries, DB_BLOCK, QUERY_BLOCK};
+use crate::similarity::{
+    block_part, block_product, check_dims, check_finite_tile, map_range, score_block, score_packed, Embeddings, Kernel, PackedDb, Queries, DB_BLOCK,
+    QUERY_BLOCK,
+};
 
 /// Per-query ranks, image-to-text and text-to-image.
 type RanksPair = (Vec<Vec<i64>>, Vec<Vec<i64>>);
@@ -363,18 +366,19 @@ struct TileCounts<'a, 'p> {
 /// each row's i2t ranks and each text's count of preceding images (t2i). Returns whether
 /// every positive score equals its value in the tile.
 ///
-/// Rows whose captions all lie outside the tile (all but a few) take the fused pass when
-/// `fused`; the others count with `RankCounter::add`, set their captions' t2i thresholds
-/// and check the positive scores. Scores are known finite here (see `one_pass`).
+/// Rows whose captions all lie outside the tile (all but a few) take the fused pass
+/// compiled for `FUSED` (a `fused` ISA, or `fused::NONE`); the others count with
+/// `RankCounter::add`, set their captions' t2i thresholds and check the positive scores.
+/// Scores are known finite here (see `one_pass`).
 #[inline(always)]
-fn count_tile_rows(tile: &[f32], w: usize, (r0, c0): (usize, usize), counts: &mut TileCounts<'_, '_>, fused: bool) -> bool {
+fn count_tile_rows<const FUSED: u8>(tile: &[f32], w: usize, (r0, c0): (usize, usize), counts: &mut TileCounts<'_, '_>) -> bool {
     let TileCounts { counters, captions_of, positive, threshold, before } = counts;
     let mut consistent = true;
     for (r, (row, counter)) in tile.chunks_exact(w).zip(counters.iter_mut()).enumerate() {
-        if fused {
+        if FUSED != fused::NONE {
             if let Some((positives, len)) = counter.fused_for(c0 + w) {
-                // SAFETY: `fused` only on an AVX2 CPU (`count_tile`); lengths are the tile's width.
-                unsafe { fused::count_row(row, positives, len, threshold, before) };
+                // SAFETY: `FUSED` is an ISA the CPU has (`count_tile`); lengths are the tile's width.
+                unsafe { fused::count_row::<FUSED>(row, positives, len, threshold, before) };
                 continue;
             }
         }
@@ -400,16 +404,28 @@ fn count_tile_rows(tile: &[f32], w: usize, (r0, c0): (usize, usize), counts: &mu
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn count_tile_avx2(tile: &[f32], w: usize, at: (usize, usize), counts: &mut TileCounts<'_, '_>) -> bool {
-    count_tile_rows(tile, w, at, counts, true)
+    count_tile_rows::<{ fused::AVX2 }>(tile, w, at, counts)
+}
+
+/// `count_tile_rows` compiled for AVX-512, with its fused pass.
+///
+/// # Safety
+/// The CPU supports AVX-512F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn count_tile_avx512(tile: &[f32], w: usize, at: (usize, usize), counts: &mut TileCounts<'_, '_>) -> bool {
+    count_tile_rows::<{ fused::AVX512 }>(tile, w, at, counts)
 }
 
 fn count_tile(tile: &[f32], w: usize, at: (usize, usize), counts: &mut TileCounts<'_, '_>) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
-        return unsafe { count_tile_avx2(tile, w, at, counts) };
+    match fused::isa() {
+        // SAFETY: `fused::isa` detected the ISA.
+        #[cfg(target_arch = "x86_64")]
+        fused::AVX512 => unsafe { count_tile_avx512(tile, w, at, counts) },
+        #[cfg(target_arch = "x86_64")]
+        fused::AVX2 => unsafe { count_tile_avx2(tile, w, at, counts) },
+        _ => count_tile_rows::<{ fused::NONE }>(tile, w, at, counts),
     }
-    count_tile_rows(tile, w, at, counts, false)
 }
 
 /// One pass over a score row for all of its (at most `FUSED_MAX`) positives and the t2i
@@ -420,31 +436,61 @@ fn count_tile(tile: &[f32], w: usize, at: (usize, usize), counts: &mut TileCount
 mod fused {
     use super::FusedPositives;
 
+    /// The instruction sets of the fused pass (a const parameter of `count_row`).
+    pub(super) const NONE: u8 = 0;
+    pub(super) const AVX2: u8 = 1;
+    pub(super) const AVX512: u8 = 2;
+
+    /// The widest fused pass for this process: AVX-512 where the product runs the AVX-512
+    /// kernel (so `FERROCLIP_GEMM=avx2` runs all of recall as on an AVX2 CPU), else AVX2
+    /// where the CPU has it.
+    pub(super) fn isa() -> u8 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::gemm::isa() == Some(crate::gemm::Isa::Avx512) {
+                return AVX512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return AVX2;
+            }
+        }
+        NONE
+    }
+
     /// `lanes[k]` += candidates of `row` above `limits[k]` (spread over 8 lanes) for the
     /// first `len` positives, and `before[j] += row[j] > threshold[j]`.
     ///
     /// # Safety
-    /// The CPU supports AVX2; `len <= FUSED_MAX`; `threshold` and `before` are at least as
-    /// long as `row`.
+    /// The CPU supports `ISA` (AVX2 or AVX512, as `isa()` returns them); `len <=
+    /// FUSED_MAX`; `threshold` and `before` are at least as long as `row`.
     #[cfg(target_arch = "x86_64")]
-    pub(super) unsafe fn count_row(row: &[f32], p: &mut FusedPositives, len: usize, threshold: &[f32], before: &mut [u32]) {
+    pub(super) unsafe fn count_row<const ISA: u8>(row: &[f32], p: &mut FusedPositives, len: usize, threshold: &[f32], before: &mut [u32]) {
         debug_assert!(threshold.len() >= row.len() && before.len() >= row.len());
-        match len {
-            0 => avx2::<0>(row, p, threshold, before),
-            1 => avx2::<1>(row, p, threshold, before),
-            2 => avx2::<2>(row, p, threshold, before),
-            3 => avx2::<3>(row, p, threshold, before),
-            4 => avx2::<4>(row, p, threshold, before),
-            5 => avx2::<5>(row, p, threshold, before),
-            6 => avx2::<6>(row, p, threshold, before),
-            7 => avx2::<7>(row, p, threshold, before),
-            8 => avx2::<8>(row, p, threshold, before),
-            n => unreachable!("{n} positives exceed FUSED_MAX"),
+        macro_rules! by_len {
+            ($f:ident) => {
+                match len {
+                    0 => $f::<0>(row, p, threshold, before),
+                    1 => $f::<1>(row, p, threshold, before),
+                    2 => $f::<2>(row, p, threshold, before),
+                    3 => $f::<3>(row, p, threshold, before),
+                    4 => $f::<4>(row, p, threshold, before),
+                    5 => $f::<5>(row, p, threshold, before),
+                    6 => $f::<6>(row, p, threshold, before),
+                    7 => $f::<7>(row, p, threshold, before),
+                    8 => $f::<8>(row, p, threshold, before),
+                    n => unreachable!("{n} positives exceed FUSED_MAX"),
+                }
+            };
+        }
+        match ISA {
+            AVX512 => by_len!(avx512),
+            AVX2 => by_len!(avx2),
+            _ => unreachable!("no fused pass for ISA {ISA}"),
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub(super) unsafe fn count_row(_: &[f32], _: &mut FusedPositives, _: usize, _: &[f32], _: &mut [u32]) {
+    pub(super) unsafe fn count_row<const ISA: u8>(_: &[f32], _: &mut FusedPositives, _: usize, _: &[f32], _: &mut [u32]) {
         unreachable!("fused counting needs AVX2");
     }
 
@@ -478,6 +524,44 @@ mod fused {
                 p.lanes[k][0] += u32::from(v > p.limits[k]);
             }
             before[j] += u32::from(v > threshold[j]);
+        }
+    }
+
+    /// `avx2` in 16 lanes: compares into mask registers and masked adds (one instruction
+    /// per count instead of a compare and a subtract), the tail under a mask; the 16 lanes
+    /// fold into the 8 stored ones at the end of the row.
+    #[allow(clippy::needless_range_loop, reason = "SIMD lanes: acc[k], limit[k] and p.lanes[k] move together; the unrolled index shape is the intended code")]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn avx512<const P: usize>(row: &[f32], p: &mut FusedPositives, threshold: &[f32], before: &mut [u32]) {
+        use std::arch::x86_64::{
+            __m512i, __mmask16, _mm256_add_epi32, _mm256_loadu_si256, _mm256_storeu_si256, _mm512_castsi512_si256, _mm512_extracti64x4_epi64,
+            _mm512_mask_add_epi32, _mm512_mask_cmp_ps_mask, _mm512_mask_storeu_epi32, _mm512_maskz_loadu_epi32, _mm512_maskz_loadu_ps,
+            _mm512_set1_epi32, _mm512_set1_ps, _mm512_zextsi256_si512, _CMP_GT_OQ,
+        };
+        let limit = std::array::from_fn::<_, P, _>(|k| _mm512_set1_ps(p.limits[k]));
+        let mut acc: [__m512i; P] = std::array::from_fn(|k| _mm512_zextsi256_si512(_mm256_loadu_si256(p.lanes[k].as_ptr().cast())));
+        let one = _mm512_set1_epi32(1);
+        let (x, th, b) = (row.as_ptr(), threshold.as_ptr(), before.as_mut_ptr());
+        let mut step = |j: usize, live: __mmask16| {
+            let v = _mm512_maskz_loadu_ps(live, x.add(j));
+            for k in 0..P {
+                acc[k] = _mm512_mask_add_epi32(acc[k], _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(live, v, limit[k]), acc[k], one);
+            }
+            let above = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(live, v, _mm512_maskz_loadu_ps(live, th.add(j)));
+            let count = _mm512_maskz_loadu_epi32(live, b.add(j).cast());
+            _mm512_mask_storeu_epi32(b.add(j).cast(), live, _mm512_mask_add_epi32(count, above, count, one));
+        };
+        let body = row.len() / 16 * 16;
+        for j in (0..body).step_by(16) {
+            step(j, !0);
+        }
+        if body < row.len() {
+            step(body, ((1u32 << (row.len() - body)) - 1) as __mmask16);
+        }
+        for k in 0..P {
+            let folded = _mm256_add_epi32(_mm512_castsi512_si256(acc[k]), _mm512_extracti64x4_epi64::<1>(acc[k]));
+            _mm256_storeu_si256(p.lanes[k].as_mut_ptr().cast(), folded);
         }
     }
 }
@@ -581,6 +665,10 @@ fn positive_scores<'p>(
 /// Parts of the texts per strip in `one_pass` on more than one thread.
 const TEXT_PARTS: usize = 4;
 
+/// Most bytes of texts `one_pass` packs for the product at once (64k texts at D = 512):
+/// a packed copy of every text would double a large caption set's memory.
+const PACKED_TEXT_BYTES: usize = 128 << 20;
+
 /// Images per strip in `one_pass`: about two `QUERY_BLOCK`s when that still leaves every
 /// thread four strips, one otherwise, in a number of equal strips that is a multiple of
 /// the thread count, so the threads finish together (5000 images on 2 threads: 10 strips
@@ -609,12 +697,16 @@ fn one_pass_strip(ni: usize, num_threads: Option<usize>) -> usize {
 /// order), and we verify it: every positive score is compared bit for bit with the one in
 /// its tile, and on any difference (or for tiny inputs that use the dot kernel) this
 /// returns `None` and the caller scores each direction separately.
+///
+/// The texts are packed for the product once per call (`PackedDb`), in chunks of at most
+/// `packed_bytes`, not once per strip.
 fn one_pass<'p>(
     images: &Embeddings<'_>,
     texts: &Embeddings<'_>,
     image_of: &[usize],
     captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
     num_threads: Option<usize>,
+    packed_bytes: usize,
 ) -> Result<Option<RanksPair>> {
     let (ni, nt, dim) = (images.rows(), texts.rows(), images.dim());
     // Always the built-in product here, even when a BLAS serves the other products: the positive
@@ -633,79 +725,90 @@ fn one_pass<'p>(
     let strip = one_pass_strip(ni, num_threads);
     let blocks = ni.div_ceil(strip);
     let width = Kernel::Gemm.scan_width().min(nt);
-    // Each strip's texts in a few parts, counted as separate tasks and merged: a thread
-    // that finishes early takes a part of a strip rather than waiting for a whole one
-    // (a shared host's neighbours, or unequal cores, slow one thread at a time). Packing
-    // and query reads stay per tile, so the parts cost only their counters. Recall 5k x
-    // 25k on 2 threads: 0.81-0.88 s instead of 0.88-0.93 (medians of 16 interleaved runs).
-    let tiles = nt.div_ceil(width);
-    let parts = if crate::batch::resolve_num_threads(num_threads) > 1 { TEXT_PARTS.min(tiles) } else { 1 };
-    let part_range = |part: usize| block_part(part, parts, tiles, width, nt);
-    let per_task = run_parallel(num_threads, |parallel| {
-        map_range(parallel, blocks * parts, |task| -> Result<(Vec<RankCounter>, Vec<u32>, bool)> {
-            let (b, (c_lo, c_hi)) = (task / parts, part_range(task % parts));
-            let (r0, r1) = (b * strip, ((b + 1) * strip).min(ni));
-            let m = r1 - r0;
-            let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
-            let qb = images.block(r0, r1, &mut scratch_q);
-            let prepared = Queries::new(Kernel::Gemm, &qb, m, dim);
-            let mut counters: Vec<RankCounter> = (r0..r1).map(|i| RankCounter::new(captions_of(i), &positive, c_lo)).collect();
-            let mut tile = vec![0.0f32; m * width];
-            let mut threshold = vec![0.0f32; width];
-            let mut before = vec![0u32; c_hi - c_lo];
-            let mut consistent = true;
-            let mut c0 = c_lo;
-            while c0 < c_hi {
-                let c1 = (c0 + width).min(c_hi);
-                let w = c1 - c0;
-                score_block(Kernel::Gemm, &prepared, texts, (c0, c1), &mut tile, w, &mut scratch_c);
-                if !surely_finite {
-                    check_finite_tile(&tile, m, w, w, r0, c0, ("image_emb", "text_emb"))?;
-                }
-                // Image i precedes text t's image when it scores above it, or equal with i
-                // lower: `x > threshold[t]`, the threshold being one float below the
-                // positive score while i < image_of[t] (so equal counts), the score itself
-                // from then on (set when the tile reaches t's image row).
-                for (th, (&p, &img)) in threshold.iter_mut().zip(positive[c0..c1].iter().zip(&image_of[c0..c1])) {
-                    *th = if r0 < img { p.next_down() } else { p };
-                }
-                let mut counts = TileCounts {
-                    counters: &mut counters,
-                    captions_of,
-                    positive: &positive,
-                    threshold: &mut threshold[..w],
-                    before: &mut before[c0 - c_lo..c1 - c_lo],
-                };
-                consistent &= count_tile(&tile[..m * w], w, (r0, c0), &mut counts);
-                c0 = c1;
-            }
-            Ok((counters, before, consistent))
-        })
-    })?;
-    let mut i2t = Vec::with_capacity(ni);
+    let threads = crate::batch::resolve_num_threads(num_threads);
+    // Chunks of whole tiles, at least one.
+    let chunk = (packed_bytes / (4 * dim)).max(width) / width * width;
+    // Per strip, each image's counter, summed over chunks and parts.
+    let mut counters: Vec<Vec<RankCounter>> = Vec::with_capacity(blocks);
     let mut before = vec![0i64; nt];
-    let mut tasks = per_task.into_iter();
-    for _ in 0..blocks {
-        let mut counters = Vec::new();
-        for part in 0..parts {
-            let (part_counters, counts, consistent) = tasks.next().expect("one task per strip and part")?;
-            if !consistent {
-                return Ok(None);
-            }
-            if part == 0 {
-                counters = part_counters;
-            } else {
-                for (c, o) in counters.iter_mut().zip(&part_counters) {
-                    c.merge(o);
+    for t0 in (0..nt).step_by(chunk) {
+        let t1 = (t0 + chunk).min(nt);
+        // Each strip's texts in a few parts, counted as separate tasks and merged: a
+        // thread that finishes early takes a part of a strip rather than waiting for a
+        // whole one (a shared host's neighbours, or unequal cores, slow one thread at a
+        // time). Query reads stay per tile, so the parts cost only their counters. Recall
+        // 5k x 25k on 2 threads: 0.81-0.88 s instead of 0.88-0.93 (medians of 16
+        // interleaved runs).
+        let tiles = (t1 - t0).div_ceil(width);
+        let parts = if threads > 1 { TEXT_PARTS.min(tiles) } else { 1 };
+        let part_range = |part: usize| {
+            let (lo, hi) = block_part(part, parts, tiles, width, t1 - t0);
+            (t0 + lo, t0 + hi)
+        };
+        let per_task = run_parallel(num_threads, |parallel| {
+            let packed = PackedDb::new(Kernel::Gemm, texts, (t0, t1), parallel);
+            map_range(parallel, blocks * parts, |task| -> Result<(Vec<RankCounter>, Vec<u32>, bool)> {
+                let (b, (c_lo, c_hi)) = (task / parts, part_range(task % parts));
+                let (r0, r1) = (b * strip, ((b + 1) * strip).min(ni));
+                let m = r1 - r0;
+                let (mut scratch_q, mut scratch_c) = (Vec::new(), Vec::new());
+                let qb = images.block(r0, r1, &mut scratch_q);
+                let prepared = Queries::new(Kernel::Gemm, &qb, m, dim);
+                let mut counters: Vec<RankCounter> = (r0..r1).map(|i| RankCounter::new(captions_of(i), &positive, c_lo)).collect();
+                let mut tile = vec![0.0f32; m * width];
+                let mut threshold = vec![0.0f32; width];
+                let mut before = vec![0u32; c_hi - c_lo];
+                let mut consistent = true;
+                let mut c0 = c_lo;
+                while c0 < c_hi {
+                    let c1 = (c0 + width).min(c_hi);
+                    let w = c1 - c0;
+                    score_packed(Kernel::Gemm, &prepared, &packed, (c0, c1), &mut tile, w, &mut scratch_c);
+                    if !surely_finite {
+                        check_finite_tile(&tile, m, w, w, r0, c0, ("image_emb", "text_emb"))?;
+                    }
+                    // Image i precedes text t's image when it scores above it, or equal
+                    // with i lower: `x > threshold[t]`, the threshold being one float below
+                    // the positive score while i < image_of[t] (so equal counts), the score
+                    // itself from then on (set when the tile reaches t's image row).
+                    for (th, (&p, &img)) in threshold.iter_mut().zip(positive[c0..c1].iter().zip(&image_of[c0..c1])) {
+                        *th = if r0 < img { p.next_down() } else { p };
+                    }
+                    let mut counts = TileCounts {
+                        counters: &mut counters,
+                        captions_of,
+                        positive: &positive,
+                        threshold: &mut threshold[..w],
+                        before: &mut before[c0 - c_lo..c1 - c_lo],
+                    };
+                    consistent &= count_tile(&tile[..m * w], w, (r0, c0), &mut counts);
+                    c0 = c1;
                 }
-            }
-            let (c_lo, _) = part_range(part);
-            for (total, c) in before[c_lo..].iter_mut().zip(counts) {
-                *total += i64::from(c);
+                Ok((counters, before, consistent))
+            })
+        })?;
+        let mut tasks = per_task.into_iter();
+        for b in 0..blocks {
+            for part in 0..parts {
+                let (part_counters, counts, consistent) = tasks.next().expect("one task per strip and part")?;
+                if !consistent {
+                    return Ok(None);
+                }
+                if b == counters.len() {
+                    counters.push(part_counters);
+                } else {
+                    for (c, o) in counters[b].iter_mut().zip(&part_counters) {
+                        c.merge(o);
+                    }
+                }
+                let (c_lo, _) = part_range(part);
+                for (total, c) in before[c_lo..].iter_mut().zip(counts) {
+                    *total += i64::from(c);
+                }
             }
         }
-        i2t.extend(counters.into_iter().map(RankCounter::finish));
     }
+    let i2t = counters.into_iter().flatten().map(RankCounter::finish).collect();
     Ok(Some((i2t, before.into_iter().map(|r| vec![r]).collect())))
 }
 
@@ -765,7 +868,7 @@ pub fn recall_at_k(
     let image_of_text = |t: usize| &image_of[t][..];
 
     let image_index: Vec<usize> = image_of.iter().map(|&[i]| i).collect();
-    let (i2t, t2i) = match one_pass(images, texts, &image_index, &captions_of, num_threads)? {
+    let (i2t, t2i) = match one_pass(images, texts, &image_index, &captions_of, num_threads, PACKED_TEXT_BYTES)? {
         Some(both) => both,
         None => (
             positive_ranks(images, texts, &captions_of, ("image_emb", "text_emb"), num_threads)?,
@@ -873,6 +976,57 @@ mod tests {
         assert_eq!(average_precision(&[5], 5), 0.0);
     }
 
+    /// The fused pass of each instruction set this CPU has counts exactly what scalar
+    /// comparisons count, for every number of positives and row lengths with and without
+    /// a tail, with ties (and -0.0 beside 0.0) at the limits and thresholds.
+    #[test]
+    fn fused_passes_match_scalar_counts() {
+        #[allow(unused_mut)]
+        let mut isas: Vec<u8> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                isas.push(fused::AVX2);
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    isas.push(fused::AVX512);
+                }
+            }
+        }
+        eprintln!("fused passes tested on this CPU: {isas:?} (1 = AVX2, 2 = AVX-512)");
+        let level = |x: usize| [-1.0f32, -0.0, 0.0, 0.5, 1.0][(x * 2_654_435_761) % 5];
+        for &isa in &isas {
+            for len in 0..=FUSED_MAX {
+                for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 128, 133] {
+                    let row: Vec<f32> = (0..n).map(|j| level(j * 3 + len)).collect();
+                    let threshold: Vec<f32> = (0..n).map(|j| level(j * 7 + 1)).collect();
+                    let mut before: Vec<u32> = (0..n).map(|j| (j % 4) as u32).collect();
+                    let mut p = FusedPositives { index: [0; FUSED_MAX], score: [0.0; FUSED_MAX], limits: [0.0; FUSED_MAX], next: usize::MAX, lanes: [[0; 8]; FUSED_MAX] };
+                    for k in 0..FUSED_MAX {
+                        p.limits[k] = level(k + 2);
+                        p.lanes[k] = std::array::from_fn(|l| (k + l) as u32);
+                    }
+                    let want_lanes: Vec<u64> = (0..FUSED_MAX)
+                        .map(|k| {
+                            let start: u64 = p.lanes[k].iter().map(|&c| u64::from(c)).sum();
+                            start + if k < len { row.iter().filter(|&&x| x > p.limits[k]).count() as u64 } else { 0 }
+                        })
+                        .collect();
+                    let want_before: Vec<u32> = before.iter().zip(&row).zip(&threshold).map(|((&c, &x), &t)| c + u32::from(x > t)).collect();
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        match isa {
+                            fused::AVX512 => fused::count_row::<{ fused::AVX512 }>(&row, &mut p, len, &threshold, &mut before),
+                            _ => fused::count_row::<{ fused::AVX2 }>(&row, &mut p, len, &threshold, &mut before),
+                        }
+                    }
+                    let got_lanes: Vec<u64> = p.lanes.iter().map(|l| l.iter().map(|&c| u64::from(c)).sum()).collect();
+                    assert_eq!(got_lanes, want_lanes, "ISA {isa}, {len} positives, row of {n}");
+                    assert_eq!(before, want_before, "ISA {isa}, {len} positives, row of {n}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn one_pass_equals_scoring_each_direction() {
         // Strips of images x all texts, ties everywhere (3 levels), images without captions.
@@ -913,10 +1067,17 @@ mod tests {
         let captions_of = |i: usize| &caps[i][..];
         let single: Vec<[usize; 1]> = t2i.iter().map(|&i| [i]).collect();
         let image_of_text = |t: usize| &single[t][..];
-        for threads in [1, 2] {
-            let (i2t, t2i_r) = one_pass(&ei, &et, &t2i, &captions_of, Some(threads)).unwrap().expect("sgemm is tile-independent");
-            assert_eq!(i2t, positive_ranks(&ei, &et, &captions_of, ("a", "b"), Some(1)).unwrap());
-            assert_eq!(t2i_r, positive_ranks(&et, &ei, &image_of_text, ("b", "a"), Some(1)).unwrap());
+        let want_i2t = positive_ranks(&ei, &et, &captions_of, ("a", "b"), Some(1)).unwrap();
+        let want_t2i = positive_ranks(&et, &ei, &image_of_text, ("b", "a"), Some(1)).unwrap();
+        // The texts packed at once, a tile at a time, and in chunks of two tiles.
+        let two_tiles = 2 * Kernel::Gemm.scan_width() * 4 * d + 1;
+        for packed_bytes in [PACKED_TEXT_BYTES, 1, two_tiles] {
+            for threads in [1, 2] {
+                let got = one_pass(&ei, &et, &t2i, &captions_of, Some(threads), packed_bytes).unwrap();
+                let (i2t, t2i_r) = got.expect("sgemm is tile-independent");
+                assert_eq!(i2t, want_i2t, "i2t, {packed_bytes} bytes packed, {threads} threads");
+                assert_eq!(t2i_r, want_t2i, "t2i, {packed_bytes} bytes packed, {threads} threads");
+            }
         }
     }
 

@@ -348,6 +348,67 @@ pub(crate) fn score_block(
     }
 }
 
+/// Database rows `c0..c1` prepared once for scans that score them against many query
+/// blocks (recall's image strips): packed for the built-in kernel (`gemm::PackedRows`),
+/// else read in place by `score_block`.
+pub(crate) struct PackedDb<'e, 'a> {
+    rows: &'e Embeddings<'a>,
+    start: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<crate::gemm::PackedRows>,
+}
+
+impl<'e, 'a> PackedDb<'e, 'a> {
+    /// Rows `c0..c1` of `db` for `kernel`, packed on the current rayon pool when `parallel`.
+    pub(crate) fn new(kernel: Kernel, db: &'e Embeddings<'a>, (c0, c1): (usize, usize), parallel: bool) -> Self {
+        assert!(c0 <= c1 && c1 <= db.rows, "PackedDb: rows out of range");
+        #[cfg(target_arch = "x86_64")]
+        let packed = match (kernel, crate::gemm::isa()) {
+            (Kernel::Gemm, Some(isa)) if db.dim > 0 => {
+                let rows = |r0: usize, r1: usize, pack: &mut dyn FnMut(&[f32])| pack(&db.block(c0 + r0, c0 + r1, &mut Vec::new()));
+                Some(crate::gemm::PackedRows::new(isa, c1 - c0, db.dim, parallel, rows))
+            }
+            _ => None,
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (kernel, parallel);
+        Self {
+            rows: db,
+            start: c0,
+            #[cfg(target_arch = "x86_64")]
+            packed,
+        }
+    }
+}
+
+/// `score_block` of rows `c0..c1` of the database `db` was prepared from (`c0` a multiple
+/// of `Kernel::scan_width` from its first row, as the scans' tiles are): the same bits.
+#[allow(clippy::too_many_arguments, reason = "score_block's arguments")]
+pub(crate) fn score_packed(
+    kernel: Kernel,
+    queries: &Queries<'_>,
+    db: &PackedDb<'_, '_>,
+    (c0, c1): (usize, usize),
+    out: &mut [f32],
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(packed) = &db.packed {
+        let (m, n) = (queries.m, c1 - c0);
+        assert!(c0 >= db.start && c1 - db.start <= packed.rows(), "score_packed: rows not prepared");
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(ldc >= n && out.len() >= (m - 1) * ldc + n, "score_packed: output too short");
+        let cols = (c0 - db.start, c1 - db.start);
+        // SAFETY: bounds asserted above (`product_prepacked` checks the columns and the
+        // queries); `out` is a unique borrow.
+        return unsafe { crate::gemm::product_prepacked(queries.rows, queries.packed.as_ref(), m, packed, cols, out.as_mut_ptr(), ldc) };
+    }
+    score_block(kernel, queries, db.rows, (c0, c1), out, ldc, scratch);
+}
+
 /// Where the first non-finite score of a tile is, as an error naming both arguments.
 pub(crate) fn check_finite_tile(
     tile: &[f32],

@@ -78,16 +78,13 @@ unsafe fn micro(
     }
 }
 
-/// `super::product` with this kernel.
-///
-/// # Safety
-/// `supported()`, and `super::product`'s contract.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+/// The product of query rows read in place and any panel source.
+#[inline(always)]
+unsafe fn rows_in_place(q: &[f32], m: usize, source: &mut impl super::PanelSource, n: usize, dim: usize, out: *mut f32, ldc: usize) {
     debug_assert!(q.len() >= m * dim);
     super::drive::<MR, NR, _MM_HINT_T0, _>(
         m,
-        d,
+        source,
         n,
         dim,
         out,
@@ -96,4 +93,23 @@ pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usiz
         |i, rows, k0| super::row_group::<MR>(q, dim, i, rows, k0),
         |qr, panel, kc, out, ldc, rows, cols, first, prefetch| micro(qr, panel, kc, out, ldc, rows, cols, first, prefetch),
     );
+}
+
+/// `super::product` with this kernel.
+///
+/// # Safety
+/// `supported()`, and `super::product`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    debug_assert!(d.len() >= n * dim);
+    super::with_packing::<NR, _>(d, n, dim, BLOCKING.kc_max, |source| rows_in_place(q, m, source, n, dim, out, ldc));
+}
+
+/// `super::product_prepacked` with this kernel: `n` database rows from `source`.
+///
+/// # Safety
+/// `supported()`, and `super::product_prepacked`'s contract.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn product_prepacked(q: &[f32], m: usize, source: &mut super::Prepacked<'_>, n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    rows_in_place(q, m, source, n, dim, out, ldc);
 }

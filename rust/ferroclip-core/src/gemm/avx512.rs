@@ -81,17 +81,35 @@ unsafe fn micro(
 /// `supported()`, and `super::product`'s contract.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    debug_assert!(q.len() >= m * dim);
+    debug_assert!(q.len() >= m * dim && d.len() >= n * dim);
+    super::with_packing::<NR, _>(d, n, dim, BLOCKING.kc_max, |source| {
+        super::drive::<MR, NR, _MM_HINT_T1, _>(
+            m,
+            source,
+            n,
+            dim,
+            out,
+            ldc,
+            BLOCKING,
+            |i, rows, k0| super::row_group::<MR>(q, dim, i, rows, k0),
+            |qr, panel, kc, out, ldc, rows, cols, first, prefetch| micro(|r, k| qr[r].add(k), panel, kc, out, ldc, rows, cols, first, prefetch),
+        )
+    });
+}
+
+/// The product of packed queries and any panel source.
+#[inline(always)]
+unsafe fn packed_queries(pq: &super::PackedQueries, source: &mut impl super::PanelSource, n: usize, dim: usize, out: *mut f32, ldc: usize) {
     super::drive::<MR, NR, _MM_HINT_T1, _>(
-        m,
-        d,
+        pq.rows(),
+        source,
         n,
         dim,
         out,
         ldc,
         BLOCKING,
-        |i, rows, k0| super::row_group::<MR>(q, dim, i, rows, k0),
-        |qr, panel, kc, out, ldc, rows, cols, first, prefetch| micro(|r, k| qr[r].add(k), panel, kc, out, ldc, rows, cols, first, prefetch),
+        |i, _, k0| pq.block(i, k0),
+        |block, panel, kc, out, ldc, rows, cols, first, prefetch| micro(|r, k| block.add(k * MR + r), panel, kc, out, ldc, rows, cols, first, prefetch),
     );
 }
 
@@ -101,15 +119,15 @@ pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usiz
 /// `supported()`, and `super::product_packed`'s contract.
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn product_packed(pq: &super::PackedQueries, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
-    super::drive::<MR, NR, _MM_HINT_T1, _>(
-        pq.rows(),
-        d,
-        n,
-        dim,
-        out,
-        ldc,
-        BLOCKING,
-        |i, _, k0| pq.block(i, k0),
-        |block, panel, kc, out, ldc, rows, cols, first, prefetch| micro(|r, k| block.add(k * MR + r), panel, kc, out, ldc, rows, cols, first, prefetch),
-    );
+    debug_assert!(d.len() >= n * dim);
+    super::with_packing::<NR, _>(d, n, dim, BLOCKING.kc_max, |source| packed_queries(pq, source, n, dim, out, ldc));
+}
+
+/// `super::product_prepacked` with this kernel: `n` database rows from `source`.
+///
+/// # Safety
+/// `supported()`, and `super::product_prepacked`'s contract.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn product_prepacked(pq: &super::PackedQueries, source: &mut super::Prepacked<'_>, n: usize, dim: usize, out: *mut f32, ldc: usize) {
+    packed_queries(pq, source, n, dim, out, ldc);
 }

@@ -81,11 +81,26 @@ pub(super) unsafe fn pack_panel<const NR: usize>(
     }
 }
 
-/// Database rows and elements of k that a packing will read.
-pub(super) struct NextPack {
-    pub(super) rows: std::ops::Range<usize>,
-    pub(super) k0: usize,
-    pub(super) kc: usize,
+/// Pack rows `0..n` of `d` (n x dim) into `out`, panel after panel and, within a panel,
+/// k pass after k pass (`passes` of `kc_max`, the last one `dim - (passes - 1) * kc_max`):
+/// `out[(p * passes + pass) * NR * kc_max..]` is what `pack_panel` makes of panel p's pass.
+/// The layout of `super::PackedRows`.
+///
+/// # Safety
+/// The CPU supports AVX; `d` holds n rows of `dim`; `out` holds `n.div_ceil(NR) * passes *
+/// NR * kc_max` floats.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn pack_rows<const NR: usize>(d: &[f32], n: usize, dim: usize, kc_max: usize, passes: usize, out: &mut [f32]) {
+    debug_assert!(d.len() >= n * dim && out.len() >= n.div_ceil(NR) * passes * NR * kc_max);
+    let panel_len = NR * kc_max;
+    for p in 0..n.div_ceil(NR) {
+        let j = p * NR;
+        for pass in 0..passes {
+            let k0 = pass * kc_max;
+            let panel = out.as_mut_ptr().add((p * passes + pass) * panel_len);
+            pack_panel::<NR>(d.as_ptr(), dim, j, (n - j).min(NR), k0, kc_max.min(dim - k0), panel);
+        }
+    }
 }
 
 /// One query group's share of the rows the next packing will read, prefetched a cache
@@ -103,22 +118,27 @@ pub(super) struct Prefetcher<const HINT: i32> {
     row_bytes: usize,
     line: usize,
     lines: usize,
-    rows_left: usize,
+    lines_left: usize,
 }
 
 impl<const HINT: i32> Prefetcher<HINT> {
-    /// Query group `g`'s share (of `groups`) of `next`'s rows of `d`.
-    pub(super) fn share(d: *const f32, dim: usize, next: &NextPack, g: usize, groups: usize) -> Self {
-        let share = next.rows.len().div_ceil(groups);
-        let start = (next.rows.start + g * share).min(next.rows.end);
-        let end = (start + share).min(next.rows.end);
+    /// Query group `g`'s share (of `groups`) of `rows`, each `len` floats from `base +
+    /// row * stride`: database rows from element k0 (packing from rows), or packed panels'
+    /// passes (panels packed beforehand). The shares are equal in lines, not rows: four
+    /// 64 KiB panels shared by rows among 36 groups left a burst of 768 lines after each
+    /// of the first four groups.
+    pub(super) fn share(base: *const f32, stride: usize, len: usize, rows: std::ops::Range<usize>, g: usize, groups: usize) -> Self {
+        let lines = (len * 4).div_ceil(64);
+        let total = rows.len() * lines;
+        let share = total.div_ceil(groups);
+        let start = (g * share).min(total);
         Self {
             // A prefetch never faults; the address only has to be computed without UB.
-            row: d.wrapping_add(start * dim + next.k0).cast::<i8>(),
-            row_bytes: dim * 4,
-            line: 0,
-            lines: (next.kc * 4).div_ceil(64),
-            rows_left: end - start,
+            row: base.wrapping_add((rows.start + start / lines) * stride).cast::<i8>(),
+            row_bytes: stride * 4,
+            line: start % lines,
+            lines,
+            lines_left: share.min(total - start),
         }
     }
 
@@ -141,15 +161,15 @@ impl<const HINT: i32> Prefetcher<HINT> {
     /// Prefetch the next line of the share, if any is left.
     #[inline(always)]
     unsafe fn step(&mut self) {
-        if self.rows_left == 0 {
+        if self.lines_left == 0 {
             return;
         }
         _mm_prefetch::<HINT>(self.row.wrapping_add(64 * self.line));
+        self.lines_left -= 1;
         self.line += 1;
         if self.line == self.lines {
             self.line = 0;
             self.row = self.row.wrapping_add(self.row_bytes);
-            self.rows_left -= 1;
         }
     }
 
@@ -157,7 +177,7 @@ impl<const HINT: i32> Prefetcher<HINT> {
     /// many lines).
     #[inline(always)]
     pub(super) unsafe fn finish(&mut self) {
-        while self.rows_left > 0 {
+        while self.lines_left > 0 {
             self.step();
         }
     }

@@ -98,6 +98,19 @@ impl<'a> Embeddings<'a> {
         }
     }
 
+    /// Rows `start..end` as f32: borrowed for f32 storage, a widened copy for f16.
+    pub(crate) fn rows_f32(&self, start: usize, end: usize) -> Cow<'a, [f32]> {
+        let (lo, hi) = (start * self.dim, end * self.dim);
+        match self.data {
+            Rows::F32(d) => Cow::Borrowed(&d[lo..hi]),
+            Rows::F16(d) => {
+                let mut wide = vec![0.0f32; hi - lo];
+                d[lo..hi].convert_to_f32_slice(&mut wide);
+                Cow::Owned(wide)
+            }
+        }
+    }
+
     /// Rows `start..end` as f32: borrowed for f32 storage, widened into `scratch` for f16.
     pub(crate) fn block<'s>(&'s self, start: usize, end: usize, scratch: &'s mut Vec<f32>) -> Cow<'s, [f32]> {
         let (lo, hi) = (start * self.dim, end * self.dim);

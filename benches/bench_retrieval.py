@@ -74,8 +74,34 @@ def blas_threads(n: int):
     return threadpool_limits(limits=n)
 
 
-# Seconds of sleep before each timed call (see `interleaved_runs`).
+# Seconds of sleep before each timed call (see `interleaved_runs`); `main` raises it to
+# what `blas_spin_seconds` measures on this host when that is longer.
 SETTLE = 0.1
+
+
+def blas_spin_seconds(threads: int) -> float:
+    """How long numpy's BLAS keeps a core busy after a multi-threaded call, measured: the
+    time until the process stops burning CPU while its only running thread sleeps.
+    OpenBLAS's idle workers spin for 2^28 TSC cycles, ~70 ms at a 3.8 GHz TSC but ~134 ms
+    at 2.0 GHz (a Sapphire Rapids-class guest): a fixed 0.1 s settle left ferroclip's
+    2-thread recall sharing a core with a spinning worker for its first ~34 ms whenever it
+    was timed right after the bare product."""
+    if threads < 2:
+        return 0.0
+    a = np.ones((512, 512), np.float32)
+    out = np.empty_like(a)
+    worst = 0.0
+    with blas_threads(threads):
+        for _ in range(3):
+            np.matmul(a, a, out=out)
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 2.0:
+                c0 = time.process_time()
+                time.sleep(0.01)
+                if time.process_time() - c0 < 0.002:
+                    break
+            worst = max(worst, time.perf_counter() - t0)
+    return worst
 
 
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
@@ -89,7 +115,8 @@ def interleaved_runs(fns: dict, repeats: int) -> dict[str, list[float]]:
     call takes over 2 s keeps that single timing (its correctness run already warmed it).
 
     Each timed call starts `SETTLE` seconds after the previous one: OpenBLAS's worker
-    threads spin for 2^28 cycles (~70 ms) after each multi-threaded call, and OpenMP's
+    threads spin for 2^28 TSC cycles (70-134 ms, see `blas_spin_seconds`) after each
+    multi-threaded call, and OpenMP's
     (torch, faiss) spin too, so a millisecond call timed right after another library's would share the cores
     with those spinners (measured: ferroclip's 2-thread single query 7.7 ms alone, 16.8 ms
     right after a numpy matvec, 14.5 ms 10 ms after it)."""
@@ -405,7 +432,7 @@ def recall_section(args, rng, peak, torch) -> tuple[list[str], dict[int, float]]
         "goes first; their seconds are medians, and ferroclip's \"time / bare matmul\" is the median of",
         "the per-pair ratios, so a neighbour's load on a shared host hits both sides of a ratio alike.",
         "The other peers are timed interleaved (median of 3; a call over 2 s once). Every timed call",
-        f"starts {SETTLE} s after the previous one, when no library's idle threads are still spinning.",
+        f"starts {SETTLE:.2f} s after the previous one, when no library's idle threads are still spinning.",
         "",
         _harness.markdown_table(
             ["threads", "implementation", "seconds", "GFLOP/s (% sgemm peak)", "speed-up vs numpy", "time / bare matmul", "agreement"],
@@ -483,6 +510,13 @@ def main() -> None:
     report.append(f"OPENBLAS_CORETYPE={coretype}; command: `{' '.join(sys.argv)}`")
     report.append(f"ferroclip product backend: {ferroclip._native.gemm_backend()}")
     report.append(f"Load average (1/5/15 min) at start: {load_average()} on {os.cpu_count()} logical cores\n")
+    global SETTLE
+    spin = blas_spin_seconds(max(args.threads))
+    SETTLE = max(SETTLE, 1.25 * spin + 0.02)
+    report.append(
+        f"numpy's BLAS keeps a core busy {1e3 * spin:.0f} ms after a {max(args.threads)}-thread call on this host (measured), "
+        f"so every timed call starts {SETTLE:.2f} s after the previous one.\n"
+    )
     peak = {t: sgemm_peak(t) for t in args.threads}
     bw = copy_bandwidth()
     read_bw = {t: read_bandwidth(t) for t in args.threads}
@@ -610,8 +644,8 @@ def main() -> None:
     head = ["N", "Q", "threads", "peer", "queries/s", "ms/call", "GFLOP/s (% sgemm floor)", "GB/s read (% read bw)",
             "speed-up vs faiss", "vs numpy", "vs torch", "indices"]
     timing = (f"Peers are timed in turn, round after round: medians of {args.repeats} rounds ({4 * args.repeats} for one query, "
-              f"each call {SETTLE} s after the previous one, so that no library's idle threads are still spinning: OpenBLAS's "
-              "spin ~70 ms after a call); a peer whose first call takes over 2 s is timed once, after that warm-up call.")
+              f"each call {SETTLE:.2f} s after the previous one, so that no library's idle threads are still spinning: OpenBLAS's "
+              "spin 2^28 TSC cycles after a call, measured at the top); a peer whose first call takes over 2 s is timed once, after that warm-up call.")
     report += [f"## Exact top-k, D = {args.dim}, k = {args.k}", "", timing, "", _harness.markdown_table(head, table), ""]
 
     goals = topk_goals(by_case, args, peak, read_bw, paired)

@@ -274,6 +274,14 @@ impl RankCounter {
         counter
     }
 
+    /// Continue with candidates from `c` on (after those counted so far; a chunked scan
+    /// skips the candidates other parts count).
+    fn seek(&mut self, c: usize) {
+        if let Some(len) = self.fused_len() {
+            self.fused.refresh(len, c);
+        }
+    }
+
     /// Add the counts of `other`, the same query's counter over other candidates.
     fn merge(&mut self, other: &Self) {
         for (c, o) in self.counts.iter_mut().zip(&other.counts) {
@@ -662,12 +670,19 @@ fn positive_scores<'p>(
     Ok(positives)
 }
 
+thread_local! {
+    /// `one_pass`'s score tile, reused by the tasks a thread runs.
+    static TILE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Parts of the texts per strip in `one_pass` on more than one thread.
 const TEXT_PARTS: usize = 4;
 
-/// Most bytes of texts `one_pass` packs for the product at once (64k texts at D = 512):
-/// a packed copy of every text would double a large caption set's memory.
-const PACKED_TEXT_BYTES: usize = 128 << 20;
+/// Most bytes of texts `one_pass` packs for the product at once (4096 texts at D = 512),
+/// in one buffer reused chunk after chunk: a packed copy of all 25k texts of a 5k x 25k
+/// recall (51 MB) cost ~1% of its time in page faults, and a large caption set's would
+/// double its memory.
+const PACKED_TEXT_BYTES: usize = 8 << 20;
 
 /// Images per strip in `one_pass`: about two `QUERY_BLOCK`s when that still leaves every
 /// thread four strips, one otherwise, in a number of equal strips that is a multiple of
@@ -745,8 +760,11 @@ fn one_pass<'p>(
             Queries::new(Kernel::Gemm, &rows[b], r1 - r0, dim)
         })
     })?;
-    let mut counters: Vec<Vec<RankCounter>> = Vec::with_capacity(blocks);
+    // Each (strip, part)'s counters, carried from chunk to chunk (`RankCounter::seek`) and
+    // merged at the end; a slot is empty until its first task.
+    let slots: Vec<std::sync::Mutex<Vec<RankCounter>>> = (0..blocks * TEXT_PARTS).map(|_| Default::default()).collect();
     let mut before = vec![0i64; nt];
+    let mut packed = PackedDb::new(Kernel::Gemm, texts);
     for t0 in (0..nt).step_by(chunk) {
         let t1 = (t0 + chunk).min(nt);
         // Each strip's texts in a few parts, counted as separate tasks and merged: a
@@ -762,14 +780,28 @@ fn one_pass<'p>(
             (t0 + lo, t0 + hi)
         };
         let per_task = run_parallel(num_threads, |parallel| {
-            let packed = PackedDb::new(Kernel::Gemm, texts, (t0, t1), parallel);
-            map_range(parallel, blocks * parts, |task| -> Result<(Vec<RankCounter>, Vec<u32>, bool)> {
-                let (b, (c_lo, c_hi)) = (task / parts, part_range(task % parts));
+            packed.prepare((t0, t1), parallel);
+            let packed = &packed;
+            map_range(parallel, blocks * parts, |task| -> Result<(Vec<u32>, bool)> {
+                let (b, part) = (task / parts, task % parts);
+                let (c_lo, c_hi) = part_range(part);
                 let ((r0, r1), prepared) = (strip_rows(b), &prepared[b]);
                 let m = r1 - r0;
                 let mut scratch_c = Vec::new();
-                let mut counters: Vec<RankCounter> = (r0..r1).map(|i| RankCounter::new(captions_of(i), &positive, c_lo)).collect();
-                let mut tile = vec![0.0f32; m * width];
+                let mut slot = slots[b * TEXT_PARTS + part].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if slot.is_empty() {
+                    *slot = (r0..r1).map(|i| RankCounter::new(captions_of(i), &positive, c_lo)).collect();
+                } else {
+                    slot.iter_mut().for_each(|c| c.seek(c_lo));
+                }
+                let counters = &mut *slot;
+                // This thread's tile buffer, reused by its tasks (a fresh 256 KiB tile per
+                // task was a page-faulted or zeroed allocation 70 times per 5k x 25k recall).
+                let mut tile_buf = TILE.with(std::cell::Cell::take);
+                if tile_buf.len() < m * width {
+                    tile_buf.resize(m * width, 0.0);
+                }
+                let tile = &mut tile_buf[..m * width];
                 let mut threshold = vec![0.0f32; width];
                 let mut before = vec![0u32; c_hi - c_lo];
                 let mut consistent = true;
@@ -777,9 +809,12 @@ fn one_pass<'p>(
                 while c0 < c_hi {
                     let c1 = (c0 + width).min(c_hi);
                     let w = c1 - c0;
-                    score_packed(Kernel::Gemm, prepared, &packed, (c0, c1), &mut tile, w, &mut scratch_c);
+                    score_packed(Kernel::Gemm, prepared, packed, (c0, c1), tile, w, &mut scratch_c);
                     if !surely_finite {
-                        check_finite_tile(&tile, m, w, w, r0, c0, ("image_emb", "text_emb"))?;
+                        if let Err(e) = check_finite_tile(tile, m, w, w, r0, c0, ("image_emb", "text_emb")) {
+                            TILE.with(|t| t.set(tile_buf));
+                            return Err(e);
+                        }
                     }
                     // Image i precedes text t's image when it scores above it, or equal
                     // with i lower: `x > threshold[t]`, the threshold being one float below
@@ -789,7 +824,7 @@ fn one_pass<'p>(
                         *th = if r0 < img { p.next_down() } else { p };
                     }
                     let mut counts = TileCounts {
-                        counters: &mut counters,
+                        counters: &mut *counters,
                         captions_of,
                         positive: &positive,
                         threshold: &mut threshold[..w],
@@ -798,31 +833,33 @@ fn one_pass<'p>(
                     consistent &= count_tile(&tile[..m * w], w, (r0, c0), &mut counts);
                     c0 = c1;
                 }
-                Ok((counters, before, consistent))
+                TILE.with(|t| t.set(tile_buf));
+                Ok((before, consistent))
             })
         })?;
-        let mut tasks = per_task.into_iter();
-        for b in 0..blocks {
-            for part in 0..parts {
-                let (part_counters, counts, consistent) = tasks.next().expect("one task per strip and part")?;
-                if !consistent {
-                    return Ok(None);
-                }
-                if b == counters.len() {
-                    counters.push(part_counters);
-                } else {
-                    for (c, o) in counters[b].iter_mut().zip(&part_counters) {
-                        c.merge(o);
-                    }
-                }
-                let (c_lo, _) = part_range(part);
-                for (total, c) in before[c_lo..].iter_mut().zip(counts) {
-                    *total += i64::from(c);
-                }
+        for (task, result) in per_task.into_iter().enumerate() {
+            let (counts, consistent) = result?;
+            if !consistent {
+                return Ok(None);
+            }
+            let (c_lo, _) = part_range(task % parts);
+            for (total, c) in before[c_lo..].iter_mut().zip(counts) {
+                *total += i64::from(c);
             }
         }
     }
-    let i2t = counters.into_iter().flatten().map(RankCounter::finish).collect();
+    let mut i2t = Vec::with_capacity(ni);
+    let mut slots = slots.into_iter().map(|s| s.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for _ in 0..blocks {
+        let mut parts = slots.by_ref().take(TEXT_PARTS);
+        let mut counters = parts.next().expect("part 0 counts every strip");
+        for other in parts.filter(|o| !o.is_empty()) {
+            for (c, o) in counters.iter_mut().zip(&other) {
+                c.merge(o);
+            }
+        }
+        i2t.extend(counters.into_iter().map(RankCounter::finish));
+    }
     Ok(Some((i2t, before.into_iter().map(|r| vec![r]).collect())))
 }
 

@@ -372,25 +372,36 @@ pub(crate) struct PackedDb<'e, 'a> {
 }
 
 impl<'e, 'a> PackedDb<'e, 'a> {
-    /// Rows `c0..c1` of `db` for `kernel`, packed on the current rayon pool when `parallel`.
-    pub(crate) fn new(kernel: Kernel, db: &'e Embeddings<'a>, (c0, c1): (usize, usize), parallel: bool) -> Self {
-        assert!(c0 <= c1 && c1 <= db.rows, "PackedDb: rows out of range");
+    /// For rows of `db` and `kernel`; no rows prepared yet (see `prepare`).
+    pub(crate) fn new(kernel: Kernel, db: &'e Embeddings<'a>) -> Self {
         #[cfg(target_arch = "x86_64")]
         let packed = match (kernel, crate::gemm::isa()) {
-            (Kernel::Gemm, Some(isa)) if db.dim > 0 => {
-                let rows = |r0: usize, r1: usize, pack: &mut dyn FnMut(&[f32])| pack(&db.block(c0 + r0, c0 + r1, &mut Vec::new()));
-                Some(crate::gemm::PackedRows::new(isa, c1 - c0, db.dim, parallel, rows))
-            }
+            (Kernel::Gemm, Some(isa)) if db.dim > 0 => Some(crate::gemm::PackedRows::new(isa, db.dim)),
             _ => None,
         };
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (kernel, parallel);
+        let _ = kernel;
         Self {
             rows: db,
-            start: c0,
+            start: 0,
             #[cfg(target_arch = "x86_64")]
             packed,
         }
+    }
+
+    /// Prepare rows `c0..c1` in place of the ones held, packed on the current rayon pool
+    /// when `parallel`.
+    pub(crate) fn prepare(&mut self, (c0, c1): (usize, usize), parallel: bool) {
+        assert!(c0 <= c1 && c1 <= self.rows.rows, "PackedDb: rows out of range");
+        self.start = c0;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &mut self.packed {
+            let db = self.rows;
+            let rows = |r0: usize, r1: usize, pack: &mut dyn FnMut(&[f32])| pack(&db.block(c0 + r0, c0 + r1, &mut Vec::new()));
+            packed.repack(c1 - c0, parallel, rows);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (c1, parallel);
     }
 }
 

@@ -198,26 +198,33 @@ impl PackedRows {
     /// Database rows of the kernel's panel width per packing task (16 KiB a row at D = 4096).
     const PIECE_ROWS: usize = 256;
 
-    /// `n` rows of `dim`, packed in pieces on the current rayon pool when `parallel`;
-    /// `rows(r0, r1, pack)` calls `pack` with rows `r0..r1` as f32 (f16 storage widens them
-    /// a piece at a time).
-    pub(crate) fn new(
-        isa: Isa,
-        n: usize,
-        dim: usize,
-        parallel: bool,
-        rows: impl Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync,
-    ) -> Self {
-        use rayon::prelude::*;
-        let (nr, blocking) = match isa {
-            Isa::Avx512 => (avx512::NR, avx512::BLOCKING),
-            Isa::Avx2 => (avx2::NR, avx2::BLOCKING),
+    /// No rows yet, for `dim`-element rows and `isa`'s kernel (see `repack`).
+    pub(crate) fn new(isa: Isa, dim: usize) -> Self {
+        let kc_max = match isa {
+            Isa::Avx512 => avx512::BLOCKING.kc_max,
+            Isa::Avx2 => avx2::BLOCKING.kc_max,
         };
-        let kc_max = pass_len(dim.max(1), blocking.kc_max);
-        let passes = dim.div_ceil(kc_max);
+        let kc_max = pass_len(dim.max(1), kc_max);
+        Self { isa, n: 0, dim, kc_max, passes: dim.div_ceil(kc_max), data: Vec::new() }
+    }
+
+    /// Pack `n` rows in place of the ones held (the buffer is reused: a scan in chunks
+    /// page-faults one chunk's worth of memory, not the whole database's), in pieces on the
+    /// current rayon pool when `parallel`; `rows(r0, r1, pack)` calls `pack` with rows
+    /// `r0..r1` as f32 (f16 storage widens them a piece at a time).
+    pub(crate) fn repack(&mut self, n: usize, parallel: bool, rows: impl Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync) {
+        use rayon::prelude::*;
+        let Self { isa, dim, kc_max, passes, .. } = *self;
+        let nr = match isa {
+            Isa::Avx512 => avx512::NR,
+            Isa::Avx2 => avx2::NR,
+        };
         let panel_floats = passes * nr * kc_max;
-        let mut data = vec![0.0f32; n.div_ceil(nr) * panel_floats];
-        let piece_panels = Self::PIECE_ROWS / nr;
+        let len = n.div_ceil(nr) * panel_floats;
+        if self.data.len() < len {
+            self.data.resize(len, 0.0);
+        }
+        self.n = n;
         let pack = |(piece, out): (usize, &mut [f32])| {
             let r0 = piece * Self::PIECE_ROWS;
             let r1 = (r0 + Self::PIECE_ROWS).min(n);
@@ -234,14 +241,14 @@ impl PackedRows {
             });
         };
         if dim > 0 {
-            let chunk = piece_panels * panel_floats;
+            let piece = Self::PIECE_ROWS / nr * panel_floats;
+            let data = &mut self.data[..len];
             if parallel {
-                data.par_chunks_mut(chunk).with_max_len(1).enumerate().for_each(pack);
+                data.par_chunks_mut(piece).with_max_len(1).enumerate().for_each(pack);
             } else {
-                data.chunks_mut(chunk).enumerate().for_each(pack);
+                data.chunks_mut(piece).enumerate().for_each(pack);
             }
         }
-        Self { isa, n, dim, kc_max, passes, data }
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -492,8 +499,11 @@ mod tests {
                     let pq = PackedQueries::new(isa, &q, m, dim);
                     let n = c1 - c0;
                     let ldc = n + 3;
+                    // Packed over a buffer that held other rows (longer ones, NaN).
+                    let mut db = PackedRows::new(isa, dim);
+                    db.repack(total + 90, false, |r0, r1, pack| pack(&vec![f32::NAN; (r1 - r0) * dim]));
                     for parallel in [false, true] {
-                        let db = PackedRows::new(isa, total, dim, parallel, |r0, r1, pack| pack(&d[r0 * dim..r1 * dim]));
+                        db.repack(total, parallel, |r0, r1, pack| pack(&d[r0 * dim..r1 * dim]));
                         let mut got = vec![f32::NAN; m * ldc];
                         unsafe { product_prepacked(&q, pq.as_ref(), m, &db, (c0, c1), got.as_mut_ptr(), ldc) };
                         for i in 0..m {

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bench_retrieval  # noqa: E402
 from bench_retrieval import bare_product, blas_threads, paired_runs, recall_data  # noqa: E402
 
 import ferroclip  # noqa: E402
@@ -22,6 +23,8 @@ import ferroclip  # noqa: E402
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 16
+    spin = bench_retrieval.wait_out_blas_spin(2)
+    print(f"numpy's BLAS spins {1e3 * spin:.0f} ms after a 2-thread call here; calls start {bench_retrieval.SETTLE:.2f} s apart", flush=True)
     img, txt, t2i = recall_data(np.random.default_rng(0), 5000, 512)
     bare = bare_product(img, txt)
     for th in (1, 2):

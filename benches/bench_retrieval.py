@@ -104,6 +104,15 @@ def blas_spin_seconds(threads: int) -> float:
     return worst
 
 
+def wait_out_blas_spin(threads: int) -> float:
+    """Raise `SETTLE` to outlast numpy's BLAS spin on this host (`blas_spin_seconds`, with
+    a margin); returns the spin measured."""
+    global SETTLE
+    spin = blas_spin_seconds(threads)
+    SETTLE = max(SETTLE, 1.25 * spin + 0.02)
+    return spin
+
+
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     """Median time per peer, peers timed in turn within each round (see `interleaved_runs`)."""
     return {name: statistics.median(times) for name, times in interleaved_runs(fns, repeats).items()}
@@ -510,9 +519,7 @@ def main() -> None:
     report.append(f"OPENBLAS_CORETYPE={coretype}; command: `{' '.join(sys.argv)}`")
     report.append(f"ferroclip product backend: {ferroclip._native.gemm_backend()}")
     report.append(f"Load average (1/5/15 min) at start: {load_average()} on {os.cpu_count()} logical cores\n")
-    global SETTLE
-    spin = blas_spin_seconds(max(args.threads))
-    SETTLE = max(SETTLE, 1.25 * spin + 0.02)
+    spin = wait_out_blas_spin(max(args.threads))
     report.append(
         f"numpy's BLAS keeps a core busy {1e3 * spin:.0f} ms after a {max(args.threads)}-thread call on this host (measured), "
         f"so every timed call starts {SETTLE:.2f} s after the previous one.\n"

@@ -10,7 +10,8 @@
 //!
 //! Layout: a register block of MR query rows x NR database rows (AVX2 6 x 16 in 12 ymm,
 //! AVX-512 14 x 32 in 28 zmm). The database block is packed once per tile into NR-row
-//! panels (`panel[k * NR + t] = row_t[k]`, 8 x 8 register transposes); the MR query rows
+//! panels (`panel[k * NR + t] = row_t[k]`, 8 x 8 register transposes), or once per scan
+//! for rows that many query blocks meet (`PackedRows`); the MR query rows
 //! are broadcast from the caller's row-major matrix (AVX2) or from a block packed once per
 //! scan (`PackedQueries`, AVX-512). A query group stays in L1 while a block of panels,
 //! sized for L2, streams past it (the BLIS order, a panel in L1 and query groups streamed
@@ -182,9 +183,10 @@ pub(crate) unsafe fn product_packed(pq: &PackedQueries, d: &[f32], n: usize, dim
 /// Database rows packed once into a kernel's panels, for scans that score the same rows
 /// against many query blocks: recall scores every text against each image strip, and
 /// packing each text tile again for every strip was ~4.6% of recall 5k x 25k on one
-/// thread (perf, Sapphire Rapids class). Layout (`pack::pack_rows`): panel after panel,
-/// each panel's k passes after one another, `NR * kc_max` floats per pass; the same
-/// panels `pack_panel` makes as the driver goes, so the same bits.
+/// thread; packed once it is 0.5-1% (perf, Sapphire Rapids class). Layout
+/// (`pack::pack_rows`): panel after panel, each panel's k passes after one another,
+/// `NR * kc_max` floats per pass; the same panels `pack_panel` makes as the driver goes,
+/// so the same bits.
 pub(crate) struct PackedRows {
     isa: Isa,
     n: usize,

@@ -747,7 +747,6 @@ fn one_pass<'p>(
     let threads = crate::batch::resolve_num_threads(num_threads);
     // Chunks of whole tiles, at least one.
     let chunk = (packed_bytes / (4 * dim)).max(width) / width * width;
-    // Per strip, each image's counter, summed over chunks and parts.
     // Each strip's images prepared once (widened from f16, packed for the kernel), for all
     // of its parts and chunks: packed per task, the images were 1.4% of recall 5k x 25k on
     // 2 threads (4 parts per strip; perf). Costs a copy of the images.

@@ -361,9 +361,10 @@ pub(crate) fn score_block(
     }
 }
 
-/// Database rows `c0..c1` prepared once for scans that score them against many query
-/// blocks (recall's image strips): packed for the built-in kernel (`gemm::PackedRows`),
-/// else read in place by `score_block`.
+/// A range of database rows (`prepare`, one chunk after another into the same buffer)
+/// prepared once for scans that score it against many query blocks (recall's image
+/// strips): packed for the built-in kernel (`gemm::PackedRows`), else read in place by
+/// `score_block`.
 pub(crate) struct PackedDb<'e, 'a> {
     rows: &'e Embeddings<'a>,
     start: usize,

@@ -597,7 +597,73 @@ struct Positives {
     max_text: Option<f32>,
 }
 
-/// `Positives` by the same sgemm as the tiles, in one parallel pass over both inputs:
+/// Texts per task in `positive_pairs` (512 KiB of f32 at D = 512).
+const PAIR_TEXTS: usize = 256;
+
+/// `Positives` for `one_pass`, by the kernels' own pair scores (`gemm::pair_dots`) where
+/// they run, else by small products (`positive_products`). `image_row(i)` is image i as
+/// f32 (the strips `one_pass` prepared).
+fn positive_scores<'p, 'r>(
+    images: &Embeddings<'_>,
+    texts: &Embeddings<'_>,
+    image_of: &[usize],
+    captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
+    image_row: &(dyn Fn(usize) -> &'r [f32] + Sync),
+    num_threads: Option<usize>,
+) -> Result<Positives> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = positive_pairs(images, texts, image_of, image_row, num_threads)? {
+        return Ok(p);
+    }
+    let _ = (image_of, image_row);
+    positive_products(images, texts, captions_of, num_threads)
+}
+
+/// `Positives` from each text and its image only, `PAIR_TEXTS` texts per task (None where
+/// `gemm::pair_dots` does not run). The texts' magnitudes come from the loads that score
+/// them, the images' from a pass over their f32 rows (10 MB for 5k images at D = 512, a
+/// tenth of the texts' bytes, and then in cache for the scores).
+#[cfg(target_arch = "x86_64")]
+fn positive_pairs<'r>(
+    images: &Embeddings<'_>,
+    texts: &Embeddings<'_>,
+    image_of: &[usize],
+    image_row: &(dyn Fn(usize) -> &'r [f32] + Sync),
+    num_threads: Option<usize>,
+) -> Result<Option<Positives>> {
+    if crate::gemm::isa().is_none() {
+        return Ok(None);
+    }
+    let (ni, nt, dim) = (images.rows(), texts.rows(), images.dim());
+    let tasks = nt.div_ceil(PAIR_TEXTS);
+    let worst = |a: Option<f32>, b: Option<f32>| a.zip(b).map(|(a, b)| a.max(b));
+    let images_parts = run_parallel(num_threads, |parallel| {
+        map_range(parallel, ni.div_ceil(PAIR_TEXTS), |b| {
+            (b * PAIR_TEXTS..((b + 1) * PAIR_TEXTS).min(ni)).map(|i| max_magnitude(image_row(i))).fold(Some(0.0f32), worst)
+        })
+    })?;
+    let per_task = run_parallel(num_threads, |parallel| {
+        map_range(parallel, tasks, |task| {
+            let (t0, t1) = (task * PAIR_TEXTS, ((task + 1) * PAIR_TEXTS).min(nt));
+            let mut scratch = Vec::new();
+            let block = texts.block(t0, t1, &mut scratch);
+            let rows: Vec<&[f32]> = image_of[t0..t1].iter().map(|&i| image_row(i)).collect();
+            let mut score = vec![0.0f32; t1 - t0];
+            let max_text = crate::gemm::pair_dots(&rows, &block, dim, &mut score).expect("a kernel runs (checked above)");
+            (score, max_text)
+        })
+    })?;
+    let mut positives = Positives { score: Vec::with_capacity(nt), max_image: Some(0.0), max_text: Some(0.0) };
+    for (score, max_text) in per_task {
+        positives.score.extend(score);
+        positives.max_text = worst(positives.max_text, max_text);
+    }
+    positives.max_image = images_parts.into_iter().fold(Some(0.0), worst);
+    Ok(Some(positives))
+}
+
+/// `Positives` by the same sgemm as the tiles (for `matrixmultiply`, the product where
+/// no kernel of ours runs), in one parallel pass over both inputs:
 /// consecutive images are grouped until their captions reach `POSITIVE_GROUP_CAPTIONS`,
 /// and one `images x their captions` product per group gives every pair of the group; only
 /// the image-caption pairs are kept. For COCO's 5 captions that is ~13x the FLOPs of the
@@ -605,7 +671,7 @@ struct Positives {
 /// each before. Captions stored in image order (the usual layout) are read in place;
 /// others are gathered. The magnitudes come from the rows the products read, so the inputs
 /// are read once here (a separate pass for them took 5 ms of a 0.85 s recall on 2 threads).
-fn positive_scores<'p>(
+fn positive_products<'p>(
     images: &Embeddings<'_>,
     texts: &Embeddings<'_>,
     captions_of: &(dyn Fn(usize) -> &'p [usize] + Sync),
@@ -734,19 +800,8 @@ fn one_pass<'p>(
     if Kernel::for_queries(ni) == Kernel::Dot || Kernel::for_queries(nt) == Kernel::Dot || dim == 0 {
         return Ok(None);
     }
-    let Positives { score: positive, max_image, max_text } = positive_scores(images, texts, captions_of, num_threads)?;
-    // When no score can overflow, the tiles need no finiteness test: |score| <= dim * max|a|
-    // * max|b| * (1 + eps)^dim, and the factor 2 covers the rounding for any dim below ~10^7.
-    let surely_finite = match (max_image, max_text) {
-        (Some(a), Some(b)) => 2.0 * dim as f64 * f64::from(a) * f64::from(b) < f64::from(f32::MAX),
-        _ => false,
-    };
     let strip = one_pass_strip(ni, num_threads);
     let blocks = ni.div_ceil(strip);
-    let width = Kernel::Gemm.scan_width().min(nt);
-    let threads = crate::batch::resolve_num_threads(num_threads);
-    // Chunks of whole tiles, at least one.
-    let chunk = (packed_bytes / (4 * dim)).max(width) / width * width;
     // Each strip's images prepared once (widened from f16, packed for the kernel), for all
     // of its parts and chunks: packed per task, the images were 1.4% of recall 5k x 25k on
     // 2 threads (4 parts per strip; perf). Costs a copy of the images.
@@ -757,6 +812,18 @@ fn one_pass<'p>(
             images.rows_f32(r0, r1)
         })
     })?;
+    let image_row = |i: usize| &rows[i / strip][(i % strip) * dim..][..dim];
+    let Positives { score: positive, max_image, max_text } = positive_scores(images, texts, image_of, captions_of, &image_row, num_threads)?;
+    // When no score can overflow, the tiles need no finiteness test: |score| <= dim * max|a|
+    // * max|b| * (1 + eps)^dim, and the factor 2 covers the rounding for any dim below ~10^7.
+    let surely_finite = match (max_image, max_text) {
+        (Some(a), Some(b)) => 2.0 * dim as f64 * f64::from(a) * f64::from(b) < f64::from(f32::MAX),
+        _ => false,
+    };
+    let width = Kernel::Gemm.scan_width().min(nt);
+    let threads = crate::batch::resolve_num_threads(num_threads);
+    // Chunks of whole tiles, at least one.
+    let chunk = (packed_bytes / (4 * dim)).max(width) / width * width;
     let prepared: Vec<Queries<'_>> = run_parallel(num_threads, |parallel| {
         map_range(parallel, blocks, |b| {
             let (r0, r1) = strip_rows(b);

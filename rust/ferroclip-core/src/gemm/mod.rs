@@ -23,6 +23,7 @@
 mod avx2;
 mod avx512;
 mod pack;
+mod pairs;
 
 use std::cell::RefCell;
 
@@ -90,6 +91,23 @@ pub(crate) unsafe fn product(isa: Isa, q: &[f32], m: usize, d: &[f32], n: usize,
         Isa::Avx512 => avx512::product(q, m, d, n, dim, out, ldc),
         Isa::Avx2 => avx2::product(q, m, d, n, dim, out, ldc),
     }
+}
+
+/// `out[j] = <a[j], b_j>` (`b_j`: row j of `b`, n x dim) with the bits the kernels give
+/// the pair in any tile, and the largest magnitude in those rows of `b` (None when one is
+/// NaN or infinite); `Err(())` where no kernel runs (`isa()` is None: the products then
+/// come from `matrixmultiply`, whose bits these are not).
+pub(crate) fn pair_dots(a: &[&[f32]], b: &[f32], dim: usize, out: &mut [f32]) -> Result<Option<f32>, ()> {
+    if isa().is_none() {
+        return Err(());
+    }
+    assert!(b.len() >= a.len() * dim && out.len() >= a.len() && a.iter().all(|r| r.len() >= dim), "pair_dots: inputs too short");
+    if a.is_empty() {
+        return Ok(Some(0.0));
+    }
+    // SAFETY: both kernels need AVX2 + FMA, which `isa()` checked; lengths checked above.
+    let max = unsafe { pairs::pair_dots(a, b, dim, out) };
+    Ok((max < f32::INFINITY.to_bits()).then(|| f32::from_bits(max)))
 }
 
 /// The evaluation order of every score these kernels compute: one FMA chain from 0.

@@ -598,6 +598,7 @@ struct Positives {
 }
 
 /// Texts per task in `positive_pairs` (512 KiB of f32 at D = 512).
+#[cfg(target_arch = "x86_64")]
 const PAIR_TEXTS: usize = 256;
 
 /// `Positives` for `one_pass`, by the kernels' own pair scores (`gemm::pair_dots`) where

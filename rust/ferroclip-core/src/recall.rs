@@ -1119,7 +1119,7 @@ mod tests {
         let level = |x: usize| [-1.0f32, -0.0, 0.0, 0.5, 1.0][(x * 2_654_435_761) % 5];
         for &isa in &isas {
             for len in 0..=FUSED_MAX {
-                for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 128, 133] {
+                for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 128, 133, 300] {
                     let row: Vec<f32> = (0..n).map(|j| level(j * 3 + len)).collect();
                     let threshold: Vec<f32> = (0..n).map(|j| level(j * 7 + 1)).collect();
                     let mut before: Vec<u32> = (0..n).map(|j| (j % 4) as u32).collect();

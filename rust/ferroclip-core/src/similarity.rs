@@ -325,7 +325,8 @@ impl<'q> Queries<'q> {
 /// the same bits whether the queries were packed or not.
 ///
 /// The dot kernel reads the rows in their stored dtype (f16 widened in registers, one
-/// pass); the sgemm kernel widens an f16 block into `scratch` first.
+/// pass), and so do ferroclip's sgemm kernels (f16 widened as they pack, `gemm::Elem`);
+/// for a BLAS or `matrixmultiply` an f16 block is widened into `scratch` first.
 pub(crate) fn score_block(
     kernel: Kernel,
     queries: &Queries<'_>,
@@ -346,8 +347,19 @@ pub(crate) fn score_block(
         // SAFETY: bounds asserted above; `out` is a unique borrow.
         unsafe { crate::dot::dots(q, m, db.rows_slice(c0, c1), n, dim, out.as_mut_ptr(), ldc, scratch) }
     } else {
-        // f32 rows go with the next tile's rows after them, which the built-in kernel
+        // Rows go with the next tile's rows after them, which the built-in kernel
         // prefetches while it scores these (`gemm::product`); the products read only n.
+        #[cfg(target_arch = "x86_64")]
+        if let (Rows::F16(d), Kernel::Gemm, Some(isa), true) = (db.data, kernel, crate::gemm::isa(), dim > 0) {
+            let rows = &d[c0 * dim..(c1 + n).min(db.rows) * dim];
+            // SAFETY: as above; `packed`, when there, holds these m queries of `dim` (> 0).
+            return unsafe {
+                match &queries.packed {
+                    Some(packed) => crate::gemm::product_packed(packed, rows, n, dim, out.as_mut_ptr(), ldc),
+                    None => crate::gemm::product(isa, q, m, rows, n, dim, out.as_mut_ptr(), ldc),
+                }
+            };
+        }
         let block = match db.data {
             Rows::F32(d) => Cow::Borrowed(&d[c0 * dim..(c1 + n).min(db.rows) * dim]),
             Rows::F16(_) => db.block(c0, c1, scratch),

@@ -21,7 +21,7 @@ pub(super) const BLOCKING: Blocking = Blocking { kc_max: 512, block_bytes: 128 *
 
 pub(crate) fn supported() -> bool {
     static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
 }
 
 /// MR query rows (pointers at element k0) x one packed panel of `kc` elements: 12 FMA
@@ -99,10 +99,10 @@ unsafe fn rows_in_place(q: &[f32], m: usize, source: &mut impl super::PanelSourc
 ///
 /// # Safety
 /// `supported()`, and `super::product`'s contract.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn product<T: super::Elem>(q: &[f32], m: usize, d: &[T], n: usize, dim: usize, out: *mut f32, ldc: usize) {
     debug_assert!(d.len() >= n * dim);
-    super::with_packing::<NR, _>(d, n, dim, BLOCKING.kc_max, |source| rows_in_place(q, m, source, n, dim, out, ldc));
+    super::with_packing::<NR, T, _>(d, n, dim, BLOCKING.kc_max, |source| rows_in_place(q, m, source, n, dim, out, ldc));
 }
 
 /// `super::product_prepacked` with this kernel: `n` database rows from `source`.

@@ -79,10 +79,10 @@ unsafe fn micro(
 ///
 /// # Safety
 /// `supported()`, and `super::product`'s contract.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn product(q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn product<T: super::Elem>(q: &[f32], m: usize, d: &[T], n: usize, dim: usize, out: *mut f32, ldc: usize) {
     debug_assert!(q.len() >= m * dim && d.len() >= n * dim);
-    super::with_packing::<NR, _>(d, n, dim, BLOCKING.kc_max, |source| {
+    super::with_packing::<NR, T, _>(d, n, dim, BLOCKING.kc_max, |source| {
         super::drive::<MR, NR, _MM_HINT_T1, _>(
             m,
             source,
@@ -117,10 +117,10 @@ unsafe fn packed_queries(pq: &super::PackedQueries, source: &mut impl super::Pan
 ///
 /// # Safety
 /// `supported()`, and `super::product_packed`'s contract.
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn product_packed(pq: &super::PackedQueries, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn product_packed<T: super::Elem>(pq: &super::PackedQueries, d: &[T], n: usize, dim: usize, out: *mut f32, ldc: usize) {
     debug_assert!(d.len() >= n * dim);
-    super::with_packing::<NR, _>(d, n, dim, BLOCKING.kc_max, |source| packed_queries(pq, source, n, dim, out, ldc));
+    super::with_packing::<NR, T, _>(d, n, dim, BLOCKING.kc_max, |source| packed_queries(pq, source, n, dim, out, ldc));
 }
 
 /// `super::product_prepacked` with this kernel: `n` database rows from `source`.

@@ -27,6 +27,7 @@ mod pairs;
 
 use std::cell::RefCell;
 
+pub(crate) use pack::Elem;
 use pack::{pack_panel, Prefetcher};
 
 /// Per-kernel cache blocking.
@@ -86,7 +87,7 @@ pub(crate) fn isa() -> Option<Isa> {
 /// `out` is valid for writes at `i * ldc + j` for `i < m`, `j < n`, and nothing else
 /// accesses those elements meanwhile.
 #[allow(clippy::too_many_arguments, reason = "a BLAS-style kernel signature: matrix pointers, sizes and strides")]
-pub(crate) unsafe fn product(isa: Isa, q: &[f32], m: usize, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+pub(crate) unsafe fn product<T: Elem>(isa: Isa, q: &[f32], m: usize, d: &[T], n: usize, dim: usize, out: *mut f32, ldc: usize) {
     match isa {
         Isa::Avx512 => avx512::product(q, m, d, n, dim, out, ldc),
         Isa::Avx2 => avx2::product(q, m, d, n, dim, out, ldc),
@@ -190,7 +191,7 @@ impl PackedQueries {
 ///
 /// # Safety
 /// As `product`, with `q` = the packed rows (`pq.rows()` of `dim`).
-pub(crate) unsafe fn product_packed(pq: &PackedQueries, d: &[f32], n: usize, dim: usize, out: *mut f32, ldc: usize) {
+pub(crate) unsafe fn product_packed<T: Elem>(pq: &PackedQueries, d: &[T], n: usize, dim: usize, out: *mut f32, ldc: usize) {
     debug_assert_eq!(dim, pq.dim);
     match pq.isa {
         Isa::Avx512 => avx512::product_packed(pq, d, n, dim, out, ldc),
@@ -294,15 +295,15 @@ trait PanelSource {
 
 /// Panels packed from row-major rows (`d`: the product's `n` rows, then whatever of the
 /// caller's next tile it holds) into this thread's buffer.
-struct Packing<'a, const NR: usize> {
-    d: &'a [f32],
+struct Packing<'a, const NR: usize, T> {
+    d: &'a [T],
     n: usize,
     dim: usize,
     panel_len: usize,
     buf: &'a mut Vec<f32>,
 }
 
-impl<const NR: usize> PanelSource for Packing<'_, NR> {
+impl<const NR: usize, T: Elem> PanelSource for Packing<'_, NR, T> {
     #[inline(always)]
     unsafe fn block(&mut self, p0: usize, p1: usize, k0: usize, kc: usize) -> (*const f32, usize) {
         if self.buf.len() < (p1 - p0) * self.panel_len {
@@ -311,7 +312,7 @@ impl<const NR: usize> PanelSource for Packing<'_, NR> {
         let pp = self.buf.as_mut_ptr();
         for p in p0..p1 {
             let j = p * NR;
-            pack_panel::<NR>(self.d.as_ptr(), self.dim, j, (self.n - j).min(NR), k0, kc, pp.add((p - p0) * self.panel_len));
+            pack_panel::<NR, T>(self.d.as_ptr(), self.dim, j, (self.n - j).min(NR), k0, kc, pp.add((p - p0) * self.panel_len));
         }
         (pp, self.panel_len)
     }
@@ -385,7 +386,7 @@ pub(crate) unsafe fn product_prepacked(
 /// Run `f` with the panel source that packs rows `d` (the product's `n` and the caller's
 /// next tile) into this thread's buffer.
 #[inline(always)]
-unsafe fn with_packing<const NR: usize, R>(d: &[f32], n: usize, dim: usize, kc_max: usize, f: impl FnOnce(&mut Packing<'_, NR>) -> R) -> R {
+unsafe fn with_packing<const NR: usize, T: Elem, R>(d: &[T], n: usize, dim: usize, kc_max: usize, f: impl FnOnce(&mut Packing<'_, NR, T>) -> R) -> R {
     PACKED.with(|cell| {
         let mut buf = cell.borrow_mut();
         let panel_len = NR * pass_len(dim, kc_max);
@@ -492,6 +493,26 @@ mod tests {
                             assert_eq!(got[i * ldc + j].to_bits(), want.to_bits(), "{isa:?} dim={dim} m={m} n={n} ({i},{j})");
                         }
                         assert!(got[i * ldc + n..(i + 1) * ldc].iter().all(|x| x.is_nan()), "{isa:?} wrote outside the tile");
+                    }
+                    // f16 rows, widened as they are packed: the bits of the widened f32 rows
+                    // (NaN rows past n again, prefetched only).
+                    let d16: Vec<half::f16> = d.iter().map(|&x| half::f16::from_f32(x)).collect();
+                    let wide: Vec<f32> = d16.iter().map(|x| x.to_f32()).collect();
+                    let mut want16 = vec![f32::NAN; m * ldc];
+                    unsafe { product(isa, &q, m, &wide, n, dim, want16.as_mut_ptr(), ldc) };
+                    let mut got16 = vec![f32::NAN; m * ldc];
+                    unsafe { product(isa, &q, m, &d16, n, dim, got16.as_mut_ptr(), ldc) };
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got16), bits(&want16), "{isa:?} f16 dim={dim} m={m} n={n}");
+                    assert_eq!(
+                        want16[..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        (0..n).map(|j| dot_sequential(&q[..dim], &wide[j * dim..(j + 1) * dim]).to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} widened f16 rows dim={dim} m={m} n={n}"
+                    );
+                    if let Some(pq) = PackedQueries::new(isa, &q, m, dim) {
+                        let mut packed16 = vec![f32::NAN; m * ldc];
+                        unsafe { product_packed(&pq, &d16, n, dim, packed16.as_mut_ptr(), ldc) };
+                        assert_eq!(bits(&packed16), bits(&want16), "{isa:?} packed f16 dim={dim} m={m} n={n}");
                     }
                 }
             }

@@ -3,9 +3,50 @@
 //! so 256-bit transposes serve both).
 
 use std::arch::x86_64::{
-    __m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
-    _mm256_unpacklo_ps, _mm_prefetch,
+    __m256, _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
+    _mm256_unpacklo_ps, _mm_loadu_si128, _mm_prefetch,
 };
+
+use half::f16;
+
+/// A stored element type of database rows the kernels pack from: f32, or f16 widened
+/// while packing (exact, so the same bits as packing a widened copy, without the copy's
+/// extra pass: an f16 top-k widened each tile into a scratch buffer first).
+pub(crate) trait Elem: Copy + Sync {
+    /// Eight consecutive elements as f32.
+    ///
+    /// # Safety
+    /// `p` points at 8 elements; AVX (and F16C for f16) available, inlined into the
+    /// kernels' `target_feature` functions.
+    unsafe fn load8(p: *const Self) -> __m256;
+    /// One element as f32.
+    ///
+    /// # Safety
+    /// `p` points at an element.
+    unsafe fn get(p: *const Self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const Self) -> f32 {
+        *p
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    unsafe fn load8(p: *const Self) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+    }
+    #[inline(always)]
+    unsafe fn get(p: *const Self) -> f32 {
+        (*p).to_f32()
+    }
+}
 
 /// Transpose 8 rows of 8 floats (in registers).
 #[inline(always)]
@@ -46,8 +87,8 @@ pub(super) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
 /// AVX available (inlined into the kernels' `target_feature` functions); rows
 /// `j0..j0 + rows` of `d` exist; `panel` holds `kc * NR` floats.
 #[inline(always)]
-pub(super) unsafe fn pack_panel<const NR: usize>(
-    d: *const f32,
+pub(super) unsafe fn pack_panel<const NR: usize, T: Elem>(
+    d: *const T,
     dim: usize,
     j0: usize,
     rows: usize,
@@ -60,7 +101,7 @@ pub(super) unsafe fn pack_panel<const NR: usize>(
         for h in 0..NR / 8 {
             let base = d.add((j0 + h * 8) * dim + k0);
             for k in (0..body).step_by(8) {
-                let r = std::array::from_fn(|t| _mm256_loadu_ps(base.add(t * dim + k)));
+                let r = std::array::from_fn(|t| T::load8(base.add(t * dim + k)));
                 let c = transpose8(r);
                 for (kk, v) in c.iter().enumerate() {
                     _mm256_storeu_ps(panel.add((k + kk) * NR + h * 8), *v);
@@ -69,13 +110,13 @@ pub(super) unsafe fn pack_panel<const NR: usize>(
         }
         for k in body..kc {
             for t in 0..NR {
-                *panel.add(k * NR + t) = *d.add((j0 + t) * dim + k0 + k);
+                *panel.add(k * NR + t) = T::get(d.add((j0 + t) * dim + k0 + k));
             }
         }
     } else {
         for k in 0..kc {
             for t in 0..NR {
-                *panel.add(k * NR + t) = if t < rows { *d.add((j0 + t) * dim + k0 + k) } else { 0.0 };
+                *panel.add(k * NR + t) = if t < rows { T::get(d.add((j0 + t) * dim + k0 + k)) } else { 0.0 };
             }
         }
     }
@@ -98,7 +139,7 @@ pub(super) unsafe fn pack_rows<const NR: usize>(d: &[f32], n: usize, dim: usize,
         for pass in 0..passes {
             let k0 = pass * kc_max;
             let panel = out.as_mut_ptr().add((p * passes + pass) * panel_len);
-            pack_panel::<NR>(d.as_ptr(), dim, j, (n - j).min(NR), k0, kc_max.min(dim - k0), panel);
+            pack_panel::<NR, f32>(d.as_ptr(), dim, j, (n - j).min(NR), k0, kc_max.min(dim - k0), panel);
         }
     }
 }
@@ -122,20 +163,21 @@ pub(super) struct Prefetcher<const HINT: i32> {
 }
 
 impl<const HINT: i32> Prefetcher<HINT> {
-    /// Query group `g`'s share (of `groups`) of `rows`, each `len` floats from `base +
+    /// Query group `g`'s share (of `groups`) of `rows`, each `len` elements from `base +
     /// row * stride`: database rows from element k0 (packing from rows), or packed panels'
     /// passes (panels packed beforehand). The shares are equal in lines, not rows: four
     /// 64 KiB panels shared by rows among 36 groups left a burst of 768 lines after each
     /// of the first four groups.
-    pub(super) fn share(base: *const f32, stride: usize, len: usize, rows: std::ops::Range<usize>, g: usize, groups: usize) -> Self {
-        let lines = (len * 4).div_ceil(64);
+    pub(super) fn share<T>(base: *const T, stride: usize, len: usize, rows: std::ops::Range<usize>, g: usize, groups: usize) -> Self {
+        let size = std::mem::size_of::<T>();
+        let lines = (len * size).div_ceil(64);
         let total = rows.len() * lines;
         let share = total.div_ceil(groups);
         let start = (g * share).min(total);
         Self {
             // A prefetch never faults; the address only has to be computed without UB.
             row: base.wrapping_add((rows.start + start / lines) * stride).cast::<i8>(),
-            row_bytes: stride * 4,
+            row_bytes: stride * size,
             line: start % lines,
             lines,
             lines_left: share.min(total - start),

@@ -162,12 +162,10 @@ impl PackedQueries {
             for pass in 0..passes {
                 let (k0, kc) = (pass * kc_max, kc_max.min(dim - pass * kc_max));
                 let block = &mut data[(g * passes + pass) * kc_max * mr..][..kc * mr];
-                for r in 0..mr {
-                    let row = &q[(g * mr + r.min(rows - 1)) * dim + k0..][..kc];
-                    for (k, &x) in row.iter().enumerate() {
-                        block[k * mr + r] = x;
-                    }
-                }
+                let group = std::array::from_fn(|r| q[(g * mr + r.min(rows - 1)) * dim + k0..][..kc].as_ptr());
+                // SAFETY: the AVX-512 kernel's CPUs have AVX2 (`avx512::supported`); each
+                // row holds kc floats (sliced above), `block` kc * MR.
+                unsafe { pack::pack_query_group::<{ avx512::MR }>(group, kc, block) };
             }
         }
         Some(Self { isa, m, dim, kc_max, passes, data })

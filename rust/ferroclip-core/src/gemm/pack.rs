@@ -3,7 +3,8 @@
 //! so 256-bit transposes serve both).
 
 use std::arch::x86_64::{
-    __m256, _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
+    __m256, _mm256_cmpgt_epi32, _mm256_cvtph_ps, _mm256_loadu_ps, _mm256_maskstore_ps, _mm256_permute2f128_ps, _mm256_set1_epi32,
+    _mm256_setr_epi32, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
     _mm256_unpacklo_ps, _mm_loadu_si128, _mm_prefetch,
 };
 
@@ -118,6 +119,41 @@ pub(super) unsafe fn pack_panel<const NR: usize, T: Elem>(
             for t in 0..NR {
                 *panel.add(k * NR + t) = if t < rows { T::get(d.add((j0 + t) * dim + k0 + k)) } else { 0.0 };
             }
+        }
+    }
+}
+
+/// Pack elements `0..kc` of MR query rows into `out[k * MR + r] = rows[r][k]` (the
+/// layout of `super::PackedQueries`), eight rows by eight elements per transpose: element
+/// by element, this was 0.46% of recall 5k x 25k (perf, Sapphire Rapids class).
+///
+/// # Safety
+/// The CPU supports AVX2; each of `rows` points at `kc` floats; `out` holds `kc * MR`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn pack_query_group<const MR: usize>(rows: [*const f32; MR], kc: usize, out: &mut [f32]) {
+    debug_assert!(out.len() >= kc * MR);
+    let o = out.as_mut_ptr();
+    let body = kc / 8 * 8;
+    for k in (0..body).step_by(8) {
+        for h in (0..MR).step_by(8) {
+            let live = (MR - h).min(8);
+            let r = std::array::from_fn(|t| _mm256_loadu_ps(rows[h + t.min(live - 1)].add(k)));
+            let c = transpose8(r);
+            // Lanes below `live` (the group's last rows when MR is not a multiple of 8).
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(live as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            for (kk, v) in c.iter().enumerate() {
+                let dst = o.add((k + kk) * MR + h);
+                if live == 8 {
+                    _mm256_storeu_ps(dst, *v);
+                } else {
+                    _mm256_maskstore_ps(dst, mask, *v);
+                }
+            }
+        }
+    }
+    for k in body..kc {
+        for (r, row) in rows.iter().enumerate() {
+            *o.add(k * MR + r) = *row.add(k);
         }
     }
 }

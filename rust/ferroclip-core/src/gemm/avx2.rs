@@ -19,6 +19,8 @@ pub(super) const NR: usize = 16;
 /// D = 768 ran ~7% faster in two passes than in one (an 18 KiB group crowds L1).
 pub(super) const BLOCKING: Blocking = Blocking { kc_max: 512, block_bytes: 128 * 1024 };
 
+/// AVX2 and FMA for the kernel, F16C for f16 rows widened as they are packed (every
+/// CPU with FMA has it).
 pub(crate) fn supported() -> bool {
     static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))

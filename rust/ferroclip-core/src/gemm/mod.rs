@@ -11,7 +11,8 @@
 //! Layout: a register block of MR query rows x NR database rows (AVX2 6 x 16 in 12 ymm,
 //! AVX-512 14 x 32 in 28 zmm). The database block is packed once per tile into NR-row
 //! panels (`panel[k * NR + t] = row_t[k]`, 8 x 8 register transposes), or once per scan
-//! for rows that many query blocks meet (`PackedRows`); the MR query rows
+//! for rows that many query blocks meet (`PackedRows`); f16 rows are widened as they are
+//! packed (`Elem`), exactly, so they score like their f32 copy; the MR query rows
 //! are broadcast from the caller's row-major matrix (AVX2) or from a block packed once per
 //! scan (`PackedQueries`, AVX-512). A query group stays in L1 while a block of panels,
 //! sized for L2, streams past it (the BLIS order, a panel in L1 and query groups streamed
@@ -57,7 +58,7 @@ impl Isa {
 
 /// The kernel for this process: the widest the CPU has, unless `FERROCLIP_GEMM` asks for
 /// a narrower one (`avx2`, or `matrixmultiply` for none; for benchmarks and bisecting).
-/// `None`: no AVX2 + FMA, or `matrixmultiply` asked for.
+/// `None`: no AVX2 + FMA + F16C, or `matrixmultiply` asked for.
 pub(crate) fn isa() -> Option<Isa> {
     static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| {

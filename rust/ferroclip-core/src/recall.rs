@@ -777,8 +777,8 @@ fn one_pass_strip(ni: usize, num_threads: Option<usize>) -> usize {
 /// never exist as a whole): each image's ranks of its captions (i2t, `RankCounter`, summed
 /// over parts), and each text's count, over strips, of the images that precede its own
 /// (t2i): scoring above its positive score, or equal with a lower index. Both need each
-/// text's positive score up front, computed by the same sgemm kernel in small products
-/// (`positive_scores`). sgemm's value for a pair does not depend on the tile (fixed k
+/// text's positive score up front, with the product's bits (`positive_scores`: the kernels'
+/// pair scores, or small products on `matrixmultiply`). sgemm's value for a pair does not depend on the tile (fixed k
 /// order), and we verify it: every positive score is compared bit for bit with the one in
 /// its tile, and on any difference (or for tiny inputs that use the dot kernel) this
 /// returns `None` and the caller scores each direction separately.

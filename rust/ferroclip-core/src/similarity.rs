@@ -350,26 +350,32 @@ pub(crate) fn score_block(
         // Rows go with the next tile's rows after them, which the built-in kernel
         // prefetches while it scores these (`gemm::product`); the products read only n.
         #[cfg(target_arch = "x86_64")]
-        if let (Rows::F16(d), Kernel::Gemm, Some(isa), true) = (db.data, kernel, crate::gemm::isa(), dim > 0) {
-            let rows = &d[c0 * dim..(c1 + n).min(db.rows) * dim];
-            // SAFETY: as above; `packed`, when there, holds these m queries of `dim` (> 0).
+        if let (Kernel::Gemm, Some(isa), true) = (kernel, crate::gemm::isa(), dim > 0) {
+            let (lo, hi) = (c0 * dim, (c1 + n).min(db.rows) * dim);
+            // SAFETY: bounds asserted above; `out` is a unique borrow.
             return unsafe {
-                match &queries.packed {
-                    Some(packed) => crate::gemm::product_packed(packed, rows, n, dim, out.as_mut_ptr(), ldc),
-                    None => crate::gemm::product(isa, q, m, rows, n, dim, out.as_mut_ptr(), ldc),
+                match db.data {
+                    Rows::F32(d) => gemm_tile(isa, queries, &d[lo..hi], n, dim, out, ldc),
+                    Rows::F16(d) => gemm_tile(isa, queries, &d[lo..hi], n, dim, out, ldc),
                 }
             };
         }
-        let block = match db.data {
-            Rows::F32(d) => Cow::Borrowed(&d[c0 * dim..(c1 + n).min(db.rows) * dim]),
-            Rows::F16(_) => db.block(c0, c1, scratch),
-        };
-        #[cfg(target_arch = "x86_64")]
-        if let Some(packed) = &queries.packed {
-            // SAFETY: as above; `packed` holds these m queries of `dim` (> 0, or it is None).
-            return unsafe { crate::gemm::product_packed(packed, &block, n, dim, out.as_mut_ptr(), ldc) };
-        }
+        let block = db.block(c0, c1, scratch);
         block_product(kernel, q, m, &block, n, dim, out, ldc);
+    }
+}
+
+/// `score_block` on ferroclip's own kernel: packed queries where `Queries` packed them,
+/// else read in place; rows `n` and beyond are only prefetched.
+///
+/// # Safety
+/// `isa` is supported; `d` holds at least n rows of `dim` (> 0); `out` holds the m x n
+/// tile at stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_tile<T: crate::gemm::Elem>(isa: crate::gemm::Isa, queries: &Queries<'_>, d: &[T], n: usize, dim: usize, out: &mut [f32], ldc: usize) {
+    match &queries.packed {
+        Some(packed) => crate::gemm::product_packed(packed, d, n, dim, out.as_mut_ptr(), ldc),
+        None => crate::gemm::product(isa, queries.rows, queries.m, d, n, dim, out.as_mut_ptr(), ldc),
     }
 }
 
